@@ -1,0 +1,150 @@
+"""What a backend is, and the plain data that crosses the boundary to it.
+
+A backend is any class with the members of ``Backend`` (a Protocol: nothing to inherit). It is found
+through the entry-point group ``whisper_tune.backends`` (see ``registry``). The core prepares the data,
+hands the backend a ``TrainJob`` (paths and validated config, JSON-serialisable so it can cross a process
+or Python-environment boundary), and gets a ``TrainResult`` back, from which the core computes every
+metric itself, so WER/CER come from the same code on every backend.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from whisper_tune.config.schema import RunConfig
+
+if TYPE_CHECKING:
+    from whisper_tune.recipe.progress import Reporter
+
+BACKEND_API = 1
+
+
+class Capabilities(BaseModel):
+    """Hardware facts, passed into validation as data so a cluster config validates on a laptop."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    cpu_count: int = 1
+    cuda_devices: int = 0
+    cuda_memory_gib: tuple[float, ...] = ()
+    cuda_bf16: bool = False
+    ipus: int = 0
+
+
+@dataclass(frozen=True)
+class Probe:
+    """Result of a cheap availability check: never raises, imports nothing heavy."""
+
+    available: bool
+    reason: str = ""
+    install_hint: str = ""
+    capabilities: Capabilities = field(default_factory=Capabilities)
+
+
+@dataclass(frozen=True)
+class Issue:
+    """One problem found by a backend's ``check``; ``loc`` is a dotted config path."""
+
+    loc: str
+    message: str
+    level: Literal["error", "warning"] = "error"
+    hint: str = ""
+
+
+@dataclass(frozen=True)
+class RecipeNeeds:
+    """What the shared recipe must do for this backend."""
+
+    #: pad labels to a multiple of this length (static shapes, e.g. IPU); None = pad to the longest.
+    label_pad_multiple: int | None = None
+    #: store / feed log-mel features in this dtype.
+    feature_dtype: Literal["float32", "float16"] = "float32"
+    #: drop the last incomplete batch (static batch size).
+    drop_last: bool = False
+
+
+@dataclass(frozen=True)
+class Plan:
+    """What the backend will do: shown by ``whisper-tune plan`` and recorded in the run directory."""
+
+    backend: str
+    devices: str
+    processes: int
+    batch_per_device: int
+    gradient_accumulation_steps: int
+    placement: tuple[str, ...] = ()
+    notes: tuple[str, ...] = ()
+
+    @property
+    def global_batch(self) -> int:
+        return self.batch_per_device * self.processes * self.gradient_accumulation_steps
+
+
+class TrainJob(BaseModel):
+    """Everything a backend needs, as paths and validated config. Round-trips through JSON."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    config: RunConfig
+    run_dir: Path
+    model_dir: str = Field(description="Local Hugging Face model directory (or hub id) to start from.")
+    train_data: Path = Field(description="Prepared training data (whisper_tune.recipe.prepared format).")
+    eval_data: dict[str, Path] = Field(default_factory=dict, description="Prepared eval sets by name.")
+    evaluate_before: bool = True
+    evaluate_after: bool = True
+
+
+class TrainResult(BaseModel):
+    """What a backend hands back. Predictions are token ids; the core decodes and scores them."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    #: phase ("before"/"after") -> eval set name -> generated token ids per sample, in dataset order.
+    predictions: dict[str, dict[str, list[list[int]]]] = Field(default_factory=dict)
+    #: one record per logged step: {"step", "epoch", "loss", "learning_rate"}.
+    log_history: list[dict[str, float]] = Field(default_factory=list)
+    steps: int = 0
+    train_samples: int = 0
+    train_seconds: float = 0.0
+    eval_seconds: dict[str, float] = Field(default_factory=dict)
+    peak_memory_bytes: int | None = None
+    final_model_dir: Path | None = None
+    checkpoints: list[Path] = Field(default_factory=list)
+    interrupted: bool = False
+
+    @property
+    def samples_per_second(self) -> float:
+        return self.train_samples / self.train_seconds if self.train_seconds > 0 else 0.0
+
+
+@runtime_checkable
+class Backend(Protocol):
+    """The members every backend has. Instances are cheap to build; heavy imports happen in ``train``."""
+
+    name: ClassVar[str]
+    description: ClassVar[str]
+    Options: ClassVar[type[BaseModel]]
+
+    def probe(self) -> Probe:
+        """Is this backend usable here, and what hardware does it see? Cheap; never raises."""
+        ...
+
+    def check(self, config: RunConfig, caps: Capabilities) -> list[Issue]:
+        """Cross-field rules for this backend against a core-validated config and given hardware."""
+        ...
+
+    def recipe_needs(self, config: RunConfig) -> RecipeNeeds:
+        """What the shared recipe must do for this backend (static padding, feature dtype, ...)."""
+        ...
+
+    def plan(self, config: RunConfig, caps: Capabilities) -> Plan:
+        """Devices, batch per device and global, placement. Pure: no hardware is touched."""
+        ...
+
+    def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
+        """Evaluate before (if asked), train, evaluate after, save; return predictions and logs."""
+        ...

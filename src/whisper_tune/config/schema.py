@@ -1,0 +1,251 @@
+"""The run configuration: frozen pydantic models, one section per concern.
+
+Every field has a description; docs/config.md is generated from them (``whisper-tune config docs``).
+The ``backend`` section holds the backend's name plus that backend's own options model, validated in a
+second phase by ``whisper_tune.config.load`` once the backend is known.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
+
+from whisper_tune.languages import language_code
+
+SAMPLING_RATE = 16_000
+MAX_AUDIO_SECONDS = 30.0
+MAX_LABEL_TOKENS = 448
+
+
+class Section(BaseModel):
+    """Base of every config section: immutable, unknown keys are errors."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class ModelConfig(Section):
+    name: str = Field(
+        "openai/whisper-small",
+        description=(
+            "Which Whisper to fine-tune: a Hugging Face hub id (openai/whisper-small), a local Hugging Face "
+            "model directory, a CTranslate2 / faster-whisper directory (imported to Hugging Face weights on "
+            "first use), or 'pip:tiny.en' / 'pip:base' for pretrained weights installed from a pip package."
+        ),
+    )
+    language: str | None = Field(
+        None,
+        description=(
+            "Language of the speech, as a Whisper code ('mr') or name ('Marathi'). Sets the language token "
+            "in the labels and at generation. Must be unset for English-only '.en' models. Unset on a "
+            "multilingual model means no language token is forced."
+        ),
+    )
+    task: Literal["transcribe", "translate"] = Field(
+        "transcribe", description="Whisper task token: transcribe, or translate into English."
+    )
+
+    @field_validator("language")
+    @classmethod
+    def _known_language(cls, value: str | None) -> str | None:
+        return None if value is None else language_code(value)
+
+    @property
+    def english_only(self) -> bool:
+        """True for OpenAI's English-only checkpoints, recognised by name (``*.en``)."""
+        return self.name.rstrip("/").endswith(".en")
+
+    @model_validator(mode="after")
+    def _english_only_models_take_no_language(self) -> ModelConfig:
+        if self.english_only and self.language not in (None, "en"):
+            raise ValueError(
+                f"'{self.name}' is an English-only model: it has no language tokens, so model.language "
+                f"'{self.language}' cannot be used. Pick a multilingual model or unset model.language."
+            )
+        if self.english_only and self.task == "translate":
+            raise ValueError(f"'{self.name}' is an English-only model and cannot translate.")
+        return self
+
+
+class EvalSetConfig(Section):
+    """A further dataset evaluated before and after training but never trained on."""
+
+    name: str = Field(description="Name of the set in reports (metrics.json, plots).")
+    dataset: str = Field(description="Dataset for this set; same forms as data.dataset.")
+    subset: str | None = Field(None, description="Dataset configuration name (e.g. a language code).")
+    split: str = Field("test", description="Split to evaluate; audiofolders use sub-folder names.")
+    audio_column: str | None = Field(None, description="Audio column; defaults to data.audio_column.")
+    text_column: str | None = Field(None, description="Transcript column; defaults to data.text_column.")
+    max_samples: int | None = Field(None, gt=0, description="Evaluate at most this many samples.")
+
+
+DatasetKind = Literal["auto", "hub", "audiofolder", "csv", "jsonl", "prepared"]
+
+
+class DataConfig(Section):
+    dataset: str | None = Field(
+        None,
+        description=(
+            "Where the data is: a Hugging Face dataset name, a local audiofolder (audio files + "
+            "metadata.csv, one sub-folder per split), a CSV or JSONL manifest, or a directory written by "
+            "'whisper-tune prepare'. Inside a SageMaker job it defaults to the 'train' channel."
+        ),
+    )
+    kind: DatasetKind = Field(
+        "auto", description="How to read data.dataset; 'auto' decides from the path (see docs/data.md)."
+    )
+    subset: str | None = Field(None, description="Hub dataset configuration name, e.g. 'mr' for Common Voice.")
+    train_split: str = Field(
+        "train", description="Training split; '+' joins splits, e.g. 'train+validation' (seed 000)."
+    )
+    eval_split: str | None = Field(
+        "test", description="Evaluation split. Set to null and use test_size to split the training data."
+    )
+    test_size: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="Hold out this fraction of the training split for evaluation (seeded, like seed 004).",
+    )
+    split_seed: int = Field(0, description="Seed of the test_size split.")
+    streaming: bool = Field(
+        False,
+        description="Stream a hub dataset instead of downloading it first (seed 003). Needs max_*_samples "
+        "or a finite dataset; samples are prepared as they arrive.",
+    )
+    audio_column: str = Field("audio", description="Column holding the audio (or the path to it).")
+    text_column: str = Field("text", description="Column holding the transcript ('sentence' on Common Voice).")
+    max_train_samples: int | None = Field(None, gt=0, description="Use at most this many training samples.")
+    max_eval_samples: int | None = Field(None, gt=0, description="Evaluate on at most this many samples.")
+    max_duration_s: float = Field(
+        MAX_AUDIO_SECONDS,
+        gt=0,
+        le=MAX_AUDIO_SECONDS,
+        description="Drop clips longer than this (Whisper sees 30 s windows); drops are counted and reported.",
+    )
+    min_duration_s: float = Field(0.0, ge=0, description="Drop clips shorter than this.")
+    max_label_tokens: int = Field(
+        MAX_LABEL_TOKENS,
+        gt=8,
+        le=MAX_LABEL_TOKENS,
+        description="Drop samples whose tokenised transcript (with prefix tokens) is longer than this.",
+    )
+    extra_eval: tuple[EvalSetConfig, ...] = Field(
+        (),
+        description="More datasets evaluated before and after training and never trained on, to see "
+        "whether the model improved or merely memorised (another voice, another domain).",
+    )
+
+    @model_validator(mode="after")
+    def _one_eval_source(self) -> DataConfig:
+        if self.test_size is not None and self.eval_split is not None:
+            raise ValueError("set either data.eval_split or data.test_size, not both")
+        names = [s.name for s in self.extra_eval]
+        if len(set(names)) != len(names) or "eval" in names:
+            raise ValueError("data.extra_eval names must be unique and not 'eval'")
+        if self.min_duration_s >= self.max_duration_s:
+            raise ValueError("data.min_duration_s must be below data.max_duration_s")
+        return self
+
+
+class TrainingConfig(Section):
+    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (never rescaled silently).")
+    batch_size: int = Field(16, gt=0, description="Batch size per device (as in the seeds and HF Trainer).")
+    gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
+    max_steps: int | None = Field(
+        None, gt=0, description="Optimizer steps to run; overrides num_epochs when set."
+    )
+    num_epochs: float = Field(1.0, gt=0, description="Passes over the training data when max_steps is unset.")
+    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    lr_scheduler: Literal["linear", "constant", "cosine"] = Field(
+        "linear", description="Learning-rate schedule after warm-up."
+    )
+    weight_decay: float = Field(0.0, ge=0, description="AdamW weight decay.")
+    max_grad_norm: float | None = Field(1.0, gt=0, description="Clip gradients to this norm; null disables.")
+    precision: Literal["fp32", "bf16", "fp16"] = Field(
+        "fp32", description="Compute precision; what each backend supports is checked in its own phase."
+    )
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save memory.")
+    freeze_encoder: bool = Field(False, description="Train only the decoder (faster, less memory).")
+    seed: int = Field(42, description="Seed for weights of new layers, shuffling and dropout.")
+    logging_steps: int = Field(1, gt=0, description="Log the loss every this many optimizer steps.")
+    save_steps: int | None = Field(
+        None, gt=0, description="Save a resumable checkpoint every this many steps (and always at the end)."
+    )
+    save_total_limit: int = Field(2, gt=0, description="Keep at most this many checkpoints; older are pruned.")
+    resume_from: str | None = Field(
+        None, description="Resume from a checkpoint directory, or 'latest' for the newest in output.dir."
+    )
+
+    @model_validator(mode="after")
+    def _warmup_fits(self) -> TrainingConfig:
+        if self.max_steps is not None and self.warmup_steps > self.max_steps:
+            raise ValueError("training.warmup_steps is larger than training.max_steps")
+        return self
+
+
+class EvalConfig(Section):
+    before: bool = Field(True, description="Evaluate before training (seed 003 does), to show the change.")
+    after: bool = Field(True, description="Evaluate after training.")
+    batch_size: int = Field(16, gt=0, description="Batch size for generation.")
+    max_new_tokens: int = Field(128, gt=0, le=440, description="Tokens generated per utterance at most.")
+    num_beams: int = Field(1, gt=0, description="Beam width; 1 is greedy decoding.")
+    normalizer: Literal["auto", "english", "basic"] = Field(
+        "auto",
+        description="Whisper text normaliser for the normalised WER/CER: English for English, Basic "
+        "otherwise ('auto' picks by language).",
+    )
+
+
+class OutputConfig(Section):
+    dir: str = Field(
+        "runs",
+        description="Parent directory of run directories. Inside a SageMaker job it defaults to "
+        "SM_OUTPUT_DATA_DIR.",
+    )
+    run_name: str | None = Field(
+        None, description="Run directory name; default '<UTC time>-<backend>-<model>'."
+    )
+    save_final_model: bool = Field(True, description="Save the trained weights and processor in final/.")
+    plot: bool = Field(True, description="Write plot.png with the loss and WER curves.")
+
+    @field_validator("run_name")
+    @classmethod
+    def _plain_name(cls, value: str | None) -> str | None:
+        if value is not None and (not value or Path(value).name != value):
+            raise ValueError("output.run_name must be a plain directory name, without '/'")
+        return value
+
+
+class BackendConfig(Section):
+    name: str = Field("reference", description="Backend that runs the training (see 'whisper-tune backends').")
+    options: SerializeAsAny[BaseModel] = Field(
+        default_factory=lambda: NoOptions(),
+        description="The backend's own options, written next to 'name' in YAML and validated by the backend.",
+    )
+
+
+class NoOptions(Section):
+    """Options model of a backend that has none."""
+
+
+class RunConfig(Section):
+    """Everything one run needs. Build it with ``whisper_tune.load_config`` or directly in Python."""
+
+    schema_version: Literal[1] = Field(1, description="Version of this configuration format.")
+    model: ModelConfig = Field(default_factory=ModelConfig, description="The model to fine-tune.")
+    data: DataConfig = Field(default_factory=DataConfig, description="Where the speech comes from.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation settings.")
+    eval: EvalConfig = Field(default_factory=EvalConfig, description="Generation-based WER/CER evaluation.")
+    output: OutputConfig = Field(default_factory=OutputConfig, description="Where results are written.")
+    backend: BackendConfig = Field(default_factory=BackendConfig, description="How and where to train.")
+
+    def to_yaml_dict(self) -> dict[str, Any]:
+        """A plain dict in the YAML layout (backend options written flat next to the name)."""
+        data = self.model_dump(mode="json", exclude={"backend"})
+        data["backend"] = {"name": self.backend.name, **self.backend.options.model_dump(mode="json")}
+        return data
+
+
+PositiveInt = Annotated[int, Field(gt=0)]
