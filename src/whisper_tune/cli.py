@@ -1,0 +1,239 @@
+"""The ``whisper-tune`` command: a thin click layer over the library.
+
+Errors a user can fix print one line (and a hint) and exit with their class's code (docs/errors.md);
+anything else is a bug and keeps its traceback. ``--debug`` shows tracebacks for everything. Nothing here
+imports torch at import time, so ``--help`` is instant.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from whisper_tune import __version__
+from whisper_tune.errors import InterruptedRun, WhisperTuneError
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+OVERRIDES_HELP = "Trailing KEY=VALUE items override any config field, e.g. training.max_steps=100."
+
+
+def config_options(func: F) -> F:
+    """--config / --backend / --model / --ipus / --num-processes plus trailing key=value overrides."""
+    func = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")(func)
+    func = click.option("--num-processes", type=click.IntRange(min=1), default=None,
+                        help="Processes (GPUs) for backends that launch several (sets backend.num_processes).")(func)
+    func = click.option("--ipus", type=click.IntRange(min=1), default=None,
+                        help="IPUs to use (sets backend.ipus; IPU backend).")(func)
+    func = click.option("--model", "model", default=None,
+                        help="Model: hub id, local directory, CTranslate2 directory or pip:tiny.en (sets model.name).")(func)
+    func = click.option("--backend", "-b", default=None, help="Backend name (sets backend.name).")(func)
+    func = click.option("--config", "-c", "config", default=None,
+                        help="Preset name (see 'config list') or path to a YAML file.")(func)
+    return func
+
+
+def build_config(config: str | None, overrides: Sequence[str], *, require_backend: bool = True,
+                 **flags: Any) -> Any:
+    from whisper_tune.config.load import load_config
+
+    return load_config(config, overrides, require_backend=require_backend, **flags)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.version_option(__version__, prog_name="whisper-tune")
+@click.option("--debug", is_flag=True, help="Show full tracebacks, also for configuration and data errors.")
+@click.option("--quiet", "-q", is_flag=True, help="Only warnings and results; no progress bars.")
+@click.pass_context
+def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
+    """Fine-tune OpenAI's Whisper on the hardware you have.
+
+    \b
+    Quick start (CPU, offline):  whisper-tune run --config quickstart
+    One GPU with LoRA:           whisper-tune run --backend cuda-lora --config ...
+    Graphcore IPUs:              whisper-tune run --backend ipu --ipus 4 --config ...
+    """
+    ctx.obj = {"debug": debug, "quiet": quiet}
+
+
+def _reporter(ctx: click.Context) -> Any:
+    from whisper_tune.recipe.progress import Reporter
+
+    return Reporter(quiet=ctx.obj["quiet"], verbose=ctx.obj["debug"])
+
+
+@cli.command(epilog=OVERRIDES_HELP)
+@config_options
+@click.pass_context
+def run(ctx: click.Context, config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
+    """Fine-tune: evaluate before, train, evaluate after, write the run directory."""
+    from whisper_tune.pipeline import run as run_pipeline
+
+    summary = run_pipeline(build_config(config, overrides, **flags), reporter=_reporter(ctx))
+    click.echo(f"run directory: {summary.run_dir}")
+    for line in summary.lines:
+        click.echo(line)
+
+
+@cli.command("eval", epilog=OVERRIDES_HELP)
+@config_options
+@click.option("--data", "data", default=None, help="Dataset to evaluate (sets data.dataset).")
+@click.option("--split", default=None, help="Split to evaluate (sets data.eval_split).")
+@click.pass_context
+def eval_cmd(ctx: click.Context, config: str | None, overrides: tuple[str, ...], data: str | None,
+             split: str | None, **flags: Any) -> None:
+    """Evaluate a model (WER/CER raw and normalised) without training."""
+    from whisper_tune.pipeline import run as run_pipeline
+
+    extra = [f"data.dataset={data}"] if data else []
+    extra += [f"data.eval_split={split}"] if split else []
+    summary = run_pipeline(build_config(config, [*overrides, *extra], **flags), reporter=_reporter(ctx), train=False)
+    click.echo(f"run directory: {summary.run_dir}")
+    for line in summary.lines:
+        click.echo(line)
+
+
+@cli.command(epilog=OVERRIDES_HELP)
+@config_options
+@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
+              help="Directory to write the prepared splits into (train/, eval/, ...).")
+@click.pass_context
+def prepare(ctx: click.Context, config: str | None, overrides: tuple[str, ...], out: Path, **flags: Any) -> None:
+    """Decode, resample, filter and featurise a dataset once; later runs train from it (data.dataset=OUT)."""
+    from whisper_tune.pipeline import prepare as prepare_data
+
+    sets = prepare_data(build_config(config, overrides, **flags), out, reporter=_reporter(ctx))
+    for name, info in sets.report().items():
+        click.echo(f"{name}: {info['samples']} samples, {info['audio_minutes']} min -> {info['path']}")
+
+
+@cli.command(epilog=OVERRIDES_HELP)
+@config_options
+@click.pass_context
+def plan(ctx: click.Context, config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
+    """Show what the backend will do: devices, batch per device and global, placement."""
+    from whisper_tune.pipeline import plan as make_plan
+
+    the_plan = make_plan(build_config(config, overrides, **flags))
+    click.echo(f"backend:            {the_plan.backend}")
+    click.echo(f"devices:            {the_plan.devices}")
+    click.echo(f"processes:          {the_plan.processes}")
+    click.echo(f"batch per device:   {the_plan.batch_per_device}")
+    click.echo(f"grad accumulation:  {the_plan.gradient_accumulation_steps}")
+    click.echo(f"global batch:       {the_plan.global_batch}")
+    for line in the_plan.placement:
+        click.echo(f"placement:          {line}")
+    for line in the_plan.notes:
+        click.echo(f"note:               {line}")
+
+
+@cli.command()
+def backends() -> None:
+    """List installed backends, whether they can run here and why not; and known ones not installed."""
+    from whisper_tune.backend.registry import KNOWN_BACKENDS, Registry
+
+    registry = Registry()
+    for name in registry.names():
+        info = registry.info(name)
+        try:
+            backend = registry.get(name)
+            probe = backend.probe()
+            status = "available" if probe.available else f"unavailable: {probe.reason}"
+            if probe.install_hint and not probe.available:
+                status += f" ({probe.install_hint})"
+            description = backend.description
+        except WhisperTuneError as exc:
+            status, description = f"broken: {exc.message}", ""
+        origin = f"{info.distribution} {info.version}" if info else "in-process"
+        click.echo(f"{name:12} {status}\n{'':12} {description} [{origin}]")
+    for name, known in KNOWN_BACKENDS.items():
+        if name not in registry.names():
+            click.echo(f"{name:12} not installed: {known.install}\n{'':12} {known.description}")
+
+
+@cli.group("config")
+def config_group() -> None:
+    """Show, validate, list and document configurations."""
+
+
+@config_group.command("show", epilog=OVERRIDES_HELP)
+@config_options
+def config_show(config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
+    """Print the fully resolved configuration as YAML (every default filled in)."""
+    from whisper_tune.config.load import dump_yaml
+
+    click.echo(dump_yaml(build_config(config, overrides, require_backend=False, **flags)), nl=False)
+
+
+@config_group.command("validate", epilog=OVERRIDES_HELP)
+@config_options
+def config_validate(config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
+    """Validate a configuration: core sections, then the backend's own options if it is installed."""
+    from whisper_tune.config.load import UncheckedOptions
+
+    resolved = build_config(config, overrides, require_backend=False, **flags)
+    if isinstance(resolved.backend.options, UncheckedOptions):
+        click.echo(f"valid (core sections); backend '{resolved.backend.name}' is not installed here, so its own "
+                   "options were not checked")
+    else:
+        click.echo(f"valid (core sections and backend '{resolved.backend.name}')")
+
+
+@config_group.command("list")
+def config_list() -> None:
+    """List the shipped presets."""
+    from whisper_tune.config.presets import list_presets
+
+    for name, path in list_presets().items():
+        click.echo(f"{name:40} {path}")
+
+
+@config_group.command("docs")
+def config_docs() -> None:
+    """Print the configuration reference (Markdown), generated from the field descriptions."""
+    from whisper_tune.config.reference import config_reference_markdown
+
+    click.echo(config_reference_markdown(), nl=False)
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point: run the CLI and map errors to one line and an exit code."""
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args
+    signal.signal(signal.SIGTERM, _on_sigterm)
+    try:
+        cli.main(args=args, prog_name="whisper-tune", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except click.exceptions.Abort:
+        click.echo("interrupted", err=True)
+        return InterruptedRun.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except WhisperTuneError as exc:
+        if debug:
+            raise
+        click.echo(f"error: {exc.message}", err=True)
+        if exc.hint:
+            click.echo(f"  hint: {exc.hint}", err=True)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        if debug:
+            raise
+        click.echo("interrupted", err=True)
+        return InterruptedRun.exit_code
+    return 0
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

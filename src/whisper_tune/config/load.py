@@ -1,0 +1,242 @@
+"""Preset or YAML file -> ``key=value`` overrides -> two-phase validation -> a frozen ``RunConfig``.
+
+Precedence, lowest first: schema defaults, backend option defaults, environment defaults (a SageMaker job's
+channels, only for keys nothing else sets), the preset / YAML file, ``key=value`` overrides, first-class
+flags (``--backend``, ``--model``, ``--ipus``, ``--num-processes``).
+
+Phase 1 validates the core sections and the backend's name; phase 2 asks that backend's ``Options`` model
+to validate the rest of the ``backend`` section. Every problem is reported at once, each with its dotted
+path and, for a misspelt key, the closest valid key.
+"""
+
+from __future__ import annotations
+
+import copy
+import difflib
+import os
+import types
+import typing
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, ValidationError
+
+from whisper_tune.config.presets import find_preset
+from whisper_tune.config.schema import BackendConfig, RunConfig
+from whisper_tune.errors import ConfigError, WhisperTuneError
+
+Raw = dict[str, Any]
+
+
+class UncheckedOptions(BaseModel):
+    """Backend options kept as given because that backend is not installed here (core-only validation)."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
+
+
+def read_yaml(path: Path) -> Raw:
+    """Read a YAML mapping, turning every failure into a one-line ConfigError."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise ConfigError(f"{path} is not valid YAML{where}: {problem}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, ...), not {type(data).__name__}")
+    return data
+
+
+def parse_override(item: str) -> tuple[list[str], Any]:
+    """``training.learning_rate=1e-4`` -> (["training", "learning_rate"], 1e-4); values are YAML."""
+    key, sep, value = item.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"override '{item}' is not of the form key=value", hint="e.g. training.max_steps=100")
+    parts = key.strip().split(".")
+    if any(not p for p in parts):
+        raise ConfigError(f"override key '{key}' has an empty part")
+    try:
+        parsed = yaml.safe_load(value) if value.strip() else None
+    except yaml.YAMLError:
+        parsed = value
+    return parts, parsed
+
+
+def set_path(data: Raw, parts: Sequence[str], value: Any) -> None:
+    node = data
+    for part in parts[:-1]:
+        child = node.get(part)
+        if not isinstance(child, dict):
+            child = {}
+            node[part] = child
+        node = child
+    node[parts[-1]] = value
+
+
+def has_path(data: Mapping[str, Any], parts: Sequence[str]) -> bool:
+    node: Any = data
+    for part in parts:
+        if not isinstance(node, Mapping) or part not in node:
+            return False
+        node = node[part]
+    return True
+
+
+def sagemaker_defaults(env: Mapping[str, str]) -> list[tuple[list[str], str]]:
+    """Inside a SageMaker training job (seed 000) data and output default from its SM_* variables."""
+    pairs = [
+        ("SM_CHANNEL_TRAIN", ["data", "dataset"]),
+        ("SM_OUTPUT_DATA_DIR", ["output", "dir"]),
+        ("SM_MODEL_DIR", ["output", "model_dir"]),
+    ]
+    return [(path, env[var]) for var, path in pairs if env.get(var)]
+
+
+def _field_names(model: type[BaseModel], loc: Sequence[str | int]) -> list[str]:
+    """Valid keys of the (nested) model at ``loc``, for "did you mean" hints."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        if not (isinstance(current, type) and issubclass(current, BaseModel)):
+            return []
+        field = current.model_fields.get(part)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+    if isinstance(current, type) and issubclass(current, BaseModel):
+        return list(current.model_fields)
+    return []
+
+
+def _model_in(annotation: Any) -> Any:
+    """The BaseModel class inside Optional[...] / tuple[X, ...] / X, if any."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    if isinstance(annotation, types.UnionType):
+        return None
+    return None
+
+
+def format_validation_error(
+    exc: ValidationError, model: type[BaseModel], prefix: Sequence[str] = (), source: str = ""
+) -> list[str]:
+    lines = []
+    for err in exc.errors(include_url=False):
+        loc = [*prefix, *[str(p) for p in err["loc"]]]
+        where = ".".join(loc) or "(top level)"
+        message = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            valid = _field_names(model, err["loc"][:-1])
+            close = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1, cutoff=0.6)
+            message = "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
+            if valid and not close:
+                message += f"; valid keys here: {', '.join(valid)}"
+        elif "input_value" not in message and "input" in err and err["type"] != "missing":
+            message += f" (got {err['input']!r})"
+        lines.append(f"{where}: {message}")
+    return lines
+
+
+def merge_sources(
+    config: str | Path | None,
+    overrides: Iterable[str] = (),
+    *,
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+) -> Raw:
+    """The raw (unvalidated) config dict after applying every layer."""
+    raw: Raw = copy.deepcopy(read_yaml(find_preset(config))) if config is not None else {}
+    for path, value in sagemaker_defaults(os.environ if env is None else env):
+        if not has_path(raw, path):
+            set_path(raw, path, value)
+    for item in overrides:
+        set_path(raw, *parse_override(item))
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            set_path(raw, dotted.split("."), value)
+    backend = raw.get("backend")
+    if isinstance(backend, str):  # "backend: cuda-lora" is short for "backend: {name: cuda-lora}"
+        raw["backend"] = {"name": backend}
+    return raw
+
+
+def validate(raw: Raw, *, registry: Any | None = None, require_backend: bool = True) -> RunConfig:
+    """Two-phase validation of a raw config dict.
+
+    With ``require_backend=False`` a backend that is not installed keeps its options unchecked
+    (``UncheckedOptions``) instead of failing, so presets of backends built elsewhere still validate.
+    """
+    raw = copy.deepcopy(raw)
+    backend_raw = raw.pop("backend", None) or {}
+    if not isinstance(backend_raw, dict):
+        raise ConfigError(f"backend: must be a mapping or a backend name, not {type(backend_raw).__name__}")
+    name = backend_raw.pop("name", BackendConfig.model_fields["name"].default)
+    errors: list[str] = []
+    core: RunConfig | None = None
+    try:
+        core = RunConfig.model_validate(raw | {"backend": {"name": name}})
+    except ValidationError as exc:
+        errors += format_validation_error(exc, RunConfig)
+
+    options: BaseModel | None = None
+    if registry is None:
+        from whisper_tune.backend.registry import Registry
+
+        registry = Registry()
+    try:
+        backend = registry.get(str(name))
+    except WhisperTuneError as exc:
+        if require_backend:
+            if errors:
+                errors.append(f"backend.name: {exc.message}")
+            else:
+                raise
+        else:
+            options = UncheckedOptions(**backend_raw)
+    else:
+        try:
+            options = backend.Options.model_validate(backend_raw)
+        except ValidationError as exc:
+            errors += format_validation_error(exc, backend.Options, prefix=("backend",))
+    if errors or core is None or options is None:
+        raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+    return core.model_copy(update={"backend": BackendConfig(name=str(name), options=options)})
+
+
+def load_config(
+    config: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    backend: str | None = None,
+    model: str | None = None,
+    ipus: int | None = None,
+    num_processes: int | None = None,
+    registry: Any | None = None,
+    env: Mapping[str, str] | None = None,
+    require_backend: bool = True,
+) -> RunConfig:
+    """Build a validated ``RunConfig`` from a preset name or YAML path plus overrides.
+
+    >>> load_config("quickstart", ["training.max_steps=10"])  # doctest: +SKIP
+    """
+    flags = {"backend.name": backend, "model.name": model, "backend.ipus": ipus, "backend.num_processes": num_processes}
+    raw = merge_sources(config, overrides, flags=flags, env=env)
+    return validate(raw, registry=registry, require_backend=require_backend)
+
+
+def dump_yaml(config: RunConfig) -> str:
+    return yaml.safe_dump(config.to_yaml_dict(), sort_keys=False, allow_unicode=True)

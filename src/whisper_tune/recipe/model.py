@@ -1,0 +1,99 @@
+"""Load the Whisper model and processor, and set language/task where every tool looks for them.
+
+The language and task go into the tokenizer's prefix (so labels carry them), into ``generation_config``
+(so ``generate`` forces them) and ``forced_decoder_ids`` is cleared on both config and generation config
+(seed 004 sets both; transformers 5 reads ``generation_config.language/task``).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from whisper_tune.config.schema import ModelConfig
+from whisper_tune.errors import ModelError
+
+OFFLINE_HINT = (
+    "this machine may have no access to the Hugging Face hub: use a local model directory, a CTranslate2 "
+    "directory, or 'pip:tiny.en' / 'pip:base' (see docs/models.md)"
+)
+
+
+def resolve_source(name: str) -> str:
+    """Model name in the config -> something ``from_pretrained`` loads (imports CTranslate2 if needed)."""
+    from whisper_tune.models.packaged import resolve_model_source
+
+    return str(resolve_model_source(name))
+
+
+def load_processor(source: str, cfg: ModelConfig) -> Any:
+    """The WhisperProcessor with the tokenizer's prefix set to the configured language and task."""
+    from transformers import WhisperProcessor
+
+    try:
+        processor = WhisperProcessor.from_pretrained(source)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the processor of '{cfg.name}': {str(exc).splitlines()[0]}",
+                         hint=OFFLINE_HINT) from None
+    tokenizer = processor.tokenizer
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    multilingual = is_multilingual_tokenizer(tokenizer)
+    if cfg.language is not None and cfg.language != "en" and not multilingual:
+        raise ModelError(f"'{cfg.name}' is English-only and has no token for language '{cfg.language}'",
+                         hint="unset model.language or use a multilingual model")
+    if multilingual:
+        tokenizer.set_prefix_tokens(language=cfg.language, task=cfg.task, predict_timestamps=False)
+    else:
+        tokenizer.set_prefix_tokens(predict_timestamps=False)
+    return processor
+
+
+def is_multilingual_tokenizer(tokenizer: Any) -> bool:
+    return tokenizer.convert_tokens_to_ids("<|transcribe|>") not in (None, tokenizer.unk_token_id)
+
+
+def check_mel_bins(model_mels: int, extractor_mels: int, name: str) -> None:
+    if model_mels != extractor_mels:
+        raise ModelError(
+            f"'{name}' expects {model_mels} mel bins but its feature extractor makes {extractor_mels}",
+            hint=f"use a preprocessor_config.json with feature_size={model_mels} "
+            "(large-v3 and turbo use 128 mel bins, earlier models 80)",
+        )
+
+
+def load_model(source: str, cfg: ModelConfig, *, dtype: Any = None, **kwargs: Any) -> Any:
+    """WhisperForConditionalGeneration with language/task configured for training and generation."""
+    from transformers import WhisperForConditionalGeneration
+
+    try:
+        model = WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"cannot load the model '{cfg.name}': {str(exc).splitlines()[0]}", hint=OFFLINE_HINT) from None
+    configure_generation(model, cfg)
+    return model
+
+
+def configure_generation(model: Any, cfg: ModelConfig) -> None:
+    gen = model.generation_config
+    multilingual = bool(getattr(gen, "is_multilingual", False)) or (
+        getattr(gen, "lang_to_id", None) is not None and len(gen.lang_to_id) > 0
+    )
+    if cfg.language is not None and cfg.language != "en" and not multilingual:
+        raise ModelError(f"'{cfg.name}' is English-only and cannot be given the language '{cfg.language}'",
+                         hint="unset model.language or use a multilingual model")
+    model.config.forced_decoder_ids = None
+    gen.forced_decoder_ids = None
+    if multilingual:
+        gen.language = cfg.language
+        gen.task = cfg.task
+    else:
+        gen.language = None
+        gen.task = None
+
+
+def generate_kwargs(model: Any, cfg: ModelConfig) -> dict[str, Any]:
+    """Language/task arguments for ``generate`` (none for English-only models)."""
+    gen = model.generation_config
+    if getattr(gen, "lang_to_id", None):
+        return {"language": cfg.language, "task": cfg.task} if cfg.language else {"task": cfg.task}
+    return {}

@@ -1,0 +1,86 @@
+"""Console messages, the run log file, and progress bars (tqdm) in one small object."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+LOGGER_NAME = "whisper_tune"
+
+
+class Progress:
+    """A tqdm bar that is a no-op when progress output is off."""
+
+    def __init__(self, desc: str, total: int | None, unit: str, enabled: bool) -> None:
+        self._bar: Any = None
+        if enabled:
+            from tqdm.auto import tqdm
+
+            self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False, file=sys.stderr)
+
+    def update(self, n: int = 1, **postfix: Any) -> None:
+        if self._bar is not None:
+            self._bar.update(n)
+            if postfix:
+                self._bar.set_postfix(postfix, refresh=False)
+
+    def __enter__(self) -> Progress:
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
+                 tb: TracebackType | None) -> None:
+        if self._bar is not None:
+            self._bar.close()
+
+
+class Reporter:
+    """Writes to the console (stderr) and, once a run directory exists, to ``run.log`` in it."""
+
+    def __init__(self, *, quiet: bool = False, progress: bool = True, verbose: bool = False) -> None:
+        self.quiet = quiet
+        self.show_progress = progress and not quiet
+        self.logger = logging.getLogger(LOGGER_NAME)
+        self.logger.setLevel(logging.DEBUG)
+        self.logger.propagate = False
+        self._file_handler: logging.Handler | None = None
+        if not any(getattr(h, "_whisper_tune_console", False) for h in self.logger.handlers):
+            console = logging.StreamHandler(sys.stderr)
+            console._whisper_tune_console = True  # type: ignore[attr-defined]
+            console.setFormatter(logging.Formatter("%(message)s"))
+            self.logger.addHandler(console)
+        for handler in self.logger.handlers:
+            if getattr(handler, "_whisper_tune_console", False):
+                handler.setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO))
+
+    @classmethod
+    def silent(cls) -> Reporter:
+        return cls(quiet=True, progress=False)
+
+    def log_to(self, path: Path) -> None:
+        self.close()
+        handler = logging.FileHandler(path, encoding="utf-8")
+        handler.setLevel(logging.DEBUG)
+        handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+        self.logger.addHandler(handler)
+        self._file_handler = handler
+
+    def close(self) -> None:
+        if self._file_handler is not None:
+            self.logger.removeHandler(self._file_handler)
+            self._file_handler.close()
+            self._file_handler = None
+
+    def info(self, message: str) -> None:
+        self.logger.info(message)
+
+    def debug(self, message: str) -> None:
+        self.logger.debug(message)
+
+    def warning(self, message: str) -> None:
+        self.logger.warning(f"warning: {message}")
+
+    def progress(self, desc: str, total: int | None = None, unit: str = "it") -> Progress:
+        return Progress(desc, total, unit, self.show_progress)

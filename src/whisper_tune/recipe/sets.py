@@ -1,0 +1,119 @@
+"""Turn the ``data`` section into prepared directories: train, eval, and every extra eval set.
+
+Also the way back in: a directory written by ``whisper-tune prepare`` is used as it is.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from whisper_tune.config.schema import DataConfig, EvalSetConfig
+from whisper_tune.errors import DataError
+from whisper_tune.recipe.prepare import Filters, prepare_samples
+from whisper_tune.recipe.prepared import PreparedDataset
+from whisper_tune.recipe.progress import Reporter
+from whisper_tune.recipe.sources import (
+    SplitSpec,
+    iter_split,
+    resolve_kind,
+    seeded_split,
+    train_and_eval_specs,
+)
+
+EVAL = "eval"
+
+
+@dataclass(frozen=True)
+class PreparedSets:
+    train: Path | None
+    evals: dict[str, Path] = field(default_factory=dict)
+
+    def report(self) -> dict[str, Any]:
+        """Counts, audio duration and drops for each set (goes into metrics.json)."""
+        sets = {"train": self.train} if self.train else {}
+        sets.update(self.evals)
+        out = {}
+        for name, path in sets.items():
+            ds = PreparedDataset(path)
+            out[name] = {"samples": len(ds), "audio_minutes": round(ds.total_seconds / 60, 2),
+                         "dropped": ds.dropped, "path": str(path)}
+        return out
+
+
+def _prepared_split(root: Path, split: str) -> Path:
+    candidate = root / split
+    if (candidate / "manifest.json").is_file():
+        return candidate
+    if split == "train" and (root / "manifest.json").is_file():
+        return root
+    raise DataError(f"prepared data {root} has no split '{split}'",
+                    hint=f"available: {', '.join(sorted(p.parent.name for p in root.glob('*/manifest.json')))}")
+
+
+def prepare_all(
+    data: DataConfig,
+    out_dir: Path,
+    *,
+    feature_extractor: Any,
+    tokenizer: Any,
+    feature_dtype: str,
+    reporter: Reporter,
+    include_train: bool = True,
+    meta: dict[str, Any] | None = None,
+) -> PreparedSets:
+    """Prepare train + eval (+ extra eval sets) into ``out_dir/<name>``; reuse prepared input as is."""
+    filters = Filters.from_config(data)
+    common = dict(feature_extractor=feature_extractor, tokenizer=tokenizer, filters=filters,
+                  feature_dtype=feature_dtype, reporter=reporter, meta=meta)
+    train_dir: Path | None = None
+    evals: dict[str, Path] = {}
+    if data.dataset is not None and resolve_kind(data.dataset, data.kind) == "prepared":
+        root = Path(data.dataset).expanduser()
+        train_dir = _prepared_split(root, data.train_split) if include_train else None
+        if data.eval_split:
+            evals[EVAL] = _prepared_split(root, data.eval_split)
+        _check_mel_bins([p for p in [train_dir, *evals.values()] if p], int(feature_extractor.feature_size))
+    else:
+        train_spec, eval_spec = train_and_eval_specs(data)
+        if data.test_size is not None:
+            everything = list(iter_split(train_spec))
+            train_samples, eval_samples = seeded_split(everything, data.test_size, data.split_seed)
+            reporter.info(f"split {len(everything)} samples: {len(train_samples)} train, {len(eval_samples)} eval "
+                          f"(test_size {data.test_size}, seed {data.split_seed})")
+            if include_train:
+                train_dir = prepare_samples(train_samples, out_dir / "train", limit=data.max_train_samples,
+                                            total=len(train_samples), name="train", **common)  # type: ignore[arg-type]
+            evals[EVAL] = prepare_samples(eval_samples, out_dir / EVAL, limit=data.max_eval_samples,
+                                          total=len(eval_samples), name=EVAL, **common)  # type: ignore[arg-type]
+        else:
+            if include_train:
+                train_dir = prepare_samples(iter_split(train_spec), out_dir / "train", limit=data.max_train_samples,
+                                            name="train", **common)  # type: ignore[arg-type]
+            if eval_spec is not None:
+                evals[EVAL] = prepare_samples(iter_split(eval_spec), out_dir / EVAL, limit=data.max_eval_samples,
+                                              name=EVAL, **common)  # type: ignore[arg-type]
+    for extra in data.extra_eval:
+        evals[extra.name] = _prepare_extra(extra, data, out_dir, common)
+    return PreparedSets(train_dir, evals)
+
+
+def _prepare_extra(extra: EvalSetConfig, data: DataConfig, out_dir: Path, common: dict[str, Any]) -> Path:
+    kind = resolve_kind(extra.dataset, "auto")
+    if kind == "prepared":
+        path = _prepared_split(Path(extra.dataset).expanduser(), extra.split)
+        _check_mel_bins([path], int(common["feature_extractor"].feature_size))
+        return path
+    spec = SplitSpec(dataset=extra.dataset, kind=kind, split=extra.split, subset=extra.subset,
+                     audio_column=extra.audio_column or data.audio_column,
+                     text_column=extra.text_column or data.text_column)
+    return prepare_samples(iter_split(spec), out_dir / extra.name, limit=extra.max_samples, name=extra.name, **common)
+
+
+def _check_mel_bins(paths: list[Path], expected: int) -> None:
+    for path in paths:
+        got = PreparedDataset(path).num_mel_bins
+        if got != expected:
+            raise DataError(f"prepared data {path} has {got} mel bins but the model needs {expected}",
+                            hint="prepare the data again for this model")

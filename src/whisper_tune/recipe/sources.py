@@ -1,0 +1,235 @@
+"""Where samples come from: Hugging Face datasets, local audiofolders, CSV/JSONL manifests.
+
+Every source yields ``RawSample``s (an id, something decodable, a transcript); decoding happens later in
+``prepare`` so that one bad file is counted and skipped, never fatal. The layouts are in docs/data.md.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from whisper_tune.config.schema import DataConfig, DatasetKind
+from whisper_tune.errors import DataError
+
+PREPARED_MANIFEST = "manifest.json"
+AUDIOFOLDER_METADATA = "metadata.csv"
+NO_NETWORK_HINT = (
+    "the Hugging Face hub cannot be reached or the dataset needs a loading script that current `datasets` "
+    "no longer runs; point data.dataset at a local copy (audiofolder, CSV/JSONL manifest or parquet), see docs/data.md"
+)
+
+
+@dataclass(frozen=True)
+class RawSample:
+    key: str
+    audio: Any  # a path, encoded bytes, or {"array", "sampling_rate"} / {"bytes", "path"}
+    text: Any
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """One split of one dataset, with the columns to read."""
+
+    dataset: str
+    kind: DatasetKind
+    split: str
+    subset: str | None = None
+    audio_column: str = "audio"
+    text_column: str = "text"
+    streaming: bool = False
+
+
+def looks_like_path(name: str) -> bool:
+    return name.startswith((".", "/", "~")) or Path(name).suffix.lower() in {".csv", ".jsonl", ".json"}
+
+
+def detect_kind(dataset: str) -> DatasetKind:
+    """Decide how to read ``dataset`` from what is on disk; a missing path is a DataError."""
+    path = Path(dataset).expanduser()
+    if path.is_dir():
+        if (path / PREPARED_MANIFEST).is_file() or any(path.glob(f"*/{PREPARED_MANIFEST}")):
+            return "prepared"
+        if (path / AUDIOFOLDER_METADATA).is_file() or any(path.glob(f"*/{AUDIOFOLDER_METADATA}")):
+            return "audiofolder"
+        return "hub"  # a local directory `datasets` can read (parquet, arrow, csv shards...)
+    if path.is_file():
+        if path.suffix.lower() == ".csv":
+            return "csv"
+        if path.suffix.lower() in {".jsonl", ".json"}:
+            return "jsonl"
+        raise DataError(f"{dataset} is a file, but not a .csv or .jsonl manifest")
+    if looks_like_path(dataset):
+        raise DataError(f"dataset path {dataset} does not exist")
+    return "hub"
+
+
+def resolve_kind(dataset: str, kind: DatasetKind) -> DatasetKind:
+    if kind != "auto":
+        if kind != "hub" and not Path(dataset).expanduser().exists():
+            raise DataError(f"dataset path {dataset} does not exist")
+        return kind
+    return detect_kind(dataset)
+
+
+def split_parts(split: str) -> list[str]:
+    parts = [p.strip() for p in split.split("+")]
+    if not all(parts):
+        raise DataError(f"split '{split}' has an empty part")
+    return parts
+
+
+def _require_columns(available: list[str], spec: SplitSpec, where: str) -> None:
+    missing = [c for c in (spec.audio_column, spec.text_column) if c not in available]
+    if missing:
+        raise DataError(
+            f"{where} has no column {', '.join(repr(c) for c in missing)}; its columns are: {', '.join(available)}",
+            hint="set data.audio_column / data.text_column",
+        )
+
+
+def _read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    try:
+        if path.suffix.lower() == ".csv":
+            with path.open(newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh)
+                rows = list(reader)
+                return list(reader.fieldnames or []), rows
+        rows = []
+        with path.open(encoding="utf-8") as fh:
+            for n, line in enumerate(fh, 1):
+                if line.strip():
+                    try:
+                        rows.append(json.loads(line))
+                    except json.JSONDecodeError as exc:
+                        raise DataError(f"{path} line {n} is not valid JSON: {exc.msg}") from None
+        columns = list(dict.fromkeys(k for row in rows for k in row))
+        return columns, rows
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"cannot read {path}: {exc}") from None
+
+
+def _iter_table(path: Path, spec: SplitSpec, split_filter: str | None) -> Iterator[RawSample]:
+    columns, rows = _read_table(path)
+    _require_columns(columns, spec, str(path))
+    if split_filter is not None:
+        if "split" not in columns:
+            raise DataError(
+                f"{path} has no 'split' column, so it cannot provide the split '{split_filter}'",
+                hint="add a split column, or set data.eval_split=null and data.test_size=0.1",
+            )
+        rows = [r for r in rows if str(r.get("split")) == split_filter]
+    for n, row in enumerate(rows):
+        audio = row.get(spec.audio_column)
+        audio_path = (path.parent / str(audio)) if audio not in (None, "") else None
+        yield RawSample(key=f"{path.name}:{n + 1}", audio=audio_path, text=row.get(spec.text_column))
+
+
+def _audiofolder_split_dir(root: Path, split: str) -> Path:
+    if (root / split / AUDIOFOLDER_METADATA).is_file():
+        return root / split
+    if split == "train" and (root / AUDIOFOLDER_METADATA).is_file():
+        return root
+    available = sorted(p.parent.name for p in root.glob(f"*/{AUDIOFOLDER_METADATA}"))
+    raise DataError(
+        f"audiofolder {root} has no split '{split}' (no {split}/{AUDIOFOLDER_METADATA})",
+        hint=f"available splits: {', '.join(available) or 'none'}",
+    )
+
+
+def _iter_audiofolder(spec: SplitSpec, part: str) -> Iterator[RawSample]:
+    folder = _audiofolder_split_dir(Path(spec.dataset).expanduser(), part)
+    metadata = folder / AUDIOFOLDER_METADATA
+    columns, rows = _read_table(metadata)
+    audio_col = "file_name" if spec.audio_column == "audio" and "audio" not in columns else spec.audio_column
+    _require_columns(columns, SplitSpec(**{**spec.__dict__, "audio_column": audio_col}), str(metadata))
+    for row in rows:
+        name = row.get(audio_col) or ""
+        yield RawSample(key=f"{folder.name}/{name}", audio=(folder / name) if name else None, text=row.get(spec.text_column))
+
+
+def _load_hub_split(spec: SplitSpec, part: str) -> Any:
+    try:
+        import datasets
+    except ImportError as exc:  # pragma: no cover - datasets is a dependency
+        raise DataError("reading a Hugging Face dataset needs the `datasets` package", hint="pip install datasets") from exc
+    try:
+        ds = datasets.load_dataset(spec.dataset, spec.subset, split=part, streaming=spec.streaming)
+    except ValueError as exc:
+        raise DataError(f"cannot load split '{part}' of {spec.dataset}: {str(exc).splitlines()[0]}") from None
+    except (FileNotFoundError, ConnectionError, OSError, RuntimeError) as exc:
+        raise DataError(f"cannot load dataset {spec.dataset}: {str(exc).splitlines()[0]}", hint=NO_NETWORK_HINT) from None
+    except Exception as exc:
+        # datasets raises its own classes (DatasetNotFoundError, ...) that share no useful base.
+        if type(exc).__module__.startswith(("datasets", "huggingface_hub")):
+            raise DataError(f"cannot load dataset {spec.dataset}: {str(exc).splitlines()[0]}", hint=NO_NETWORK_HINT) from None
+        raise
+    columns = list(ds.features or {}) if ds.features is not None else []
+    if columns:
+        _require_columns(columns, spec, f"dataset {spec.dataset} ({part})")
+        if isinstance(ds.features[spec.audio_column], datasets.Audio):
+            # Decode ourselves with soundfile: no dependency on the decoder `datasets` bundles this year.
+            ds = ds.cast_column(spec.audio_column, datasets.Audio(decode=False))
+    return ds
+
+
+def _iter_hub(spec: SplitSpec, part: str, ds: Any | None = None) -> Iterator[RawSample]:
+    ds = _load_hub_split(spec, part) if ds is None else ds
+    for n, row in enumerate(ds):
+        if n == 0 and (spec.audio_column not in row or spec.text_column not in row):
+            _require_columns(list(row), spec, f"dataset {spec.dataset} ({part})")
+        yield RawSample(key=f"{part}:{n}", audio=row.get(spec.audio_column), text=row.get(spec.text_column))
+
+
+def iter_split(spec: SplitSpec) -> Iterator[RawSample]:
+    """All samples of a split (``a+b`` joins splits), lazily."""
+    for part in split_parts(spec.split):
+        if spec.kind == "audiofolder":
+            yield from _iter_audiofolder(spec, part)
+        elif spec.kind in ("csv", "jsonl"):
+            yield from _iter_table(Path(spec.dataset).expanduser(), spec, None if part == "all" else part)
+        elif spec.kind == "hub":
+            yield from _iter_hub(spec, part)
+        else:
+            raise DataError(f"data kind '{spec.kind}' cannot be read as raw samples")
+
+
+def seeded_split(
+    samples: list[RawSample], test_size: float, seed: int
+) -> tuple[list[RawSample], list[RawSample]]:
+    """Hold out ``test_size`` of the samples for evaluation, reproducibly (same seed, same split)."""
+    if len(samples) < 2:
+        raise DataError(f"cannot split {len(samples)} sample(s) into train and test")
+    n_test = max(1, round(len(samples) * test_size))
+    order = np.random.default_rng(seed).permutation(len(samples))
+    test_idx = set(order[:n_test].tolist())
+    train = [s for i, s in enumerate(samples) if i not in test_idx]
+    test = [s for i, s in enumerate(samples) if i in test_idx]
+    return train, test
+
+
+def train_and_eval_specs(data: DataConfig) -> tuple[SplitSpec, SplitSpec | None]:
+    """The train split, and the eval split if the data names one (else test_size applies)."""
+    if data.dataset is None:
+        raise DataError("no dataset given", hint="set data.dataset (a hub name, audiofolder, manifest or prepared dir)")
+    kind = resolve_kind(data.dataset, data.kind)
+    common = dict(
+        dataset=data.dataset,
+        kind=kind,
+        subset=data.subset,
+        audio_column=data.audio_column,
+        text_column=data.text_column,
+        streaming=data.streaming,
+    )
+    train = SplitSpec(split=data.train_split, **common)  # type: ignore[arg-type]
+    manifest = kind in ("csv", "jsonl")
+    if manifest and data.eval_split is None:
+        train = SplitSpec(split="all", **common)  # type: ignore[arg-type]
+    evaluation = SplitSpec(split=data.eval_split, **common) if data.eval_split else None  # type: ignore[arg-type]
+    return train, evaluation

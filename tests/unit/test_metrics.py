@@ -1,0 +1,44 @@
+"""WER/CER through jiwer with Whisper's normalisers from transformers."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from whisper_tune.recipe.metrics import make_normalizer, pick_normalizer, score
+
+
+def test_raw_and_normalised_rates() -> None:
+    english = make_normalizer("english")
+    result = score(["Hello, world!"], ["hello world"], english)
+    assert result["wer"] == pytest.approx(100.0)  # raw: both words differ in case/punctuation
+    assert result["normalized_wer"] == 0.0
+    assert result["samples"] == 1
+
+
+def test_english_normaliser_uses_the_spelling_map() -> None:
+    english = make_normalizer("english")
+    assert english("The colour is grey.") == "the color is gray"
+
+
+def test_known_wer_value() -> None:
+    basic = make_normalizer("basic")
+    result = score(["the cat sat on the mat", "a b c"], ["the cat sat on a mat", "a b c d"], basic)
+    # 1 substitution + 1 deletion over 10 reference words
+    assert result["normalized_wer"] == pytest.approx(20.0)
+    assert 0 < result["normalized_cer"] < result["normalized_wer"]
+
+
+def test_empty_normalised_references_are_skipped_and_counted() -> None:
+    result = score(["anything", "ok"], ["...", "ok"], make_normalizer("basic"))
+    assert result["skipped_empty_references"] == 1
+    assert result["normalized_wer"] == 0.0
+    assert math.isnan(score(["x"], ["..."], make_normalizer("basic"))["normalized_wer"])
+
+
+def test_normaliser_choice() -> None:
+    assert pick_normalizer("auto", "en", False) == "english"
+    assert pick_normalizer("auto", None, True) == "english"
+    assert pick_normalizer("auto", "mr", False) == "basic"
+    assert pick_normalizer("basic", "en", True) == "basic"

@@ -1,0 +1,57 @@
+"""Backend registry: entry points, lazy loading, duplicates, install hints."""
+
+from __future__ import annotations
+
+from importlib.metadata import EntryPoint
+
+import pytest
+
+from whisper_tune.backend.protocol import Backend
+from whisper_tune.backend.reference import ReferenceBackend
+from whisper_tune.backend.registry import GROUP, Registry
+from whisper_tune.errors import BackendUnavailableError, ConfigError
+
+
+def ep(name: str, value: str) -> EntryPoint:
+    return EntryPoint(name=name, value=value, group=GROUP)
+
+
+def test_installed_entry_points_include_reference() -> None:
+    registry = Registry()
+    assert "reference" in registry.names()
+    backend = registry.get("reference")
+    assert isinstance(backend, ReferenceBackend)
+    assert isinstance(backend, Backend)  # satisfies the Protocol structurally
+    assert registry.get("reference") is backend  # loaded once
+
+
+def test_listing_does_not_import_backend_modules() -> None:
+    registry = Registry([ep("lazy", "whisper_tune_no_such_module:Backend")])
+    assert registry.names() == ["lazy"]  # nothing imported yet
+    with pytest.raises(ModuleNotFoundError):
+        registry.get("lazy")  # a broken plugin is not swallowed
+
+
+def test_duplicate_names_are_refused() -> None:
+    with pytest.raises(BackendUnavailableError, match="two installed packages register the backend 'x'"):
+        Registry([ep("x", "a:A"), ep("x", "b:B")])
+
+
+def test_name_must_match_entry_point() -> None:
+    registry = Registry([ep("other", "whisper_tune.backend.reference:ReferenceBackend")])
+    with pytest.raises(BackendUnavailableError, match="whose name is 'reference'"):
+        registry.get("other")
+
+
+def test_missing_known_backend_and_unknown_backend() -> None:
+    registry = Registry([])
+    with pytest.raises(BackendUnavailableError) as err:
+        registry.get("cuda-lora")
+    assert err.value.hint and "pip install" in err.value.hint
+    with pytest.raises(ConfigError, match="unknown backend"):
+        registry.get("tpu")
+
+
+def test_instances_can_be_registered_directly() -> None:
+    backend = ReferenceBackend()
+    assert Registry([], instances={"reference": backend}).get("reference") is backend
