@@ -26,20 +26,38 @@ OVERRIDES_HELP = "Trailing KEY=VALUE items override any config field, e.g. train
 def config_options(func: F) -> F:
     """--config / --backend / --model / --ipus / --num-processes plus trailing key=value overrides."""
     func = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")(func)
-    func = click.option("--num-processes", type=click.IntRange(min=1), default=None,
-                        help="Processes (GPUs) for backends that launch several (sets backend.num_processes).")(func)
-    func = click.option("--ipus", type=click.IntRange(min=1), default=None,
-                        help="IPUs to use (sets backend.ipus; IPU backend).")(func)
-    func = click.option("--model", "model", default=None,
-                        help="Model: hub id, local directory, CTranslate2 directory or pip:tiny.en (sets model.name).")(func)
+    func = click.option(
+        "--num-processes",
+        type=click.IntRange(min=1),
+        default=None,
+        help="Processes (GPUs) for backends that launch several (sets backend.num_processes).",
+    )(func)
+    func = click.option(
+        "--ipus",
+        type=click.IntRange(min=1),
+        default=None,
+        help="IPUs to use (sets backend.ipus; IPU backend).",
+    )(func)
+    func = click.option(
+        "--model",
+        "model",
+        default=None,
+        help="Model: hub id, local directory, CTranslate2 directory or pip:tiny.en (sets model.name).",
+    )(func)
     func = click.option("--backend", "-b", default=None, help="Backend name (sets backend.name).")(func)
-    func = click.option("--config", "-c", "config", default=None,
-                        help="Preset name (see 'config list') or path to a YAML file.")(func)
+    func = click.option(
+        "--config",
+        "-c",
+        "config",
+        default=None,
+        help="Preset name (see 'config list') or path to a YAML file.",
+    )(func)
     return func
 
 
-def build_config(config: str | None, overrides: Sequence[str], *, require_backend: bool = True,
-                 **flags: Any) -> Any:
+def build_config(
+    config: str | None, overrides: Sequence[str], *, require_backend: bool = True, **flags: Any
+) -> Any:
     from whisper_tune.config.load import load_config
 
     return load_config(config, overrides, require_backend=require_backend, **flags)
@@ -85,14 +103,22 @@ def run(ctx: click.Context, config: str | None, overrides: tuple[str, ...], **fl
 @click.option("--data", "data", default=None, help="Dataset to evaluate (sets data.dataset).")
 @click.option("--split", default=None, help="Split to evaluate (sets data.eval_split).")
 @click.pass_context
-def eval_cmd(ctx: click.Context, config: str | None, overrides: tuple[str, ...], data: str | None,
-             split: str | None, **flags: Any) -> None:
+def eval_cmd(
+    ctx: click.Context,
+    config: str | None,
+    overrides: tuple[str, ...],
+    data: str | None,
+    split: str | None,
+    **flags: Any,
+) -> None:
     """Evaluate a model (WER/CER raw and normalised) without training."""
     from whisper_tune.pipeline import run as run_pipeline
 
     extra = [f"data.dataset={data}"] if data else []
     extra += [f"data.eval_split={split}"] if split else []
-    summary = run_pipeline(build_config(config, [*overrides, *extra], **flags), reporter=_reporter(ctx), train=False)
+    summary = run_pipeline(
+        build_config(config, [*overrides, *extra], **flags), reporter=_reporter(ctx), train=False
+    )
     click.echo(f"run directory: {summary.run_dir}")
     for line in summary.lines:
         click.echo(line)
@@ -100,10 +126,18 @@ def eval_cmd(ctx: click.Context, config: str | None, overrides: tuple[str, ...],
 
 @cli.command(epilog=OVERRIDES_HELP)
 @config_options
-@click.option("--out", "-o", "out", required=True, type=click.Path(file_okay=False, path_type=Path),
-              help="Directory to write the prepared splits into (train/, eval/, ...).")
+@click.option(
+    "--out",
+    "-o",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write the prepared splits into (train/, eval/, ...).",
+)
 @click.pass_context
-def prepare(ctx: click.Context, config: str | None, overrides: tuple[str, ...], out: Path, **flags: Any) -> None:
+def prepare(
+    ctx: click.Context, config: str | None, overrides: tuple[str, ...], out: Path, **flags: Any
+) -> None:
     """Decode, resample, filter and featurise a dataset once; later runs train from it (data.dataset=OUT)."""
     from whisper_tune.pipeline import prepare as prepare_data
 
@@ -178,8 +212,10 @@ def config_validate(config: str | None, overrides: tuple[str, ...], **flags: Any
 
     resolved = build_config(config, overrides, require_backend=False, **flags)
     if isinstance(resolved.backend.options, UncheckedOptions):
-        click.echo(f"valid (core sections); backend '{resolved.backend.name}' is not installed here, so its own "
-                   "options were not checked")
+        click.echo(
+            f"valid (core sections); backend '{resolved.backend.name}' is not installed here, so its own "
+            "options were not checked"
+        )
     else:
         click.echo(f"valid (core sections and backend '{resolved.backend.name}')")
 

@@ -40,14 +40,16 @@ class RunSummary:
     lines: list[str] = field(default_factory=list)
 
 
-def select_backend(config: RunConfig, registry: Registry | None = None,
-                   caps: Capabilities | None = None) -> tuple[Backend, Capabilities]:
+def select_backend(
+    config: RunConfig, registry: Registry | None = None, caps: Capabilities | None = None
+) -> tuple[Backend, Capabilities]:
     """The configured backend, after its probe and its checks have passed."""
     backend = (registry or Registry()).get(config.backend.name)
     probe = backend.probe()
     if not probe.available:
-        raise BackendUnavailableError(f"the backend '{backend.name}' cannot run here: {probe.reason}",
-                                      hint=probe.install_hint or None)
+        raise BackendUnavailableError(
+            f"the backend '{backend.name}' cannot run here: {probe.reason}", hint=probe.install_hint or None
+        )
     caps = caps or probe.capabilities
     raise_issues(backend.check(config, caps))
     return backend, caps
@@ -62,7 +64,8 @@ def raise_issues(issues: list[Any]) -> None:
     text = "\n  ".join(f"{i.loc}: {i.message}" + (f" ({i.hint})" if i.hint else "") for i in errors)
     hardware = all(i.hardware for i in errors)
     raise (HardwareError if hardware else ConfigError)(
-        ("the hardware cannot run this configuration:\n  " if hardware else "invalid configuration:\n  ") + text
+        ("the hardware cannot run this configuration:\n  " if hardware else "invalid configuration:\n  ")
+        + text
     )
 
 
@@ -84,16 +87,20 @@ def make_run_dir(config: RunConfig) -> Path:
     run_dir = root / name
     resuming = config.training.resume_from is not None
     if (run_dir / METRICS_FILE).exists() and not resuming:
-        raise OutputError(f"run directory {run_dir} already holds a finished run",
-                          hint="choose another output.run_name (nothing was overwritten)")
+        raise OutputError(
+            f"run directory {run_dir} already holds a finished run",
+            hint="choose another output.run_name (nothing was overwritten)",
+        )
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         probe = run_dir / ".write-test"
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise OutputError(f"cannot write to the output directory {run_dir}: {exc.strerror or exc}",
-                          hint="set output.dir to a writable directory") from None
+        raise OutputError(
+            f"cannot write to the output directory {run_dir}: {exc.strerror or exc}",
+            hint="set output.dir to a writable directory",
+        ) from None
     return run_dir
 
 
@@ -106,8 +113,10 @@ def resolve_resume(config: RunConfig, run_dir: Path) -> Path | None:
     if value == "latest":
         found = list_checkpoints(run_dir / "checkpoints")
         if not found:
-            raise ConfigError(f"training.resume_from=latest but {run_dir / 'checkpoints'} has no checkpoint",
-                              hint="set output.run_name to the run to resume")
+            raise ConfigError(
+                f"training.resume_from=latest but {run_dir / 'checkpoints'} has no checkpoint",
+                hint="set output.run_name to the run to resume",
+            )
         return found[-1]
     path = Path(value).expanduser()
     if not (path / "trainer_state.json").is_file():
@@ -121,7 +130,9 @@ def _load_processor_for(config: RunConfig, reporter: Reporter) -> tuple[str, Any
     from whisper_tune.recipe.model import check_mel_bins, load_processor, resolve_source
 
     source = resolve_source(config.model.name)
-    reporter.info(f"model: {config.model.name}" + (f" (from {source})" if source != config.model.name else ""))
+    reporter.info(
+        f"model: {config.model.name}" + (f" (from {source})" if source != config.model.name else "")
+    )
     processor = load_processor(source, config.model)
     try:
         model_config = WhisperConfig.from_pretrained(source)
@@ -129,14 +140,22 @@ def _load_processor_for(config: RunConfig, reporter: Reporter) -> tuple[str, Any
         from whisper_tune.errors import ModelError
         from whisper_tune.recipe.model import OFFLINE_HINT
 
-        raise ModelError(f"cannot read the configuration of '{config.model.name}': {str(exc).splitlines()[0]}",
-                         hint=OFFLINE_HINT) from None
+        raise ModelError(
+            f"cannot read the configuration of '{config.model.name}': {str(exc).splitlines()[0]}",
+            hint=OFFLINE_HINT,
+        ) from None
     check_mel_bins(model_config.num_mel_bins, processor.feature_extractor.feature_size, config.model.name)
     return source, processor
 
 
-def prepare(config: RunConfig, out_dir: Path, *, reporter: Reporter | None = None,
-            registry: Registry | None = None, include_train: bool = True) -> Any:
+def prepare(
+    config: RunConfig,
+    out_dir: Path,
+    *,
+    reporter: Reporter | None = None,
+    registry: Registry | None = None,
+    include_train: bool = True,
+) -> Any:
     """Prepare the configured data for the configured model into ``out_dir`` (``whisper-tune prepare``)."""
     reporter = reporter or Reporter()
     backend = (registry or Registry()).get(config.backend.name)
@@ -144,15 +163,24 @@ def prepare(config: RunConfig, out_dir: Path, *, reporter: Reporter | None = Non
     return _prepare_sets(config, out_dir, processor, backend, reporter, include_train)
 
 
-def run(config: RunConfig, *, registry: Registry | None = None, reporter: Reporter | None = None,
-        train: bool = True) -> RunSummary:
+def run(
+    config: RunConfig,
+    *,
+    registry: Registry | None = None,
+    reporter: Reporter | None = None,
+    train: bool = True,
+) -> RunSummary:
     """Fine-tune (or with ``train=False`` only evaluate) as configured; returns the summary."""
     from whisper_tune.recipe.evaluation import score_predictions
     from whisper_tune.recipe.prepared import PreparedDataset
+    from whisper_tune.recipe.sources import resolve_kind, train_and_eval_specs
 
     reporter = reporter or Reporter()
     started = time.perf_counter()
     backend, caps = select_backend(config, registry)
+    train_and_eval_specs(config.data)  # a missing dataset fails before anything is loaded or written
+    for extra in config.data.extra_eval:
+        resolve_kind(extra.dataset, "auto")
     run_dir = make_run_dir(config)
     reporter.log_to(run_dir / "run.log")
     try:
@@ -160,21 +188,35 @@ def run(config: RunConfig, *, registry: Registry | None = None, reporter: Report
         the_plan = backend.plan(config, caps)
         write_json_atomic(run_dir / "plan.json", {**the_plan.__dict__, "global_batch": the_plan.global_batch})
         reporter.info(f"run directory: {run_dir}")
-        reporter.info(f"backend {backend.name}: {the_plan.devices}; batch {the_plan.batch_per_device} per device, "
-                      f"global {the_plan.global_batch}")
+        reporter.info(
+            f"backend {backend.name}: {the_plan.devices}; batch {the_plan.batch_per_device} per device, "
+            f"global {the_plan.global_batch}"
+        )
         resume = resolve_resume(config, run_dir)
         source, processor = _load_processor_for(config, reporter)
         sets = _prepare_sets(config, run_dir / "prepared", processor, backend, reporter, train)
-        job = TrainJob(config=config, run_dir=run_dir, model_dir=source,
-                       train_data=sets.train or run_dir / "prepared" / "train", eval_data=sets.evals,
-                       train=train, evaluate_before=config.eval.before or not train,
-                       evaluate_after=config.eval.after and train, resume_from=resume)
+        job = TrainJob(
+            config=config,
+            run_dir=run_dir,
+            model_dir=source,
+            train_data=sets.train or run_dir / "prepared" / "train",
+            eval_data=sets.evals,
+            train=train,
+            evaluate_before=config.eval.before or not train,
+            evaluate_after=config.eval.after and train,
+            resume_from=resume,
+        )
         (run_dir / "job.json").write_text(job.model_dump_json(indent=2), encoding="utf-8")
         result = backend.train(job, reporter)
         evaluation = {
             phase: {
-                name: score_predictions(processor.tokenizer, ids, PreparedDataset(sets.evals[name]).texts,
-                                        model_cfg=config.model, eval_cfg=config.eval)
+                name: score_predictions(
+                    processor.tokenizer,
+                    ids,
+                    PreparedDataset(sets.evals[name]).texts,
+                    model_cfg=config.model,
+                    eval_cfg=config.eval,
+                )
                 for name, ids in by_set.items()
             }
             for phase, by_set in result.predictions.items()
@@ -183,14 +225,20 @@ def run(config: RunConfig, *, registry: Registry | None = None, reporter: Report
         metrics = _metrics(config, result, evaluation, sets.report(), time.perf_counter() - started)
         write_json_atomic(run_dir / METRICS_FILE, metrics)
         if config.output.plot:
-            write_plot(run_dir / "plot.png", result.log_history, metrics["evaluation"],
-                       f"{config.model.name} · {backend.name}")
+            write_plot(
+                run_dir / "plot.png",
+                result.log_history,
+                metrics["evaluation"],
+                f"{config.model.name} · {backend.name}",
+            )
         lines = wer_lines(metrics["evaluation"])
         for line in lines:
             reporter.info(line)
         if result.interrupted:
-            raise InterruptedRun(f"interrupted after {result.steps} steps; checkpoint and metrics are in {run_dir}",
-                                 hint=f"resume with training.resume_from=latest output.run_name={run_dir.name}")
+            raise InterruptedRun(
+                f"interrupted after {result.steps} steps; checkpoint and metrics are in {run_dir}",
+                hint=f"resume with training.resume_from=latest output.run_name={run_dir.name}",
+            )
         return RunSummary(run_dir, metrics, lines)
     except KeyboardInterrupt:
         raise InterruptedRun(f"interrupted; what was written so far is in {run_dir}") from None
@@ -198,15 +246,32 @@ def run(config: RunConfig, *, registry: Registry | None = None, reporter: Report
         reporter.close()
 
 
-def _prepare_sets(config: RunConfig, out_dir: Path, processor: Any, backend: Backend, reporter: Reporter,
-                  include_train: bool) -> Any:
+def _prepare_sets(
+    config: RunConfig,
+    out_dir: Path,
+    processor: Any,
+    backend: Backend,
+    reporter: Reporter,
+    include_train: bool,
+) -> Any:
     from whisper_tune.recipe.sets import prepare_all
 
-    meta = {"model": config.model.name, "language": config.model.language, "task": config.model.task,
-            "decoder_prefix": list(processor.tokenizer.prefix_tokens)}
-    return prepare_all(config.data, out_dir, feature_extractor=processor.feature_extractor,
-                       tokenizer=processor.tokenizer, feature_dtype=backend.recipe_needs(config).feature_dtype,
-                       reporter=reporter, include_train=include_train, meta=meta)
+    meta = {
+        "model": config.model.name,
+        "language": config.model.language,
+        "task": config.model.task,
+        "decoder_prefix": list(processor.tokenizer.prefix_tokens),
+    }
+    return prepare_all(
+        config.data,
+        out_dir,
+        feature_extractor=processor.feature_extractor,
+        tokenizer=processor.tokenizer,
+        feature_dtype=backend.recipe_needs(config).feature_dtype,
+        reporter=reporter,
+        include_train=include_train,
+        meta=meta,
+    )
 
 
 def _write_predictions(run_dir: Path, evaluation: dict[str, Any], references: dict[str, list[str]]) -> None:
@@ -219,12 +284,15 @@ def _write_predictions(run_dir: Path, evaluation: dict[str, Any], references: di
                     fh.write(json.dumps({"reference": ref, "prediction": hyp}, ensure_ascii=False) + "\n")
 
 
-def _metrics(config: RunConfig, result: TrainResult, evaluation: dict[str, Any], data: dict[str, Any],
-             wall: float) -> dict[str, Any]:
+def _metrics(
+    config: RunConfig, result: TrainResult, evaluation: dict[str, Any], data: dict[str, Any], wall: float
+) -> dict[str, Any]:
     return {
         "model": config.model.name,
         "backend": config.backend.name,
-        "evaluation": {phase: {n: s["metrics"] for n, s in by_set.items()} for phase, by_set in evaluation.items()},
+        "evaluation": {
+            phase: {n: s["metrics"] for n, s in by_set.items()} for phase, by_set in evaluation.items()
+        },
         "train": {
             "steps": result.steps,
             "samples": result.train_samples,

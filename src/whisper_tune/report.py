@@ -20,7 +20,7 @@ def fmt_pct(value: float | None) -> str:
 
 
 def wer_lines(evaluation: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """"eval: WER 30.8% -> 11.3% (normalised)" for every set evaluated."""
+    """ "eval: WER 30.8% -> 11.3% (normalised)" for every set evaluated."""
     before = evaluation.get("before", {})
     after = evaluation.get("after", {})
     lines = []
@@ -28,8 +28,10 @@ def wer_lines(evaluation: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
         b = before.get(name, {}).get("normalized_wer")
         a = after.get(name, {}).get("normalized_wer")
         if b is not None and a is not None:
-            lines.append(f"{name}: WER {fmt_pct(b)} -> {fmt_pct(a)} (normalised; raw "
-                         f"{fmt_pct(before[name]['wer'])} -> {fmt_pct(after[name]['wer'])})")
+            lines.append(
+                f"{name}: WER {fmt_pct(b)} -> {fmt_pct(a)} (normalised; raw "
+                f"{fmt_pct(before[name]['wer'])} -> {fmt_pct(after[name]['wer'])})"
+            )
         else:
             value = a if a is not None else b
             phase = "after" if a is not None else "before"
@@ -37,8 +39,12 @@ def wer_lines(evaluation: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
     return lines
 
 
-def write_plot(path: Path, log_history: list[dict[str, float]], evaluation: dict[str, dict[str, dict[str, Any]]],
-               title: str) -> Path | None:
+def write_plot(
+    path: Path,
+    log_history: list[dict[str, float]],
+    evaluation: dict[str, dict[str, dict[str, Any]]],
+    title: str,
+) -> Path | None:
     """Loss per step and WER before/after per eval set, side by side."""
     import matplotlib
 

@@ -11,8 +11,10 @@ SOT = 50258
 
 
 def items(*label_rows: list[int]) -> list[dict[str, object]]:
-    return [{"input_features": np.full((80, 3000), i, dtype=np.float16), "labels": row}
-            for i, row in enumerate(label_rows)]
+    return [
+        {"input_features": np.full((80, 3000), i, dtype=np.float16), "labels": row}
+        for i, row in enumerate(label_rows)
+    ]
 
 
 def test_dynamic_padding_and_start_token_strip() -> None:

@@ -85,9 +85,19 @@ def test_english_only_model_refuses_a_language() -> None:
 
 
 def test_unknown_backend_suggests() -> None:
-    with pytest.raises(ConfigError, match="unknown backend 'referenc'") as err:
+    with pytest.raises(
+        ConfigError, match="backend.name: unknown backend 'referenc'.*did you mean 'reference'"
+    ):
         load_config(None, backend="referenc")
-    assert "reference" in (err.value.hint or "")
+    with pytest.raises(ConfigError, match="unknown backend 'cuda-lor'"):  # also when options stay unchecked
+        validate(merge_sources(None, ["backend.name=cuda-lor"]), require_backend=False)
+
+
+def test_backend_shorthand_keeps_its_name_under_overrides(tmp_path: Path) -> None:
+    raw = merge_sources(
+        write(tmp_path, "backend: ipu\n"), ["backend.layers_per_ipu=[2, 2]"], flags={"backend.ipus": 4}
+    )
+    assert raw["backend"] == {"name": "ipu", "layers_per_ipu": [2, 2], "ipus": 4}
 
 
 def test_known_backend_not_installed_gives_install_command() -> None:
@@ -97,8 +107,10 @@ def test_known_backend_not_installed_gives_install_command() -> None:
 
 
 def test_core_only_validation_keeps_options_of_missing_backend() -> None:
-    cfg = validate(merge_sources(None, ["backend.name=ipu", "backend.layers_per_ipu=[5, 7, 5, 7]"]),
-                   require_backend=False)
+    cfg = validate(
+        merge_sources(None, ["backend.name=ipu", "backend.layers_per_ipu=[5, 7, 5, 7]"]),
+        require_backend=False,
+    )
     assert isinstance(cfg.backend.options, UncheckedOptions)
     assert cfg.to_yaml_dict()["backend"] == {"name": "ipu", "layers_per_ipu": [5, 7, 5, 7]}
 
@@ -109,8 +121,11 @@ def test_flags_map_to_backend_options() -> None:
 
 
 def test_sagemaker_environment_fills_only_unset_keys(tmp_path: Path) -> None:
-    env = {"SM_CHANNEL_TRAIN": "/opt/ml/input/data/train", "SM_OUTPUT_DATA_DIR": "/opt/ml/output",
-           "SM_MODEL_DIR": "/opt/ml/model"}
+    env = {
+        "SM_CHANNEL_TRAIN": "/opt/ml/input/data/train",
+        "SM_OUTPUT_DATA_DIR": "/opt/ml/output",
+        "SM_MODEL_DIR": "/opt/ml/model",
+    }
     cfg = load_config(None, env=env)
     assert cfg.data.dataset == "/opt/ml/input/data/train"
     assert cfg.output.dir == "/opt/ml/output"

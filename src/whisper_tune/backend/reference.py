@@ -25,7 +25,9 @@ class ReferenceOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default: all cores.")
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = load in the main process).")
+    num_workers: int = Field(
+        0, ge=0, description="DataLoader worker processes (0 = load in the main process)."
+    )
 
 
 class ReferenceBackend:
@@ -42,8 +44,23 @@ class ReferenceBackend:
     def check(self, config: RunConfig, caps: Capabilities) -> list[Issue]:
         issues = []
         if config.training.precision == "fp16":
-            issues.append(Issue("training.precision", "fp16 is not supported on the CPU",
-                                hint="use fp32 (default) or bf16"))
+            issues.append(
+                Issue(
+                    "training.precision",
+                    "fp16 is not supported on the CPU",
+                    hint="use fp32 (default) or bf16",
+                )
+            )
+        threads = getattr(config.backend.options, "threads", None)
+        if threads and threads > caps.cpu_count:
+            issues.append(
+                Issue(
+                    "backend.threads",
+                    f"{threads} threads asked for, but this machine has {caps.cpu_count} CPU cores",
+                    hint=f"set backend.threads={caps.cpu_count} or leave it unset",
+                    hardware=True,
+                )
+            )
         return issues
 
     def recipe_needs(self, config: RunConfig) -> RecipeNeeds:
@@ -96,9 +113,16 @@ class ReferenceBackend:
         def evaluate(phase: str) -> None:
             t0 = time.perf_counter()
             predictions[phase] = {
-                name: generate_predictions(model, ds, collator, model_cfg=cfg.model, eval_cfg=cfg.eval,
-                                           autocast=autocast() if bf16 else None, reporter=reporter,
-                                           name=f"{name} ({phase})")
+                name: generate_predictions(
+                    model,
+                    ds,
+                    collator,
+                    model_cfg=cfg.model,
+                    eval_cfg=cfg.eval,
+                    autocast=autocast() if bf16 else None,
+                    reporter=reporter,
+                    name=f"{name} ({phase})",
+                )
                 for name, ds in eval_sets.items()
             }
             eval_seconds[phase] = round(time.perf_counter() - t0, 2)
@@ -108,8 +132,16 @@ class ReferenceBackend:
         loop_result = None
         if job.train:
             train_set = PreparedDataset(job.train_data)
-            loop = TrainLoop(model, train_set, collator, cfg.training, job.run_dir / "checkpoints", reporter,
-                             autocast=autocast, num_workers=opts.num_workers)
+            loop = TrainLoop(
+                model,
+                train_set,
+                collator,
+                cfg.training,
+                job.run_dir / "checkpoints",
+                reporter,
+                autocast=autocast,
+                num_workers=opts.num_workers,
+            )
             resume = Path(job.resume_from) if job.resume_from else None
             loop_result = loop.run(resume_from=resume)
         final_dir = None

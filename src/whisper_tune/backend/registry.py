@@ -26,7 +26,8 @@ class KnownBackend:
 #: Backends developed in this repository (backends/<name>/), for install hints when one is missing.
 KNOWN_BACKENDS: dict[str, KnownBackend] = {
     "cuda-lora": KnownBackend(
-        "one GPU, LoRA on an int8 / 4-bit / bf16 base", "pip install 'whisper-tune-cuda-lora' (backends/cuda-lora)"
+        "one GPU, LoRA on an int8 / 4-bit / bf16 base",
+        "pip install 'whisper-tune-cuda-lora' (backends/cuda-lora)",
     ),
     "accelerate": KnownBackend(
         "full fine-tuning on many GPUs / nodes with Hugging Face Accelerate",

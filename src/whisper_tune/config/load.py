@@ -14,7 +14,6 @@ from __future__ import annotations
 import copy
 import difflib
 import os
-import types
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -25,7 +24,7 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 
 from whisper_tune.config.presets import find_preset
 from whisper_tune.config.schema import BackendConfig, RunConfig
-from whisper_tune.errors import ConfigError, WhisperTuneError
+from whisper_tune.errors import BackendUnavailableError, ConfigError
 
 Raw = dict[str, Any]
 
@@ -52,7 +51,9 @@ def read_yaml(path: Path) -> Raw:
     if data is None:
         return {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{path} must hold a mapping of sections (model:, data:, ...), not {type(data).__name__}")
+        raise ConfigError(
+            f"{path} must hold a mapping of sections (model:, data:, ...), not {type(data).__name__}"
+        )
     return data
 
 
@@ -60,7 +61,9 @@ def parse_override(item: str) -> tuple[list[str], Any]:
     """``training.learning_rate=1e-4`` -> (["training", "learning_rate"], 1e-4); values are YAML."""
     key, sep, value = item.partition("=")
     if not sep or not key.strip():
-        raise ConfigError(f"override '{item}' is not of the form key=value", hint="e.g. training.max_steps=100")
+        raise ConfigError(
+            f"override '{item}' is not of the form key=value", hint="e.g. training.max_steps=100"
+        )
     parts = key.strip().split(".")
     if any(not p for p in parts):
         raise ConfigError(f"override key '{key}' has an empty part")
@@ -126,8 +129,6 @@ def _model_in(annotation: Any) -> Any:
         found = _model_in(arg)
         if found is not None:
             return found
-    if isinstance(annotation, types.UnionType):
-        return None
     return None
 
 
@@ -160,6 +161,8 @@ def merge_sources(
 ) -> Raw:
     """The raw (unvalidated) config dict after applying every layer."""
     raw: Raw = copy.deepcopy(read_yaml(find_preset(config))) if config is not None else {}
+    if isinstance(raw.get("backend"), str):  # "backend: cuda-lora" is short for "backend: {name: cuda-lora}"
+        raw["backend"] = {"name": raw["backend"]}
     for path, value in sagemaker_defaults(os.environ if env is None else env):
         if not has_path(raw, path):
             set_path(raw, path, value)
@@ -168,9 +171,6 @@ def merge_sources(
     for dotted, value in (flags or {}).items():
         if value is not None:
             set_path(raw, dotted.split("."), value)
-    backend = raw.get("backend")
-    if isinstance(backend, str):  # "backend: cuda-lora" is short for "backend: {name: cuda-lora}"
-        raw["backend"] = {"name": backend}
     return raw
 
 
@@ -185,6 +185,8 @@ def validate(raw: Raw, *, registry: Any | None = None, require_backend: bool = T
     if not isinstance(backend_raw, dict):
         raise ConfigError(f"backend: must be a mapping or a backend name, not {type(backend_raw).__name__}")
     name = backend_raw.pop("name", BackendConfig.model_fields["name"].default)
+    if not isinstance(name, str) or not name:
+        raise ConfigError(f"backend.name: must be a backend name, not {name!r}")
     errors: list[str] = []
     core: RunConfig | None = None
     try:
@@ -199,7 +201,7 @@ def validate(raw: Raw, *, registry: Any | None = None, require_backend: bool = T
         registry = Registry()
     try:
         backend = registry.get(str(name))
-    except WhisperTuneError as exc:
+    except BackendUnavailableError as exc:
         if require_backend:
             if errors:
                 errors.append(f"backend.name: {exc.message}")
@@ -207,6 +209,8 @@ def validate(raw: Raw, *, registry: Any | None = None, require_backend: bool = T
                 raise
         else:
             options = UncheckedOptions(**backend_raw)
+    except ConfigError as exc:  # an unknown backend name
+        errors.append(f"backend.name: {exc.message}" + (f" ({exc.hint})" if exc.hint else ""))
     else:
         try:
             options = backend.Options.model_validate(backend_raw)
@@ -233,7 +237,12 @@ def load_config(
 
     >>> load_config("quickstart", ["training.max_steps=10"])  # doctest: +SKIP
     """
-    flags = {"backend.name": backend, "model.name": model, "backend.ipus": ipus, "backend.num_processes": num_processes}
+    flags = {
+        "backend.name": backend,
+        "model.name": model,
+        "backend.ipus": ipus,
+        "backend.num_processes": num_processes,
+    }
     raw = merge_sources(config, overrides, flags=flags, env=env)
     return validate(raw, registry=registry, require_backend=require_backend)
 

@@ -45,5 +45,6 @@ def find_preset(config: str | Path) -> Path:
     close = difflib.get_close_matches(key, list(presets), n=1, cutoff=0.5)
     raise ConfigError(
         f"no config file or preset called '{config}'",
-        hint=(f"did you mean '{close[0]}'? " if close else "") + "'whisper-tune config list' shows the presets",
+        hint=(f"did you mean '{close[0]}'? " if close else "")
+        + "'whisper-tune config list' shows the presets",
     )

@@ -95,7 +95,9 @@ class DataConfig(Section):
     kind: DatasetKind = Field(
         "auto", description="How to read data.dataset; 'auto' decides from the path (see docs/data.md)."
     )
-    subset: str | None = Field(None, description="Hub dataset configuration name, e.g. 'mr' for Common Voice.")
+    subset: str | None = Field(
+        None, description="Hub dataset configuration name, e.g. 'mr' for Common Voice."
+    )
     train_split: str = Field(
         "train", description="Training split; '+' joins splits, e.g. 'train+validation' (seed 000)."
     )
@@ -115,14 +117,16 @@ class DataConfig(Section):
         "or a finite dataset; samples are prepared as they arrive.",
     )
     audio_column: str = Field("audio", description="Column holding the audio (or the path to it).")
-    text_column: str = Field("text", description="Column holding the transcript ('sentence' on Common Voice).")
+    text_column: str = Field(
+        "text", description="Column holding the transcript ('sentence' on Common Voice)."
+    )
     max_train_samples: int | None = Field(None, gt=0, description="Use at most this many training samples.")
     max_eval_samples: int | None = Field(None, gt=0, description="Evaluate on at most this many samples.")
     max_duration_s: float = Field(
         MAX_AUDIO_SECONDS,
         gt=0,
         le=MAX_AUDIO_SECONDS,
-        description="Drop clips longer than this (Whisper sees 30 s windows); drops are counted and reported.",
+        description="Drop clips longer than this (Whisper sees 30 s windows); drops are counted.",
     )
     min_duration_s: float = Field(0.0, ge=0, description="Drop clips shorter than this.")
     max_label_tokens: int = Field(
@@ -173,7 +177,9 @@ class TrainingConfig(Section):
     save_steps: int | None = Field(
         None, gt=0, description="Save a resumable checkpoint every this many steps (and always at the end)."
     )
-    save_total_limit: int = Field(2, gt=0, description="Keep at most this many checkpoints; older are pruned.")
+    save_total_limit: int = Field(
+        2, gt=0, description="Keep at most this many checkpoints; older are pruned."
+    )
     resume_from: str | None = Field(
         None, description="Resume from a checkpoint directory, or 'latest' for the newest in output.dir."
     )
@@ -224,7 +230,9 @@ class OutputConfig(Section):
 
 
 class BackendConfig(Section):
-    name: str = Field("reference", description="Backend that runs the training (see 'whisper-tune backends').")
+    name: str = Field(
+        "reference", description="Backend that runs the training (see 'whisper-tune backends')."
+    )
     options: SerializeAsAny[BaseModel] = Field(
         default_factory=lambda: NoOptions(),
         description="The backend's own options, written next to 'name' in YAML and validated by the backend.",

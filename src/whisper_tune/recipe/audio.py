@@ -59,13 +59,15 @@ def decode(source: str | Path | bytes) -> DecodedAudio:
     """Decode a file path or encoded bytes into 16 kHz mono float32."""
     import soundfile as sf
 
+    if not isinstance(source, bytes) and not Path(source).is_file():
+        raise BadAudio("missing_file", str(source))
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else source
         samples, rate = sf.read(handle, dtype="float32", always_2d=False)
-    except FileNotFoundError:
-        raise BadAudio("missing_file", str(source)) from None
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
-        raise BadAudio("unreadable_audio", str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from None
+        raise BadAudio(
+            "unreadable_audio", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        ) from None
     return DecodedAudio(to_mono_16k(samples, int(rate)), int(rate))
 
 

@@ -72,7 +72,11 @@ def strip_padding(row: list[int], pad: int | None, eos: int | list[int] | None) 
 
 
 def score_predictions(
-    tokenizer: Any, predictions: Sequence[Sequence[int]], references: Sequence[str], *, model_cfg: ModelConfig,
+    tokenizer: Any,
+    predictions: Sequence[Sequence[int]],
+    references: Sequence[str],
+    *,
+    model_cfg: ModelConfig,
     eval_cfg: EvalConfig,
 ) -> dict[str, Any]:
     """Decode token ids and score them against the reference transcripts."""

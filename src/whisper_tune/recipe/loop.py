@@ -51,7 +51,9 @@ def total_steps(cfg: TrainingConfig, num_samples: int, drop_last: bool = False) 
 
 
 def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
-    found = [p for p in checkpoint_dir.glob("step-*") if CHECKPOINT_RE.match(p.name) and (p / STATE_FILE).is_file()]
+    found = [
+        p for p in checkpoint_dir.glob("step-*") if CHECKPOINT_RE.match(p.name) and (p / STATE_FILE).is_file()
+    ]
     return sorted(found, key=lambda p: int(p.name.split("-")[1]))
 
 
@@ -72,8 +74,10 @@ def default_load_weights(model: Any, directory: Path) -> None:
     # Tied weights (proj_out = embed_tokens) are stored once and legitimately "missing".
     real_missing = [k for k in missing if not k.endswith("proj_out.weight")]
     if real_missing or unexpected:
-        raise ConfigError(f"checkpoint {directory} does not match the model "
-                          f"(missing {real_missing[:3]}, unexpected {list(unexpected)[:3]})")
+        raise ConfigError(
+            f"checkpoint {directory} does not match the model "
+            f"(missing {real_missing[:3]}, unexpected {list(unexpected)[:3]})"
+        )
 
 
 @dataclass
@@ -102,18 +106,24 @@ class TrainLoop:
         if not params:
             raise ConfigError("no trainable parameters: nothing would be learnt")
         optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
-        scheduler = get_scheduler(cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps,
-                                  num_training_steps=steps)
+        scheduler = get_scheduler(
+            cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=steps
+        )
         result = LoopResult()
         step = 0
         if resume_from is not None:
             step, result.log_history = self._restore(resume_from, optimizer, scheduler)
             self.reporter.info(f"resumed from {resume_from} at step {step}")
-        batches_per_epoch = len(self.dataset) // cfg.batch_size if self.drop_last else math.ceil(
-            len(self.dataset) / cfg.batch_size)
+        batches_per_epoch = (
+            len(self.dataset) // cfg.batch_size
+            if self.drop_last
+            else math.ceil(len(self.dataset) / cfg.batch_size)
+        )
         if batches_per_epoch == 0:
-            raise ConfigError(f"training.batch_size {cfg.batch_size} is larger than the {len(self.dataset)} "
-                              "training samples with drop_last")
+            raise ConfigError(
+                f"training.batch_size {cfg.batch_size} is larger than the {len(self.dataset)} "
+                "training samples with drop_last"
+            )
         micro = step * cfg.gradient_accumulation_steps
         self.model.train()
         window: list[float] = []
@@ -125,10 +135,14 @@ class TrainLoop:
                 while step < steps:
                     epoch, skip = divmod(micro, batches_per_epoch)
                     generator = torch.Generator().manual_seed(cfg.seed + epoch)
-                    loader = DataLoader(self.dataset, batch_size=cfg.batch_size,
-                                        sampler=RandomSampler(self.dataset, generator=generator),
-                                        collate_fn=self.collator, drop_last=self.drop_last,
-                                        num_workers=self.num_workers)
+                    loader = DataLoader(
+                        self.dataset,
+                        batch_size=cfg.batch_size,
+                        sampler=RandomSampler(self.dataset, generator=generator),
+                        collate_fn=self.collator,
+                        drop_last=self.drop_last,
+                        num_workers=self.num_workers,
+                    )
                     for index, batch in enumerate(loader):
                         if index < skip:
                             continue
@@ -148,9 +162,12 @@ class TrainLoop:
                         optimizer.zero_grad(set_to_none=True)
                         step += 1
                         if step % cfg.logging_steps == 0 or step == steps:
-                            record = {"step": step, "epoch": round(micro / batches_per_epoch, 4),
-                                      "loss": round(sum(window) / len(window), 5),
-                                      "learning_rate": scheduler.get_last_lr()[0]}
+                            record = {
+                                "step": step,
+                                "epoch": round(micro / batches_per_epoch, 4),
+                                "loss": round(sum(window) / len(window), 5),
+                                "learning_rate": scheduler.get_last_lr()[0],
+                            }
                             result.log_history.append(record)
                             self.reporter.debug(json.dumps(record))
                             window = []
@@ -179,9 +196,17 @@ class TrainLoop:
         self.save_weights(self.model, tmp / "weights")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save({"python": random.getstate(), "numpy": np.random.get_state(),
-                    "torch": torch.random.get_rng_state()}, tmp / "rng.pt")
-        (tmp / STATE_FILE).write_text(json.dumps({"step": step, "log_history": history}, indent=1), encoding="utf-8")
+        torch.save(
+            {
+                "python": random.getstate(),
+                "numpy": np.random.get_state(),
+                "torch": torch.random.get_rng_state(),
+            },
+            tmp / "rng.pt",
+        )
+        (tmp / STATE_FILE).write_text(
+            json.dumps({"step": step, "log_history": history}, indent=1), encoding="utf-8"
+        )
         shutil.rmtree(target, ignore_errors=True)
         tmp.rename(target)
         kept = list_checkpoints(self.checkpoint_dir)
@@ -190,7 +215,9 @@ class TrainLoop:
         self.reporter.debug(f"saved checkpoint {target}")
         return list_checkpoints(self.checkpoint_dir)
 
-    def _restore(self, checkpoint: Path, optimizer: Any, scheduler: Any) -> tuple[int, list[dict[str, float]]]:
+    def _restore(
+        self, checkpoint: Path, optimizer: Any, scheduler: Any
+    ) -> tuple[int, list[dict[str, float]]]:
         import torch
 
         try:

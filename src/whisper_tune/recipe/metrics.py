@@ -23,7 +23,9 @@ def english_spelling_map() -> dict[str, str]:
     return mapping
 
 
-def pick_normalizer(kind: Literal["auto", "english", "basic"], language: str | None, english_only: bool) -> str:
+def pick_normalizer(
+    kind: Literal["auto", "english", "basic"], language: str | None, english_only: bool
+) -> str:
     if kind != "auto":
         return kind
     return "english" if english_only or language == "en" else "basic"

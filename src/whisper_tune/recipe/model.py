@@ -32,15 +32,18 @@ def load_processor(source: str, cfg: ModelConfig) -> Any:
     try:
         processor = WhisperProcessor.from_pretrained(source)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the processor of '{cfg.name}': {str(exc).splitlines()[0]}",
-                         hint=OFFLINE_HINT) from None
+        raise ModelError(
+            f"cannot load the processor of '{cfg.name}': {str(exc).splitlines()[0]}", hint=OFFLINE_HINT
+        ) from None
     tokenizer = processor.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     multilingual = is_multilingual_tokenizer(tokenizer)
     if cfg.language is not None and cfg.language != "en" and not multilingual:
-        raise ModelError(f"'{cfg.name}' is English-only and has no token for language '{cfg.language}'",
-                         hint="unset model.language or use a multilingual model")
+        raise ModelError(
+            f"'{cfg.name}' is English-only and has no token for language '{cfg.language}'",
+            hint="unset model.language or use a multilingual model",
+        )
     if multilingual:
         tokenizer.set_prefix_tokens(language=cfg.language, task=cfg.task, predict_timestamps=False)
     else:
@@ -68,7 +71,9 @@ def load_model(source: str, cfg: ModelConfig, *, dtype: Any = None, **kwargs: An
     try:
         model = WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot load the model '{cfg.name}': {str(exc).splitlines()[0]}", hint=OFFLINE_HINT) from None
+        raise ModelError(
+            f"cannot load the model '{cfg.name}': {str(exc).splitlines()[0]}", hint=OFFLINE_HINT
+        ) from None
     configure_generation(model, cfg)
     return model
 
@@ -79,8 +84,10 @@ def configure_generation(model: Any, cfg: ModelConfig) -> None:
         getattr(gen, "lang_to_id", None) is not None and len(gen.lang_to_id) > 0
     )
     if cfg.language is not None and cfg.language != "en" and not multilingual:
-        raise ModelError(f"'{cfg.name}' is English-only and cannot be given the language '{cfg.language}'",
-                         hint="unset model.language or use a multilingual model")
+        raise ModelError(
+            f"'{cfg.name}' is English-only and cannot be given the language '{cfg.language}'",
+            hint="unset model.language or use a multilingual model",
+        )
     model.config.forced_decoder_ids = None
     gen.forced_decoder_ids = None
     if multilingual:

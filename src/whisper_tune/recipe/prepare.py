@@ -66,8 +66,12 @@ def prepare_samples(
 
     ``tokenizer`` must already carry the language/task prefix (``set_prefix_tokens``).
     """
-    writer = PreparedWriter(out_dir, num_mel_bins=int(feature_extractor.feature_size), dtype=feature_dtype,
-                            meta={"name": name, **(meta or {})})
+    writer = PreparedWriter(
+        out_dir,
+        num_mel_bins=int(feature_extractor.feature_size),
+        dtype=feature_dtype,
+        meta={"name": name, **(meta or {})},
+    )
     progress = (reporter or Reporter.silent()).progress(f"prepare {name}", total=limit or total, unit="clip")
     try:
         with progress:
@@ -86,14 +90,17 @@ def prepare_samples(
             hint="check the audio/text columns and the duration and label-length filters",
         )
     if reporter is not None:
-        reporter.info(f"{name}: {writer.count} samples ({writer.seconds / 60:.1f} min of audio); {writer.drops.summary()}")
+        reporter.info(
+            f"{name}: {writer.count} samples ({writer.seconds / 60:.1f} min); {writer.drops.summary()}"
+        )
         for reason, keys in writer.drops.examples.items():
             reporter.debug(f"{name}: {reason} e.g. {', '.join(keys)}")
     return writer.close()
 
 
-def _prepare_one(sample: RawSample, writer: PreparedWriter, feature_extractor: Any, tokenizer: Any,
-                 filters: Filters) -> None:
+def _prepare_one(
+    sample: RawSample, writer: PreparedWriter, feature_extractor: Any, tokenizer: Any, filters: Filters
+) -> None:
     text = sample.text.strip() if isinstance(sample.text, str) else ""
     if not text:
         writer.drops.add("empty_transcript", sample.key)
@@ -113,5 +120,7 @@ def _prepare_one(sample: RawSample, writer: PreparedWriter, feature_extractor: A
     if len(labels) > filters.max_label_tokens:
         writer.drops.add("label_too_long", sample.key)
         return
-    features = feature_extractor(audio.samples, sampling_rate=SAMPLING_RATE, return_tensors="np").input_features[0]
+    features = feature_extractor(
+        audio.samples, sampling_rate=SAMPLING_RATE, return_tensors="np"
+    ).input_features[0]
     writer.add(features, labels, text, sample.key, audio.seconds)

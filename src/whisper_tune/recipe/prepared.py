@@ -63,8 +63,15 @@ class DropReport:
 class PreparedWriter:
     """Appends prepared samples in shards; ``close`` publishes the directory atomically."""
 
-    def __init__(self, out_dir: Path, *, num_mel_bins: int, dtype: str, shard_size: int = 512,
-                 meta: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        out_dir: Path,
+        *,
+        num_mel_bins: int,
+        dtype: str,
+        shard_size: int = 512,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
         self.out_dir = out_dir
         self.tmp_dir = out_dir.with_name(f".{out_dir.name}.partial")
         if self.tmp_dir.exists():
@@ -85,7 +92,9 @@ class PreparedWriter:
         if features.shape[0] != self.num_mel_bins:
             raise ValueError(f"features have {features.shape[0]} mel bins, expected {self.num_mel_bins}")
         self._buffer.append(features.astype(self.dtype, copy=False))
-        self._samples.write(json.dumps({"key": key, "text": text, "seconds": round(seconds, 3), "labels": labels}) + "\n")
+        self._samples.write(
+            json.dumps({"key": key, "text": text, "seconds": round(seconds, 3), "labels": labels}) + "\n"
+        )
         self.count += 1
         self.seconds += seconds
         if len(self._buffer) >= self.shard_size:
@@ -133,13 +142,17 @@ class PreparedDataset:
         try:
             self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
         except FileNotFoundError:
-            raise DataError(f"{self.path} is not a prepared dataset (no {MANIFEST})",
-                            hint="create one with 'whisper-tune prepare'") from None
+            raise DataError(
+                f"{self.path} is not a prepared dataset (no {MANIFEST})",
+                hint="create one with 'whisper-tune prepare'",
+            ) from None
         except (OSError, json.JSONDecodeError) as exc:
             raise DataError(f"cannot read {manifest_path}: {exc}") from None
         if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
-            raise DataError(f"{self.path} was written in an unknown format/version "
-                            f"({self.manifest.get('format')} v{self.manifest.get('version')})")
+            raise DataError(
+                f"{self.path} was written in an unknown format/version "
+                f"({self.manifest.get('format')} v{self.manifest.get('version')})"
+            )
         self._shards = [np.load(self.path / s["file"], mmap_mode="r") for s in self.manifest["shards"]]
         self._offsets = np.cumsum([0] + [s["count"] for s in self.manifest["shards"]])
         with (self.path / SAMPLES).open(encoding="utf-8") as fh:

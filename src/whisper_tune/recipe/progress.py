@@ -19,7 +19,9 @@ class Progress:
         if enabled:
             from tqdm.auto import tqdm
 
-            self._bar = tqdm(total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False, file=sys.stderr)
+            self._bar = tqdm(
+                total=total, desc=desc, unit=unit, dynamic_ncols=True, leave=False, file=sys.stderr
+            )
 
     def update(self, n: int = 1, **postfix: Any) -> None:
         if self._bar is not None:
@@ -30,10 +32,26 @@ class Progress:
     def __enter__(self) -> Progress:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None,
-                 tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         if self._bar is not None:
             self._bar.close()
+
+
+def quiet_libraries() -> None:
+    """Silence library chatter (weight-loading bars, deprecation notes) unless --debug is given.
+
+    Only touches libraries that are already imported, so it never imports transformers itself.
+    """
+    import os
+
+    os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    transformers_logging = sys.modules.get("transformers.utils.logging")
+    if transformers_logging is not None:
+        transformers_logging.set_verbosity_error()  # type: ignore[attr-defined]
+        transformers_logging.disable_progress_bar()  # type: ignore[attr-defined]
 
 
 class Reporter:
@@ -54,6 +72,8 @@ class Reporter:
         for handler in self.logger.handlers:
             if getattr(handler, "_whisper_tune_console", False):
                 handler.setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO))
+        if not verbose:
+            quiet_libraries()
 
     @classmethod
     def silent(cls) -> Reporter:

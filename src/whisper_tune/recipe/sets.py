@@ -37,8 +37,12 @@ class PreparedSets:
         out = {}
         for name, path in sets.items():
             ds = PreparedDataset(path)
-            out[name] = {"samples": len(ds), "audio_minutes": round(ds.total_seconds / 60, 2),
-                         "dropped": ds.dropped, "path": str(path)}
+            out[name] = {
+                "samples": len(ds),
+                "audio_minutes": round(ds.total_seconds / 60, 2),
+                "dropped": ds.dropped,
+                "path": str(path),
+            }
         return out
 
 
@@ -48,8 +52,10 @@ def _prepared_split(root: Path, split: str) -> Path:
         return candidate
     if split == "train" and (root / "manifest.json").is_file():
         return root
-    raise DataError(f"prepared data {root} has no split '{split}'",
-                    hint=f"available: {', '.join(sorted(p.parent.name for p in root.glob('*/manifest.json')))}")
+    raise DataError(
+        f"prepared data {root} has no split '{split}'",
+        hint=f"available: {', '.join(sorted(p.parent.name for p in root.glob('*/manifest.json')))}",
+    )
 
 
 def prepare_all(
@@ -65,8 +71,14 @@ def prepare_all(
 ) -> PreparedSets:
     """Prepare train + eval (+ extra eval sets) into ``out_dir/<name>``; reuse prepared input as is."""
     filters = Filters.from_config(data)
-    common = dict(feature_extractor=feature_extractor, tokenizer=tokenizer, filters=filters,
-                  feature_dtype=feature_dtype, reporter=reporter, meta=meta)
+    common = dict(
+        feature_extractor=feature_extractor,
+        tokenizer=tokenizer,
+        filters=filters,
+        feature_dtype=feature_dtype,
+        reporter=reporter,
+        meta=meta,
+    )
     train_dir: Path | None = None
     evals: dict[str, Path] = {}
     if data.dataset is not None and resolve_kind(data.dataset, data.kind) == "prepared":
@@ -80,20 +92,40 @@ def prepare_all(
         if data.test_size is not None:
             everything = list(iter_split(train_spec))
             train_samples, eval_samples = seeded_split(everything, data.test_size, data.split_seed)
-            reporter.info(f"split {len(everything)} samples: {len(train_samples)} train, {len(eval_samples)} eval "
-                          f"(test_size {data.test_size}, seed {data.split_seed})")
+            reporter.info(
+                f"split {len(everything)} samples: {len(train_samples)} train, {len(eval_samples)} eval "
+                f"(test_size {data.test_size}, seed {data.split_seed})"
+            )
             if include_train:
-                train_dir = prepare_samples(train_samples, out_dir / "train", limit=data.max_train_samples,
-                                            total=len(train_samples), name="train", **common)  # type: ignore[arg-type]
-            evals[EVAL] = prepare_samples(eval_samples, out_dir / EVAL, limit=data.max_eval_samples,
-                                          total=len(eval_samples), name=EVAL, **common)  # type: ignore[arg-type]
+                train_dir = prepare_samples(
+                    train_samples,
+                    out_dir / "train",
+                    limit=data.max_train_samples,
+                    total=len(train_samples),
+                    name="train",
+                    **common,
+                )  # type: ignore[arg-type]
+            evals[EVAL] = prepare_samples(
+                eval_samples,
+                out_dir / EVAL,
+                limit=data.max_eval_samples,
+                total=len(eval_samples),
+                name=EVAL,
+                **common,
+            )  # type: ignore[arg-type]
         else:
             if include_train:
-                train_dir = prepare_samples(iter_split(train_spec), out_dir / "train", limit=data.max_train_samples,
-                                            name="train", **common)  # type: ignore[arg-type]
+                train_dir = prepare_samples(
+                    iter_split(train_spec),
+                    out_dir / "train",
+                    limit=data.max_train_samples,
+                    name="train",
+                    **common,
+                )  # type: ignore[arg-type]
             if eval_spec is not None:
-                evals[EVAL] = prepare_samples(iter_split(eval_spec), out_dir / EVAL, limit=data.max_eval_samples,
-                                              name=EVAL, **common)  # type: ignore[arg-type]
+                evals[EVAL] = prepare_samples(
+                    iter_split(eval_spec), out_dir / EVAL, limit=data.max_eval_samples, name=EVAL, **common
+                )  # type: ignore[arg-type]
     for extra in data.extra_eval:
         evals[extra.name] = _prepare_extra(extra, data, out_dir, common)
     return PreparedSets(train_dir, evals)
@@ -105,15 +137,24 @@ def _prepare_extra(extra: EvalSetConfig, data: DataConfig, out_dir: Path, common
         path = _prepared_split(Path(extra.dataset).expanduser(), extra.split)
         _check_mel_bins([path], int(common["feature_extractor"].feature_size))
         return path
-    spec = SplitSpec(dataset=extra.dataset, kind=kind, split=extra.split, subset=extra.subset,
-                     audio_column=extra.audio_column or data.audio_column,
-                     text_column=extra.text_column or data.text_column)
-    return prepare_samples(iter_split(spec), out_dir / extra.name, limit=extra.max_samples, name=extra.name, **common)
+    spec = SplitSpec(
+        dataset=extra.dataset,
+        kind=kind,
+        split=extra.split,
+        subset=extra.subset,
+        audio_column=extra.audio_column or data.audio_column,
+        text_column=extra.text_column or data.text_column,
+    )
+    return prepare_samples(
+        iter_split(spec), out_dir / extra.name, limit=extra.max_samples, name=extra.name, **common
+    )
 
 
 def _check_mel_bins(paths: list[Path], expected: int) -> None:
     for path in paths:
         got = PreparedDataset(path).num_mel_bins
         if got != expected:
-            raise DataError(f"prepared data {path} has {got} mel bins but the model needs {expected}",
-                            hint="prepare the data again for this model")
+            raise DataError(
+                f"prepared data {path} has {got} mel bins but the model needs {expected}",
+                hint="prepare the data again for this model",
+            )

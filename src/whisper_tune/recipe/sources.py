@@ -22,7 +22,8 @@ PREPARED_MANIFEST = "manifest.json"
 AUDIOFOLDER_METADATA = "metadata.csv"
 NO_NETWORK_HINT = (
     "the Hugging Face hub cannot be reached or the dataset needs a loading script that current `datasets` "
-    "no longer runs; point data.dataset at a local copy (audiofolder, CSV/JSONL manifest or parquet), see docs/data.md"
+    "no longer runs; point data.dataset at a local copy (audiofolder, CSV/JSONL manifest or parquet), "
+    "see docs/data.md"
 )
 
 
@@ -89,7 +90,8 @@ def _require_columns(available: list[str], spec: SplitSpec, where: str) -> None:
     missing = [c for c in (spec.audio_column, spec.text_column) if c not in available]
     if missing:
         raise DataError(
-            f"{where} has no column {', '.join(repr(c) for c in missing)}; its columns are: {', '.join(available)}",
+            f"{where} has no column {', '.join(repr(c) for c in missing)}; "
+            f"its columns are: {', '.join(available)}",
             hint="set data.audio_column / data.text_column",
         )
 
@@ -151,24 +153,34 @@ def _iter_audiofolder(spec: SplitSpec, part: str) -> Iterator[RawSample]:
     _require_columns(columns, SplitSpec(**{**spec.__dict__, "audio_column": audio_col}), str(metadata))
     for row in rows:
         name = row.get(audio_col) or ""
-        yield RawSample(key=f"{folder.name}/{name}", audio=(folder / name) if name else None, text=row.get(spec.text_column))
+        yield RawSample(
+            key=f"{folder.name}/{name}",
+            audio=(folder / name) if name else None,
+            text=row.get(spec.text_column),
+        )
 
 
 def _load_hub_split(spec: SplitSpec, part: str) -> Any:
     try:
         import datasets
     except ImportError as exc:  # pragma: no cover - datasets is a dependency
-        raise DataError("reading a Hugging Face dataset needs the `datasets` package", hint="pip install datasets") from exc
+        raise DataError(
+            "reading a Hugging Face dataset needs the `datasets` package", hint="pip install datasets"
+        ) from exc
     try:
         ds = datasets.load_dataset(spec.dataset, spec.subset, split=part, streaming=spec.streaming)
     except ValueError as exc:
         raise DataError(f"cannot load split '{part}' of {spec.dataset}: {str(exc).splitlines()[0]}") from None
     except (FileNotFoundError, ConnectionError, OSError, RuntimeError) as exc:
-        raise DataError(f"cannot load dataset {spec.dataset}: {str(exc).splitlines()[0]}", hint=NO_NETWORK_HINT) from None
+        raise DataError(
+            f"cannot load dataset {spec.dataset}: {str(exc).splitlines()[0]}", hint=NO_NETWORK_HINT
+        ) from None
     except Exception as exc:
         # datasets raises its own classes (DatasetNotFoundError, ...) that share no useful base.
         if type(exc).__module__.startswith(("datasets", "huggingface_hub")):
-            raise DataError(f"cannot load dataset {spec.dataset}: {str(exc).splitlines()[0]}", hint=NO_NETWORK_HINT) from None
+            raise DataError(
+                f"cannot load dataset {spec.dataset}: {str(exc).splitlines()[0]}", hint=NO_NETWORK_HINT
+            ) from None
         raise
     columns = list(ds.features or {}) if ds.features is not None else []
     if columns:
@@ -217,7 +229,9 @@ def seeded_split(
 def train_and_eval_specs(data: DataConfig) -> tuple[SplitSpec, SplitSpec | None]:
     """The train split, and the eval split if the data names one (else test_size applies)."""
     if data.dataset is None:
-        raise DataError("no dataset given", hint="set data.dataset (a hub name, audiofolder, manifest or prepared dir)")
+        raise DataError(
+            "no dataset given", hint="set data.dataset (a hub name, audiofolder, manifest or prepared dir)"
+        )
     kind = resolve_kind(data.dataset, data.kind)
     common = dict(
         dataset=data.dataset,

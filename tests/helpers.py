@@ -1,0 +1,39 @@
+"""Helpers shared by tests (importable as `helpers`: pytest's pythonpath includes tests/)."""
+
+from __future__ import annotations
+
+import csv
+from collections.abc import Iterable
+from pathlib import Path
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+QUICKSTART_DATA = REPO / "data" / "quickstart"
+
+
+def tone(seconds: float, rate: int = 16_000, freq: float = 440.0, channels: int = 1) -> np.ndarray:
+    t = np.arange(int(seconds * rate)) / rate
+    wave = (0.3 * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return np.stack([wave] * channels, axis=1) if channels > 1 else wave
+
+
+def write_audiofolder(
+    root: Path, splits: dict[str, Iterable[tuple[str, np.ndarray | bytes | None, int, str]]]
+) -> Path:
+    """splits: name -> (file name, audio array / raw bytes / None for "missing", rate, text)."""
+    import soundfile as sf
+
+    for split, rows in splits.items():
+        folder = root / split
+        folder.mkdir(parents=True, exist_ok=True)
+        with (folder / "metadata.csv").open("w", newline="") as fh:
+            writer = csv.writer(fh)
+            writer.writerow(["file_name", "text"])
+            for name, audio, rate, text in rows:
+                if isinstance(audio, bytes):
+                    (folder / name).write_bytes(audio)
+                elif audio is not None:
+                    sf.write(folder / name, audio, rate)
+                writer.writerow([name, text])
+    return root
