@@ -37,3 +37,24 @@ def write_audiofolder(
                     sf.write(folder / name, audio, rate)
                 writer.writerow([name, text])
     return root
+
+
+def write_parquet_dataset(
+    root: Path, splits: dict[str, list[tuple[Path, str]]], text_column: str = "sentence"
+) -> Path:
+    """A local dataset in the layout of the hub's parquet exports: data/<split>-00000-of-00001.parquet,
+    audio as {bytes, path} structs, and the `datasets` feature metadata (Audio, Value) in the schema."""
+    import json
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (root / "data").mkdir(parents=True, exist_ok=True)
+    features = {"audio": {"_type": "Audio"}, text_column: {"dtype": "string", "_type": "Value"}}
+    struct = pa.struct([("bytes", pa.binary()), ("path", pa.string())])
+    for split, rows in splits.items():
+        audio = pa.array([{"bytes": path.read_bytes(), "path": path.name} for path, _ in rows], type=struct)
+        table = pa.table({"audio": audio, text_column: [text for _, text in rows]})
+        table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
+        pq.write_table(table, root / "data" / f"{split}-00000-of-00001.parquet")
+    return root

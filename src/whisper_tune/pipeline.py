@@ -172,6 +172,7 @@ def run(
 ) -> RunSummary:
     """Fine-tune (or with ``train=False`` only evaluate) as configured; returns the summary."""
     from whisper_tune.recipe.evaluation import score_predictions
+    from whisper_tune.recipe.model import save_processor
     from whisper_tune.recipe.prepared import PreparedDataset
     from whisper_tune.recipe.sources import resolve_kind, train_and_eval_specs
 
@@ -208,6 +209,8 @@ def run(
         )
         (run_dir / "job.json").write_text(job.model_dump_json(indent=2), encoding="utf-8")
         result = backend.train(job, reporter)
+        if result.final_model_dir is not None:
+            save_processor(processor, result.final_model_dir)
         evaluation = {
             phase: {
                 name: score_predictions(

@@ -30,7 +30,8 @@ def generate_predictions(
     reporter: Reporter | None = None,
     name: str = "eval",
 ) -> list[list[int]]:
-    """Generated token ids for every sample of ``dataset``, in order."""
+    """Generated token ids for every sample of ``dataset``, in order, starting with the decoder prompt
+    (``<|startoftranscript|><|lang|><|task|><|notimestamps|>``) and ending at ``<|endoftext|>``."""
     import torch
 
     reporter = reporter or Reporter.silent()
@@ -39,6 +40,8 @@ def generate_predictions(
     kwargs = {
         "max_new_tokens": eval_cfg.max_new_tokens,
         "num_beams": eval_cfg.num_beams,
+        # The full sequences, prompt included: the language token the model decoded under is then visible.
+        "return_dict_in_generate": True,
         **generate_kwargs(model, model_cfg),
     }
     dtype = next(model.parameters()).dtype
@@ -52,8 +55,7 @@ def generate_predictions(
             features = collator(items)["input_features"].to(device=device, dtype=dtype)
             with autocast if autocast is not None else contextlib.nullcontext():
                 sequences = model.generate(input_features=features, **kwargs)
-            if not isinstance(sequences, torch.Tensor):
-                sequences = sequences.sequences
+            sequences = sequences if isinstance(sequences, torch.Tensor) else sequences.sequences
             for row in sequences.tolist():
                 out.append(strip_padding(row, pad, eos))
             bar.update(len(items))

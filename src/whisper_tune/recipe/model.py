@@ -51,8 +51,19 @@ def load_processor(source: str, cfg: ModelConfig) -> Any:
     return processor
 
 
+def save_processor(processor: Any, directory: Any) -> None:
+    """Tokenizer files + preprocessor_config.json (the hub's layout, which every transformers version
+    reads), not transformers 5's single processor_config.json."""
+    processor.tokenizer.save_pretrained(directory)
+    processor.feature_extractor.save_pretrained(directory)
+
+
+MULTILINGUAL_VOCAB = 51865  # English-only Whisper vocabularies have 51864 tokens
+
+
 def is_multilingual_tokenizer(tokenizer: Any) -> bool:
-    return tokenizer.convert_tokens_to_ids("<|transcribe|>") not in (None, tokenizer.unk_token_id)
+    """English-only vocabularies still contain <|transcribe|> and language tokens, so count instead."""
+    return len(tokenizer) >= MULTILINGUAL_VOCAB
 
 
 def check_mel_bins(model_mels: int, extractor_mels: int, name: str) -> None:

@@ -1,0 +1,100 @@
+"""Every CLI command once, in-process through the real entry point (``whisper_tune.cli.main``)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import QUICKSTART_DATA, REPO
+
+from whisper_tune import __version__
+from whisper_tune.cli import main
+from whisper_tune.config.presets import list_presets
+
+
+def run_cli(capsys: pytest.CaptureFixture[str], *args: str) -> tuple[int, str, str]:
+    code = main(list(args))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_version(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "--version")
+    assert code == 0 and __version__ in out
+
+
+def test_backends_lists_installed_and_known(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "backends")
+    assert code == 0
+    assert "reference    available" in out
+    for name in ("cuda-lora", "accelerate", "ipu"):
+        assert f"{name}" in out
+    assert "pip install" in out
+
+
+def test_plan_prints_global_batch(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "plan", "--config", "quickstart", "training.gradient_accumulation_steps=3")
+    assert code == 0
+    assert "batch per device:   8" in out and "global batch:       24" in out and "CPU" in out
+
+
+def test_config_list_show_validate_docs(capsys: pytest.CaptureFixture[str]) -> None:
+    code, out, _ = run_cli(capsys, "config", "list")
+    assert code == 0 and all(name in out for name in list_presets())
+    code, out, _ = run_cli(capsys, "config", "show", "--config", "ipu/seed004-catalan-small")
+    shown = yaml.safe_load(out)
+    assert code == 0 and shown["model"]["language"] == "ca"
+    assert shown["backend"]["layers_per_ipu"] == [5, 7, 5, 7]
+    assert shown["training"]["learning_rate"] == 1e-5  # defaults are filled in too
+    code, out, _ = run_cli(capsys, "config", "validate", "--config", "cuda-lora/seed000-marathi-large-v2")
+    assert code == 0 and "not installed here" in out
+    code, out, _ = run_cli(capsys, "config", "validate", "--config", "quickstart")
+    assert code == 0 and "backend 'reference'" in out
+    code, out, _ = run_cli(capsys, "config", "docs")
+    assert code == 0 and out == (REPO / "docs" / "config.md").read_text()
+
+
+def test_eval_command(capsys: pytest.CaptureFixture[str], toy_model_dir: Path, tmp_path: Path) -> None:
+    code, out, err = run_cli(
+        capsys,
+        "-q",
+        "eval",
+        "--model",
+        str(toy_model_dir),
+        "--data",
+        str(QUICKSTART_DATA),
+        "--split",
+        "eval",
+        "data.max_eval_samples=3",
+        f"output.dir={tmp_path}",
+        "eval.max_new_tokens=4",
+    )
+    assert code == 0, err
+    assert "eval: WER" in out and "before training" in out
+
+
+def test_prepare_command(capsys: pytest.CaptureFixture[str], toy_model_dir: Path, tmp_path: Path) -> None:
+    code, out, err = run_cli(
+        capsys,
+        "-q",
+        "prepare",
+        "--config",
+        "quickstart",
+        "--model",
+        str(toy_model_dir),
+        "--out",
+        str(tmp_path / "p"),
+        f"data.dataset={QUICKSTART_DATA}",
+        "data.max_train_samples=4",
+        "data.max_eval_samples=2",
+        "data.extra_eval=[]",
+    )
+    assert code == 0, err
+    assert "train: 4 samples" in out and "eval: 2 samples" in out
+    assert (tmp_path / "p" / "train" / "manifest.json").is_file()
+
+
+def test_usage_error_exit_code(capsys: pytest.CaptureFixture[str]) -> None:
+    code, _, err = run_cli(capsys, "run", "--no-such-flag")
+    assert code == 2 and "No such option" in err

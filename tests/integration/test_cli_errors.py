@@ -1,0 +1,172 @@
+"""One test per row of docs/errors.md: a one-line message, the documented exit code, no traceback."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+from helpers import QUICKSTART_DATA, REPO, tone, write_audiofolder
+
+from whisper_tune.errors import EXIT_CODES
+
+
+def cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    return subprocess.run(
+        [sys.executable, "-m", "whisper_tune", "-q", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env=env,
+    )
+
+
+def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    assert result.stderr.startswith("error: "), result.stderr
+    for fragment in fragments:
+        assert fragment in result.stderr, result.stderr
+
+
+def test_docs_table_matches_exit_codes() -> None:
+    doc = (REPO / "docs" / "errors.md").read_text()
+    for code, (cls, when) in EXIT_CODES.items():
+        assert f"| {code} | `{cls}` | {when} |" in doc
+
+
+def test_config_error_misspelt_key(tmp_path: Path) -> None:
+    result = cli("run", "--config", "quickstart", "training.learning_rte=1e-4", f"output.dir={tmp_path}")
+    assert_clean_error(result, 2, "training.learning_rte", "did you mean 'learning_rate'")
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_config_error_unknown_language() -> None:
+    assert_clean_error(cli("config", "validate", "model.language=marathii"), 2, "did you mean 'marathi'")
+
+
+def test_config_error_language_on_english_only_model() -> None:
+    assert_clean_error(
+        cli("config", "validate", "--model", "pip:tiny.en", "model.language=mr"), 2, "English-only"
+    )
+
+
+def test_data_error_missing_path(tmp_path: Path) -> None:
+    result = cli("run", "--config", "quickstart", "data.dataset=./no/such/dir", f"output.dir={tmp_path}")
+    assert_clean_error(result, 3, "does not exist")
+
+
+def test_data_error_missing_column(tmp_path: Path) -> None:
+    result = cli("run", "--config", "quickstart", "data.text_column=sentence", f"output.dir={tmp_path}")
+    assert_clean_error(result, 3, "no column 'sentence'", "file_name, text")
+
+
+def test_data_error_nothing_usable(tmp_path: Path) -> None:
+    root = write_audiofolder(
+        tmp_path / "bad",
+        {
+            "train": [("a.wav", b"garbage", 0, "hello"), ("b.wav", tone(1.0), 16_000, "")],
+            "eval": [("c.wav", tone(1.0), 16_000, "hi")],
+        },
+    )
+    result = cli(
+        "run",
+        "--config",
+        "quickstart",
+        f"data.dataset={root}",
+        "data.extra_eval=[]",
+        f"output.dir={tmp_path / 'runs'}",
+    )
+    assert_clean_error(result, 3, "no usable samples in train", "1 unreadable audio", "1 empty transcript")
+
+
+def test_model_error_missing_directory(tmp_path: Path) -> None:
+    result = cli("run", "--config", "quickstart", "--model", "./no/such/model", f"output.dir={tmp_path}")
+    assert_clean_error(result, 4, "does not exist")
+
+
+def test_model_error_mel_bins(tmp_path: Path, tiny_en_dir: Path) -> None:
+    import shutil
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_en_dir, model)
+    config = model / "preprocessor_config.json"
+    config.write_text(config.read_text().replace('"feature_size": 80', '"feature_size": 128'))
+    result = cli("run", "--config", "quickstart", "--model", str(model), f"output.dir={tmp_path / 'runs'}")
+    assert_clean_error(result, 4, "expects 80 mel bins", "makes 128")
+
+
+def test_backend_unavailable() -> None:
+    assert_clean_error(cli("plan", "--backend", "ipu"), 5, "not installed", "pip install")
+
+
+def test_hardware_error(tmp_path: Path) -> None:
+    result = cli("run", "--config", "quickstart", "backend.threads=4096", f"output.dir={tmp_path}")
+    assert_clean_error(result, 6, "4096 threads")
+
+
+def test_output_error(tmp_path: Path) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    result = cli("run", "--config", "quickstart", f"output.dir={blocker}")
+    assert_clean_error(result, 7, "cannot write to the output directory")
+    assert blocker.read_text() == "not a directory"
+
+
+def test_debug_shows_the_traceback() -> None:
+    result = cli("--debug", "config", "validate", "training.learning_rte=1")
+    assert result.returncode != 0 and "Traceback" in result.stderr
+
+
+@pytest.mark.slow
+def test_interrupt_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "whisper_tune",
+            "-q",
+            "run",
+            "--config",
+            "quickstart",
+            f"output.dir={tmp_path}",
+            "output.run_name=r",
+            "training.max_steps=200",
+            "data.max_train_samples=32",
+            "data.max_eval_samples=4",
+            "data.extra_eval=[]",
+            "eval.before=false",
+        ],
+        cwd=REPO,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
+    log = tmp_path / "r" / "run.log"
+    deadline = time.time() + 240
+    while time.time() < deadline and not (log.exists() and '"step": 2' in log.read_text()):
+        time.sleep(0.5)
+    assert log.exists() and '"step": 2' in log.read_text(), "training did not start in time"
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr
+    assert "Traceback" not in stderr and "resume with" in stderr
+    checkpoints = sorted((tmp_path / "r" / "checkpoints").glob("step-*"))
+    assert checkpoints, "no checkpoint was saved on interrupt"
+    assert (checkpoints[-1] / "trainer_state.json").is_file()
+    assert (tmp_path / "r" / "config.yaml").is_file() and (tmp_path / "r" / "metrics.json").is_file()
+
+
+def test_quickstart_data_is_present() -> None:
+    # The errors above use the bundled dataset; make a missing checkout obvious.
+    assert (QUICKSTART_DATA / "train" / "metadata.csv").is_file()
+    assert np.isfinite(sf.read(next((QUICKSTART_DATA / "eval").glob("*.ogg")))[0]).all()
