@@ -88,7 +88,7 @@ def _reporter(ctx: click.Context) -> Any:
 @cli.command(epilog=OVERRIDES_HELP)
 @config_options
 @click.pass_context
-def run(ctx: click.Context, config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
+def run(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
     """Fine-tune: evaluate before, train, evaluate after, write the run directory."""
     from whisper_tune.pipeline import run as run_pipeline
 
@@ -105,6 +105,7 @@ def run(ctx: click.Context, config: str | None, overrides: tuple[str, ...], **fl
 @click.pass_context
 def eval_cmd(
     ctx: click.Context,
+    /,
     config: str | None,
     overrides: tuple[str, ...],
     data: str | None,
@@ -136,7 +137,7 @@ def eval_cmd(
 )
 @click.pass_context
 def prepare(
-    ctx: click.Context, config: str | None, overrides: tuple[str, ...], out: Path, **flags: Any
+    ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], out: Path, **flags: Any
 ) -> None:
     """Decode, resample, filter and featurise a dataset once; later runs train from it (data.dataset=OUT)."""
     from whisper_tune.pipeline import prepare as prepare_data
@@ -149,7 +150,7 @@ def prepare(
 @cli.command(epilog=OVERRIDES_HELP)
 @config_options
 @click.pass_context
-def plan(ctx: click.Context, config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
+def plan(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
     """Show what the backend will do: devices, batch per device and global, placement."""
     from whisper_tune.pipeline import plan as make_plan
 

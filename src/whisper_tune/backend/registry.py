@@ -94,7 +94,7 @@ class Registry:
                 "'whisper-tune backends' lists them",
             )
         cls = entry.entry_point.load()
-        backend = cls()
+        backend: Backend = cls()
         if getattr(backend, "name", None) != name:
             raise BackendUnavailableError(
                 f"backend entry point '{name}' loads {cls.__qualname__}, whose name is "

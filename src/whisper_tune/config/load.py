@@ -248,4 +248,5 @@ def load_config(
 
 
 def dump_yaml(config: RunConfig) -> str:
-    return yaml.safe_dump(config.to_yaml_dict(), sort_keys=False, allow_unicode=True)
+    text: str = yaml.safe_dump(config.to_yaml_dict(), sort_keys=False, allow_unicode=True)
+    return text

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Protocol
 
 from whisper_tune.config.schema import EvalConfig, ModelConfig
 from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
@@ -18,9 +18,17 @@ from whisper_tune.recipe.model import generate_kwargs
 from whisper_tune.recipe.progress import Reporter
 
 
+class SupportsSamples(Protocol):
+    """A list of samples, or a PreparedDataset: ``len`` and ``[i]`` -> {"input_features", "labels"}."""
+
+    def __len__(self) -> int: ...
+
+    def __getitem__(self, index: int) -> dict[str, Any]: ...
+
+
 def generate_predictions(
     model: Any,
-    dataset: Sequence[dict[str, Any]],
+    dataset: SupportsSamples,
     collator: SpeechSeq2SeqCollator,
     *,
     model_cfg: ModelConfig,

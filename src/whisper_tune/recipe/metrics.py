@@ -35,7 +35,7 @@ def make_normalizer(kind: Literal["english", "basic"] | str) -> Normalizer:
     from transformers.models.whisper.english_normalizer import BasicTextNormalizer, EnglishTextNormalizer
 
     if kind == "english":
-        normalizer: Normalizer = EnglishTextNormalizer(english_spelling_map())
+        normalizer: Normalizer = EnglishTextNormalizer(english_spelling_map())  # type: ignore[no-untyped-call]
     elif kind == "basic":
         normalizer = BasicTextNormalizer()
     else:

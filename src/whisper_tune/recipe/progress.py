@@ -50,8 +50,12 @@ def quiet_libraries() -> None:
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     transformers_logging = sys.modules.get("transformers.utils.logging")
     if transformers_logging is not None:
-        transformers_logging.set_verbosity_error()  # type: ignore[attr-defined]
-        transformers_logging.disable_progress_bar()  # type: ignore[attr-defined]
+        transformers_logging.set_verbosity_error()
+        transformers_logging.disable_progress_bar()
+
+
+class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """The one console handler whisper-tune adds to its logger (found again by type, never added twice)."""
 
 
 class Reporter:
@@ -64,13 +68,12 @@ class Reporter:
         self.logger.setLevel(logging.DEBUG)
         self.logger.propagate = False
         self._file_handler: logging.Handler | None = None
-        if not any(getattr(h, "_whisper_tune_console", False) for h in self.logger.handlers):
-            console = logging.StreamHandler(sys.stderr)
-            console._whisper_tune_console = True  # type: ignore[attr-defined]
+        if not any(isinstance(h, _ConsoleHandler) for h in self.logger.handlers):
+            console = _ConsoleHandler(sys.stderr)
             console.setFormatter(logging.Formatter("%(message)s"))
             self.logger.addHandler(console)
         for handler in self.logger.handlers:
-            if getattr(handler, "_whisper_tune_console", False):
+            if isinstance(handler, _ConsoleHandler):
                 handler.setLevel(logging.WARNING if quiet else (logging.DEBUG if verbose else logging.INFO))
         if not verbose:
             quiet_libraries()

@@ -104,7 +104,7 @@ def prepare_all(
                     total=len(train_samples),
                     name="train",
                     **common,
-                )  # type: ignore[arg-type]
+                )
             evals[EVAL] = prepare_samples(
                 eval_samples,
                 out_dir / EVAL,
@@ -112,7 +112,7 @@ def prepare_all(
                 total=len(eval_samples),
                 name=EVAL,
                 **common,
-            )  # type: ignore[arg-type]
+            )
         else:
             if include_train:
                 train_dir = prepare_samples(
@@ -121,11 +121,11 @@ def prepare_all(
                     limit=data.max_train_samples,
                     name="train",
                     **common,
-                )  # type: ignore[arg-type]
+                )
             if eval_spec is not None:
                 evals[EVAL] = prepare_samples(
                     iter_split(eval_spec), out_dir / EVAL, limit=data.max_eval_samples, name=EVAL, **common
-                )  # type: ignore[arg-type]
+                )
     for extra in data.extra_eval:
         evals[extra.name] = _prepare_extra(extra, data, out_dir, common)
     return PreparedSets(train_dir, evals)
