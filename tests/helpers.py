@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import sys
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -58,3 +59,16 @@ def write_parquet_dataset(
         table = table.replace_schema_metadata({"huggingface": json.dumps({"info": {"features": features}})})
         pq.write_table(table, root / "data" / f"{split}-00000-of-00001.parquet")
     return root
+
+
+def missing_known_backend() -> str | None:
+    """A backend whisper-tune knows of that is not installed here (to test install hints), if any."""
+    from whisper_tune.backend.registry import KNOWN_BACKENDS, Registry
+
+    installed = Registry().names()
+    return next((name for name in KNOWN_BACKENDS if name not in installed), None)
+
+
+def cli_argv(*args: str) -> list[str]:
+    """The whisper-tune command line, run as a module of this interpreter, quiet (no progress bars)."""
+    return [sys.executable, "-m", "whisper_tune", "-q", *args]

@@ -1,8 +1,8 @@
 """The shared run: check -> run directory -> model -> prepared data -> backend -> metrics and plot.
 
-``run(config)`` is what ``whisper-tune run`` calls; ``evaluate`` and ``prepare`` are its parts for the
-``eval`` and ``prepare`` commands. The backend only trains and generates; data preparation and scoring
-happen here, the same for every backend.
+``run(config)`` is what ``whisper-tune run`` calls (``run(config, train=False)`` is ``whisper-tune eval``),
+``prepare`` is ``whisper-tune prepare`` and ``plan`` is ``whisper-tune plan``. The backend only trains
+and generates; data preparation and scoring happen here, the same for every backend.
 """
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ def run(
             config=config,
             run_dir=run_dir,
             model_dir=source,
-            train_data=sets.train or run_dir / "prepared" / "train",
+            train_data=sets.train,
             eval_data=sets.evals,
             train=train,
             evaluate_before=config.eval.before or not train,
@@ -211,20 +211,17 @@ def run(
         result = backend.train(job, reporter)
         if result.final_model_dir is not None:
             save_processor(processor, result.final_model_dir)
+        references = {name: PreparedDataset(path).texts for name, path in sets.evals.items()}
         evaluation = {
             phase: {
                 name: score_predictions(
-                    processor.tokenizer,
-                    ids,
-                    PreparedDataset(sets.evals[name]).texts,
-                    model_cfg=config.model,
-                    eval_cfg=config.eval,
+                    processor.tokenizer, ids, references[name], model_cfg=config.model, eval_cfg=config.eval
                 )
                 for name, ids in by_set.items()
             }
             for phase, by_set in result.predictions.items()
         }
-        _write_predictions(run_dir, evaluation, {n: PreparedDataset(p).texts for n, p in sets.evals.items()})
+        _write_predictions(run_dir, evaluation, references)
         metrics = _metrics(config, result, evaluation, sets.report(), time.perf_counter() - started)
         write_json_atomic(run_dir / METRICS_FILE, metrics)
         if config.output.plot:

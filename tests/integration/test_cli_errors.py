@@ -5,14 +5,13 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import QUICKSTART_DATA, REPO, tone, write_audiofolder
+from helpers import QUICKSTART_DATA, REPO, cli_argv, missing_known_backend, tone, write_audiofolder
 
 from whisper_tune.errors import EXIT_CODES
 
@@ -20,7 +19,7 @@ from whisper_tune.errors import EXIT_CODES
 def cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     return subprocess.run(
-        [sys.executable, "-m", "whisper_tune", "-q", *args],
+        cli_argv(*args),
         cwd=cwd,
         capture_output=True,
         text=True,
@@ -105,7 +104,10 @@ def test_model_error_mel_bins(tmp_path: Path, tiny_en_dir: Path) -> None:
 
 
 def test_backend_unavailable() -> None:
-    assert_clean_error(cli("plan", "--backend", "ipu"), 5, "not installed", "pip install")
+    name = missing_known_backend()
+    if name is None:
+        pytest.skip("every backend whisper-tune knows of is installed here")
+    assert_clean_error(cli("plan", "--backend", name), 5, "not installed", "pip install")
 
 
 def test_hardware_error(tmp_path: Path) -> None:
@@ -130,11 +132,7 @@ def test_debug_shows_the_traceback() -> None:
 def test_interrupt_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "whisper_tune",
-            "-q",
+        cli_argv(
             "run",
             "--config",
             "quickstart",
@@ -145,7 +143,7 @@ def test_interrupt_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
             "data.max_eval_samples=4",
             "data.extra_eval=[]",
             "eval.before=false",
-        ],
+        ),
         cwd=REPO,
         stderr=subprocess.PIPE,
         text=True,

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import QUICKSTART_DATA, REPO, tone, write_audiofolder
+from helpers import QUICKSTART_DATA, REPO, cli_argv, tone, write_audiofolder
 
 from whisper_tune import load_config, run
 from whisper_tune.pipeline import prepare
@@ -230,20 +230,15 @@ def test_evaluate_only(toy_model_dir: Path, tmp_path: Path) -> None:
 def test_quickstart_improves_wer(tmp_path: Path) -> None:
     """The README's quickstart, as shipped: real pretrained tiny.en, the bundled data, the preset."""
     import subprocess
-    import sys
 
     result = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "whisper_tune",
-            "-q",
+        cli_argv(
             "run",
             "--config",
             "quickstart",
             f"output.dir={tmp_path}",
             "output.run_name=qs",
-        ],
+        ),
         cwd=REPO,
         capture_output=True,
         text=True,

@@ -7,7 +7,8 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
-from whisper_tune.backend.reference import ReferenceOptions
+from whisper_tune.backend.reference import ReferenceBackend, ReferenceOptions
+from whisper_tune.backend.registry import Registry
 from whisper_tune.config.load import (
     UncheckedOptions,
     load_config,
@@ -101,8 +102,11 @@ def test_backend_shorthand_keeps_its_name_under_overrides(tmp_path: Path) -> Non
 
 
 def test_known_backend_not_installed_gives_install_command() -> None:
+    only_reference = Registry(
+        [], instances={"reference": ReferenceBackend()}
+    )  # as if nothing else were installed
     with pytest.raises(BackendUnavailableError) as err:
-        load_config(None, backend="ipu")
+        load_config(None, backend="ipu", registry=only_reference)
     assert "pip install" in (err.value.hint or "")
 
 
@@ -110,6 +114,7 @@ def test_core_only_validation_keeps_options_of_missing_backend() -> None:
     cfg = validate(
         merge_sources(None, ["backend.name=ipu", "backend.layers_per_ipu=[5, 7, 5, 7]"]),
         require_backend=False,
+        registry=Registry([], instances={"reference": ReferenceBackend()}),
     )
     assert isinstance(cfg.backend.options, UncheckedOptions)
     assert cfg.to_yaml_dict()["backend"] == {"name": "ipu", "layers_per_ipu": [5, 7, 5, 7]}

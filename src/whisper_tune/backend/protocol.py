@@ -94,7 +94,9 @@ class TrainJob(BaseModel):
     config: RunConfig
     run_dir: Path
     model_dir: str = Field(description="Local Hugging Face model directory (or hub id) to start from.")
-    train_data: Path = Field(description="Prepared training data (whisper_tune.recipe.prepared format).")
+    train_data: Path | None = Field(
+        description="Prepared training data (whisper_tune.recipe.prepared format); None when only evaluating."
+    )
     eval_data: dict[str, Path] = Field(default_factory=dict, description="Prepared eval sets by name.")
     train: bool = Field(True, description="False for evaluation only ('whisper-tune eval').")
     evaluate_before: bool = True

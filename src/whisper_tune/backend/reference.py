@@ -130,7 +130,7 @@ class ReferenceBackend:
         if job.evaluate_before and eval_sets:
             evaluate("before")
         loop_result = None
-        if job.train:
+        if job.train and job.train_data is not None:
             train_set = PreparedDataset(job.train_data)
             loop = TrainLoop(
                 model,
