@@ -92,6 +92,12 @@ def test_model_error_missing_directory(tmp_path: Path) -> None:
     assert_clean_error(result, 4, "does not exist")
 
 
+def test_model_error_hub_unreachable(tmp_path: Path) -> None:
+    # conftest sets HF_HUB_OFFLINE=1: the hub cannot be reached, as on this project's machines
+    result = cli("run", "--config", "quickstart", "--model", "openai/whisper-tiny", f"output.dir={tmp_path}")
+    assert_clean_error(result, 4, "openai/whisper-tiny", "pip:tiny.en")
+
+
 def test_model_error_mel_bins(tmp_path: Path, tiny_en_dir: Path) -> None:
     import shutil
 
