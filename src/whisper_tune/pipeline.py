@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import os
 import time
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -187,7 +187,7 @@ def run(
     try:
         (run_dir / CONFIG_FILE).write_text(dump_yaml(config), encoding="utf-8")
         the_plan = backend.plan(config, caps)
-        write_json_atomic(run_dir / "plan.json", {**the_plan.__dict__, "global_batch": the_plan.global_batch})
+        write_json_atomic(run_dir / "plan.json", {**asdict(the_plan), "global_batch": the_plan.global_batch})
         reporter.info(f"run directory: {run_dir}")
         reporter.info(
             f"backend {backend.name}: {the_plan.devices}; batch {the_plan.batch_per_device} per device, "

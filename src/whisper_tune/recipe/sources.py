@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 import json
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -150,7 +150,7 @@ def _iter_audiofolder(spec: SplitSpec, part: str) -> Iterator[RawSample]:
     metadata = folder / AUDIOFOLDER_METADATA
     columns, rows = _read_table(metadata)
     audio_col = "file_name" if spec.audio_column == "audio" and "audio" not in columns else spec.audio_column
-    _require_columns(columns, SplitSpec(**{**spec.__dict__, "audio_column": audio_col}), str(metadata))
+    _require_columns(columns, replace(spec, audio_column=audio_col), str(metadata))
     for row in rows:
         name = row.get(audio_col) or ""
         yield RawSample(
