@@ -72,7 +72,7 @@ def raise_issues(issues: list[Any]) -> None:
 def plan(config: RunConfig, registry: Registry | None = None, caps: Capabilities | None = None) -> Plan:
     backend = (registry or Registry()).get(config.backend.name)
     caps = caps or backend.probe().capabilities
-    raise_issues([i for i in backend.check(config, caps) if not i.hardware])
+    raise_issues([i for i in backend.check(config, caps) if not (i.hardware or i.run_only)])
     return backend.plan(config, caps)
 
 

@@ -55,6 +55,8 @@ class Issue:
     hint: str = ""
     #: True when the problem is missing or too-small hardware (exit code of HardwareError).
     hardware: bool = False
+    #: True when the problem stops a run but not planning: ``whisper-tune plan`` still shows the plan.
+    run_only: bool = False
 
 
 @dataclass(frozen=True)
