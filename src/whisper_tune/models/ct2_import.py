@@ -217,7 +217,8 @@ def read_ct2_variables(path: Path) -> dict[str, Array]:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _read_json(path: Path) -> dict[str, Any]:
+def read_json_object(path: Path) -> dict[str, Any]:
+    """A JSON file that must hold an object; any failure is a one-line ModelError."""
     try:
         value = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
@@ -239,7 +240,7 @@ def is_ct2_directory(path: Path) -> bool:
     if not config.exists():
         return True
     try:
-        return "model_type" not in _read_json(config)
+        return "model_type" not in read_json_object(config)
     except ModelError:
         return False
 
@@ -667,7 +668,7 @@ def _no_progress_bars() -> Iterator[None]:
 def _write_hf_directory(ct2_dir: Path, tokenizer_file: Path, staging: Path) -> None:
     """Everything from_pretrained / WhisperProcessor.from_pretrained need, written into ``staging``."""
     config_path = ct2_dir / "config.json"
-    ct2_config = _read_json(config_path) if config_path.exists() else {}
+    ct2_config = read_json_object(config_path) if config_path.exists() else {}
     ct2 = read_ct2_file(ct2_dir / "model.bin")
     weights, enc_layers, dec_layers = map_weights(ct2, ct2_dir)
     config = build_whisper_config(ct2, weights, enc_layers, dec_layers, ct2_config, ct2_dir)

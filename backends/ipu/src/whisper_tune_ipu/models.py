@@ -200,13 +200,10 @@ def _int(config: dict[str, Any], key: str, path: Path, default: int | None = Non
 
 def read_hf_config(model_dir: Path) -> WhisperArch:
     """A Hugging Face Whisper model directory's ``config.json`` -> ``WhisperArch`` (no transformers)."""
+    from whisper_tune.models.ct2_import import read_json_object
+
     path = Path(model_dir) / "config.json"
-    try:
-        config = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read {path}: {exc}") from None
-    if not isinstance(config, dict):
-        raise ModelError(f"{path} is not a JSON object")
+    config = read_json_object(path)
     if config.get("model_type") != "whisper":
         raise ModelError(
             f"{path} describes a '{config.get('model_type')}' model, not Whisper",
