@@ -67,3 +67,12 @@ def test_english_only_model_refuses_a_language_at_load(tiny_en_dir: Path) -> Non
 def test_quickstart_clips_are_real_audio() -> None:
     info = sf.info(next((QUICKSTART_DATA / "train").glob("*.ogg")))
     assert info.samplerate == 22_050 and info.channels == 1
+
+
+def test_english_only_labels_have_no_language_or_task_token(tiny_en_dir: Path) -> None:
+    # English-only vocabularies still contain <|transcribe|>; putting it in the labels would teach a prefix
+    # the model never saw (its own prompt is <|startoftranscript|><|notimestamps|>).
+    tok = load_processor(str(tiny_en_dir), ModelConfig(name="pip:tiny.en")).tokenizer
+    ids = tok("hello world").input_ids
+    assert ids[:2] == tok.convert_tokens_to_ids(["<|startoftranscript|>", "<|notimestamps|>"])
+    assert tok.convert_tokens_to_ids("<|transcribe|>") not in ids
