@@ -70,7 +70,7 @@ _GELU = 3
 # their distances from the end of the vocabulary (the same for English-only, multilingual and large-v3).
 _FROM_END = {"notimestamps": 1502, "startofprev": 1504, "transcribe": 1506, "translate": 1507}
 _TIMESTAMPS = 1501
-_MULTILINGUAL_VOCAB = 51865
+MULTILINGUAL_VOCAB = 51865  # English-only Whisper vocabularies have 51864 tokens
 _LANGUAGE_TOKEN = re.compile(r"^<\|[a-z]{2,3}\|>$")
 
 
@@ -414,7 +414,7 @@ class SpecialTokens:
 
     @property
     def multilingual(self) -> bool:
-        return self.vocab_size >= _MULTILINGUAL_VOCAB
+        return self.vocab_size >= MULTILINGUAL_VOCAB
 
     @property
     def eot(self) -> int:

@@ -11,6 +11,7 @@ from typing import Any
 
 from whisper_tune.config.schema import ModelConfig
 from whisper_tune.errors import ModelError
+from whisper_tune.models.ct2_import import MULTILINGUAL_VOCAB
 
 OFFLINE_HINT = (
     "this machine may have no access to the Hugging Face hub: use a local model directory, a CTranslate2 "
@@ -38,12 +39,8 @@ def load_processor(source: str, cfg: ModelConfig) -> Any:
     tokenizer = processor.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    multilingual = is_multilingual_tokenizer(tokenizer)
-    if cfg.language is not None and cfg.language != "en" and not multilingual:
-        raise ModelError(
-            f"'{cfg.name}' is English-only and has no token for language '{cfg.language}'",
-            hint="unset model.language or use a multilingual model",
-        )
+    multilingual = is_multilingual(len(tokenizer))
+    require_language_support(multilingual, cfg)
     if multilingual:
         tokenizer.set_prefix_tokens(language=cfg.language, task=cfg.task, predict_timestamps=False)
     else:
@@ -58,12 +55,18 @@ def save_processor(processor: Any, directory: Any) -> None:
     processor.feature_extractor.save_pretrained(directory)
 
 
-MULTILINGUAL_VOCAB = 51865  # English-only Whisper vocabularies have 51864 tokens
+def is_multilingual(vocab_size: int) -> bool:
+    """One rule for tokenizers and models: English-only vocabularies still contain <|transcribe|> and
+    language tokens, so the vocabulary size (51864 vs 51865+) decides, not the tokens."""
+    return vocab_size >= MULTILINGUAL_VOCAB
 
 
-def is_multilingual_tokenizer(tokenizer: Any) -> bool:
-    """English-only vocabularies still contain <|transcribe|> and language tokens, so count instead."""
-    return len(tokenizer) >= MULTILINGUAL_VOCAB
+def require_language_support(multilingual: bool, cfg: ModelConfig) -> None:
+    if cfg.language is not None and cfg.language != "en" and not multilingual:
+        raise ModelError(
+            f"'{cfg.name}' is English-only and has no token for language '{cfg.language}'",
+            hint="unset model.language or use a multilingual model",
+        )
 
 
 def check_mel_bins(model_mels: int, extractor_mels: int, name: str) -> None:
@@ -91,14 +94,8 @@ def load_model(source: str, cfg: ModelConfig, *, dtype: Any = None, **kwargs: An
 
 def configure_generation(model: Any, cfg: ModelConfig) -> None:
     gen = model.generation_config
-    multilingual = bool(getattr(gen, "is_multilingual", False)) or (
-        getattr(gen, "lang_to_id", None) is not None and len(gen.lang_to_id) > 0
-    )
-    if cfg.language is not None and cfg.language != "en" and not multilingual:
-        raise ModelError(
-            f"'{cfg.name}' is English-only and cannot be given the language '{cfg.language}'",
-            hint="unset model.language or use a multilingual model",
-        )
+    multilingual = is_multilingual(model.config.vocab_size)
+    require_language_support(multilingual, cfg)
     model.config.forced_decoder_ids = None
     gen.forced_decoder_ids = None
     if multilingual:
@@ -111,7 +108,6 @@ def configure_generation(model: Any, cfg: ModelConfig) -> None:
 
 def generate_kwargs(model: Any, cfg: ModelConfig) -> dict[str, Any]:
     """Language/task arguments for ``generate`` (none for English-only models)."""
-    gen = model.generation_config
-    if getattr(gen, "lang_to_id", None):
+    if is_multilingual(model.config.vocab_size):
         return {"language": cfg.language, "task": cfg.task} if cfg.language else {"task": cfg.task}
     return {}
