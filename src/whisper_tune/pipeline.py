@@ -8,6 +8,7 @@ and generates; data preparation and scoring happen here, the same for every back
 from __future__ import annotations
 
 import json
+import logging
 import os
 import time
 from dataclasses import asdict, dataclass, field
@@ -26,7 +27,7 @@ from whisper_tune.errors import (
     InterruptedRun,
     OutputError,
 )
-from whisper_tune.recipe.progress import Reporter
+from whisper_tune.recipe.progress import LOGGER_NAME, Reporter
 from whisper_tune.report import wer_lines, write_json_atomic, write_plot
 
 CONFIG_FILE = "config.yaml"
@@ -58,7 +59,8 @@ def select_backend(
 def raise_issues(issues: list[Any]) -> None:
     errors = [i for i in issues if i.level == "error"]
     for warning in (i for i in issues if i.level == "warning"):
-        Reporter().warning(f"{warning.loc}: {warning.message}")
+        # the logger, not a new Reporter: building one would reset the console level that -q chose
+        logging.getLogger(LOGGER_NAME).warning(f"warning: {warning.loc}: {warning.message}")
     if not errors:
         return
     text = "\n  ".join(f"{i.loc}: {i.message}" + (f" ({i.hint})" if i.hint else "") for i in errors)
