@@ -47,36 +47,49 @@ def tiny_en_dir() -> object:
     return import_ct2(resolve_packaged("tiny.en"))
 
 
-@pytest.fixture(scope="session")
-def toy_model_dir(tiny_en_dir: object, tmp_path_factory: pytest.TempPathFactory) -> object:
-    """A randomly initialised 1+1-layer Whisper (d_model 64) that keeps tiny.en's real tokenizer,
-    feature extractor, special tokens and generation config: the recipe runs in seconds."""
-    import torch
-    from transformers import (
-        GenerationConfig,
-        WhisperConfig,
-        WhisperForConditionalGeneration,
-        WhisperProcessor,
-    )
+TOY_SHAPE = {
+    "d_model": 64,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2,
+    "encoder_ffn_dim": 128,
+    "decoder_ffn_dim": 128,
+    "dropout": 0.0,
+    "attention_dropout": 0.0,
+    "activation_dropout": 0.0,
+}
 
-    out = tmp_path_factory.mktemp("toy-model")
-    config = WhisperConfig.from_pretrained(tiny_en_dir)
-    for key, value in {
-        "d_model": 64,
-        "encoder_layers": 1,
-        "decoder_layers": 1,
-        "encoder_attention_heads": 2,
-        "decoder_attention_heads": 2,
-        "encoder_ffn_dim": 128,
-        "decoder_ffn_dim": 128,
-        "dropout": 0.0,
-        "attention_dropout": 0.0,
-        "activation_dropout": 0.0,
-    }.items():
+
+def make_toy_model(pretrained_dir: object, out: object) -> object:
+    """A randomly initialised 1+1-layer Whisper (d_model 64) that keeps ``pretrained_dir``'s real
+    tokenizer, feature extractor, special tokens and generation config."""
+    import torch
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
+
+    from whisper_tune.config.schema import ModelConfig
+    from whisper_tune.recipe.model import load_processor, save_processor
+
+    config = WhisperConfig.from_pretrained(pretrained_dir)
+    for key, value in TOY_SHAPE.items():
         setattr(config, key, value)
     torch.manual_seed(0)
     model = WhisperForConditionalGeneration(config)
-    model.generation_config = GenerationConfig.from_pretrained(tiny_en_dir)
+    model.generation_config = GenerationConfig.from_pretrained(pretrained_dir)
     model.save_pretrained(out)
-    WhisperProcessor.from_pretrained(tiny_en_dir).save_pretrained(out)
+    save_processor(load_processor(str(pretrained_dir), ModelConfig(name=str(pretrained_dir))), out)
     return out
+
+
+@pytest.fixture(scope="session")
+def toy_model_dir(tiny_en_dir: object, tmp_path_factory: pytest.TempPathFactory) -> object:
+    """Toy English-only Whisper with tiny.en's real processor: the recipe runs in seconds."""
+    return make_toy_model(tiny_en_dir, tmp_path_factory.mktemp("toy-model"))
+
+
+@pytest.fixture(scope="session")
+def toy_multilingual_dir(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """Toy multilingual Whisper with base's real (multilingual) processor and language tokens."""
+    from whisper_tune.recipe.model import resolve_source
+
+    return make_toy_model(resolve_source("pip:base"), tmp_path_factory.mktemp("toy-multilingual"))

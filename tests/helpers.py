@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import csv
+import json
 import sys
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -72,3 +74,46 @@ def missing_known_backend() -> str | None:
 def cli_argv(*args: str) -> list[str]:
     """The whisper-tune command line, run as a module of this interpreter, quiet (no progress bars)."""
     return [sys.executable, "-m", "whisper_tune", "-q", *args]
+
+
+def quiet_reporter() -> Any:
+    from whisper_tune.recipe.progress import Reporter
+
+    return Reporter(quiet=True, progress=False)
+
+
+QUIET = quiet_reporter()
+
+
+def logged_steps(run_dir: Path) -> list[dict[str, float]]:
+    """The per-step loss records of run.log ("<date> <time> DEBUG {json}")."""
+    lines = (run_dir / "run.log").read_text().splitlines()
+    return [json.loads(line.split(" ", 3)[3]) for line in lines if '"loss"' in line]
+
+
+def toy_overrides(model: Path, out: Path, **extra: object) -> list[str]:
+    base = {
+        "model.name": str(model),
+        "data.dataset": str(QUICKSTART_DATA),
+        "data.max_train_samples": 16,
+        "data.max_eval_samples": 4,
+        "data.extra_eval": json.dumps(
+            [
+                {
+                    "name": "other-voice",
+                    "dataset": str(QUICKSTART_DATA),
+                    "split": "other-voice",
+                    "max_samples": 3,
+                }
+            ]
+        ),
+        "training.max_steps": 2,
+        "training.batch_size": 4,
+        "training.warmup_steps": 0,
+        "training.learning_rate": 1e-3,
+        "eval.max_new_tokens": 6,
+        "eval.regression_set": "null",  # the bundled slice has its own tests (test_guard_rails.py)
+        "output.dir": str(out),
+    }
+    base.update(extra)
+    return [f"{k}={v}" for k, v in base.items()]

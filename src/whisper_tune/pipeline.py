@@ -19,7 +19,7 @@ from typing import Any
 from whisper_tune.backend.protocol import Backend, Capabilities, Plan, TrainJob, TrainResult
 from whisper_tune.backend.registry import Registry
 from whisper_tune.config.load import dump_yaml
-from whisper_tune.config.schema import RunConfig
+from whisper_tune.config.schema import DataConfig, RunConfig
 from whisper_tune.errors import (
     BackendUnavailableError,
     ConfigError,
@@ -173,8 +173,9 @@ def run(
     train: bool = True,
 ) -> RunSummary:
     """Fine-tune (or with ``train=False`` only evaluate) as configured; returns the summary."""
-    from whisper_tune.recipe.evaluation import score_predictions
-    from whisper_tune.recipe.model import save_processor
+    from whisper_tune.guards import language_share, normalizer_override, with_regression_set
+    from whisper_tune.recipe.evaluation import row_languages_of, score_predictions
+    from whisper_tune.recipe.model import is_multilingual, save_processor
     from whisper_tune.recipe.prepared import PreparedDataset
     from whisper_tune.recipe.sources import resolve_kind, train_and_eval_specs
 
@@ -197,7 +198,9 @@ def run(
         )
         resume = resolve_resume(config, run_dir)
         source, processor = _load_processor_for(config, reporter)
-        sets = _prepare_sets(config, run_dir / "prepared", processor, backend, reporter, train)
+        multilingual = is_multilingual(len(processor.tokenizer))
+        data = with_regression_set(config, multilingual) if train else config.data
+        sets = _prepare_sets(config, run_dir / "prepared", processor, backend, reporter, train, data)
         job = TrainJob(
             config=config,
             run_dir=run_dir,
@@ -213,16 +216,29 @@ def run(
         result = backend.train(job, reporter)
         if result.final_model_dir is not None:
             save_processor(processor, result.final_model_dir)
-        references = {name: PreparedDataset(path).texts for name, path in sets.evals.items()}
+        eval_sets = {name: PreparedDataset(path) for name, path in sets.evals.items()}
+        references = {name: ds.texts for name, ds in eval_sets.items()}
         evaluation = {
             phase: {
                 name: score_predictions(
-                    processor.tokenizer, ids, references[name], model_cfg=config.model, eval_cfg=config.eval
+                    processor.tokenizer,
+                    ids,
+                    references[name],
+                    model_cfg=config.model,
+                    eval_cfg=config.eval,
+                    normalizer=normalizer_override(config, name, multilingual),
                 )
                 for name, ids in by_set.items()
             }
             for phase, by_set in result.predictions.items()
         }
+        for phase, by_set in result.detected_languages.items():
+            for name, detected in by_set.items():
+                expected = row_languages_of(eval_sets[name], config.model.language) or [
+                    config.model.language
+                ] * len(detected)
+                if phase in evaluation and name in evaluation[phase]:
+                    evaluation[phase][name]["metrics"]["language_share"] = language_share(detected, expected)
         _write_predictions(run_dir, evaluation, references)
         metrics = _metrics(config, result, evaluation, sets.report(), time.perf_counter() - started)
         write_json_atomic(run_dir / METRICS_FILE, metrics)
@@ -236,6 +252,9 @@ def run(
         lines = wer_lines(metrics["evaluation"])
         for line in lines:
             reporter.info(line)
+        for warning in metrics["guard"]["warnings"]:
+            reporter.warning(f"guard rail: {warning}")
+            lines.append(f"warning: {warning}")
         if result.interrupted:
             raise InterruptedRun(
                 f"interrupted after {result.steps} steps; checkpoint and metrics are in {run_dir}",
@@ -255,6 +274,7 @@ def _prepare_sets(
     backend: Backend,
     reporter: Reporter,
     include_train: bool,
+    data: DataConfig | None = None,
 ) -> Any:
     from whisper_tune.recipe.sets import prepare_all
 
@@ -265,7 +285,7 @@ def _prepare_sets(
         "decoder_prefix": list(processor.tokenizer.prefix_tokens),
     }
     return prepare_all(
-        config.data,
+        data or config.data,
         out_dir,
         feature_extractor=processor.feature_extractor,
         tokenizer=processor.tokenizer,
@@ -289,12 +309,14 @@ def _write_predictions(run_dir: Path, evaluation: dict[str, Any], references: di
 def _metrics(
     config: RunConfig, result: TrainResult, evaluation: dict[str, Any], data: dict[str, Any], wall: float
 ) -> dict[str, Any]:
+    from whisper_tune.guards import guard_report
+
+    scores = {phase: {n: s["metrics"] for n, s in by_set.items()} for phase, by_set in evaluation.items()}
     return {
         "model": config.model.name,
         "backend": config.backend.name,
-        "evaluation": {
-            phase: {n: s["metrics"] for n, s in by_set.items()} for phase, by_set in evaluation.items()
-        },
+        "evaluation": scores,
+        "guard": guard_report(config, scores),
         "train": {
             "steps": result.steps,
             "samples": result.train_samples,

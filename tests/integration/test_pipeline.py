@@ -11,47 +11,19 @@ from pathlib import Path
 
 import pytest
 import torch
-from helpers import QUICKSTART_DATA, REPO, cli_argv, tone, write_audiofolder
+from helpers import (
+    QUIET,
+    REPO,
+    cli_argv,
+    logged_steps,
+    tone,
+    toy_overrides,
+    write_audiofolder,
+)
 
 from whisper_tune import load_config, run
 from whisper_tune.pipeline import prepare
 from whisper_tune.recipe.prepared import PreparedDataset
-from whisper_tune.recipe.progress import Reporter
-
-QUIET = Reporter(quiet=True, progress=False)
-
-
-def logged_steps(run_dir: Path) -> list[dict[str, float]]:
-    """The per-step loss records of run.log ("<date> <time> DEBUG {json}")."""
-    lines = (run_dir / "run.log").read_text().splitlines()
-    return [json.loads(line.split(" ", 3)[3]) for line in lines if '"loss"' in line]
-
-
-def toy_overrides(model: Path, out: Path, **extra: object) -> list[str]:
-    base = {
-        "model.name": str(model),
-        "data.dataset": str(QUICKSTART_DATA),
-        "data.max_train_samples": 16,
-        "data.max_eval_samples": 4,
-        "data.extra_eval": json.dumps(
-            [
-                {
-                    "name": "other-voice",
-                    "dataset": str(QUICKSTART_DATA),
-                    "split": "other-voice",
-                    "max_samples": 3,
-                }
-            ]
-        ),
-        "training.max_steps": 2,
-        "training.batch_size": 4,
-        "training.warmup_steps": 0,
-        "training.learning_rate": 1e-3,
-        "eval.max_new_tokens": 6,
-        "output.dir": str(out),
-    }
-    base.update(extra)
-    return [f"{k}={v}" for k, v in base.items()]
 
 
 def test_run_writes_the_whole_run_directory(toy_model_dir: Path, tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from whisper_tune.recipe.metrics import make_normalizer, pick_normalizer, score
+from whisper_tune.recipe.metrics import make_normalizer, pick_normalizer, repeated_ngram_rate, score
 
 
 def test_raw_and_normalised_rates() -> None:
@@ -42,3 +42,26 @@ def test_normaliser_choice() -> None:
     assert pick_normalizer("auto", None, True) == "english"
     assert pick_normalizer("auto", "mr", False) == "basic"
     assert pick_normalizer("basic", "en", True) == "basic"
+
+
+def test_hallucination_signals_flag_a_repetition_loop() -> None:
+    basic = make_normalizer("basic")
+    clean = score(["the cat sat on the mat"], ["the cat sat on the mat"], basic)
+    assert clean["insertion_rate"] == 0.0
+    assert clean["repeated_ngram_rate"] == 0.0
+    looped = score(
+        ["the cat sat on the mat thank you thank you thank you"], ["the cat sat on the mat"], basic
+    )
+    # 6 inserted words over 6 reference words; of the 10 trigrams, 2 repeat an earlier one
+    assert looped["insertion_rate"] == pytest.approx(100.0)
+    assert looped["repeated_ngram_rate"] == pytest.approx(20.0)
+    assert looped["repeated_ngram_rate_reference"] == 0.0
+    assert looped["insertion_rate"] + looped["deletion_rate"] + looped["substitution_rate"] == pytest.approx(
+        looped["normalized_wer"]
+    )
+
+
+def test_repeated_ngram_rate_counts_within_each_text_only() -> None:
+    assert repeated_ngram_rate(["a b c", "a b c"]) == 0.0
+    assert repeated_ngram_rate(["a b c a b c"]) == pytest.approx(25.0)  # abc bca cab abc -> 1 of 4
+    assert repeated_ngram_rate(["short"]) == 0.0

@@ -113,6 +113,8 @@ class TrainResult(BaseModel):
 
     #: phase ("before"/"after") -> eval set name -> generated token ids per sample, in dataset order.
     predictions: dict[str, dict[str, list[list[int]]]] = Field(default_factory=dict)
+    #: phase -> eval set name -> language code Whisper detects per sample (multilingual models; optional).
+    detected_languages: dict[str, dict[str, list[str]]] = Field(default_factory=dict)
     #: one record per logged step: {"step", "epoch", "loss", "learning_rate"}.
     log_history: list[dict[str, float]] = Field(default_factory=list)
     steps: int = 0

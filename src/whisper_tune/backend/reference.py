@@ -9,7 +9,6 @@ from __future__ import annotations
 import contextlib
 import os
 import resource
-import time
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any, ClassVar
@@ -83,7 +82,7 @@ class ReferenceBackend:
         import torch
 
         from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-        from whisper_tune.recipe.evaluation import generate_predictions
+        from whisper_tune.recipe.evaluation import evaluate_sets
         from whisper_tune.recipe.loop import TrainLoop
         from whisper_tune.recipe.model import load_model
         from whisper_tune.recipe.prepared import PreparedDataset
@@ -108,24 +107,22 @@ class ReferenceBackend:
 
         eval_sets = {name: PreparedDataset(path) for name, path in job.eval_data.items()}
         predictions: dict[str, dict[str, list[list[int]]]] = {}
+        languages: dict[str, dict[str, list[str]]] = {}
         eval_seconds: dict[str, float] = {}
 
         def evaluate(phase: str) -> None:
-            t0 = time.perf_counter()
-            predictions[phase] = {
-                name: generate_predictions(
-                    model,
-                    ds,
-                    collator,
-                    model_cfg=cfg.model,
-                    eval_cfg=cfg.eval,
-                    autocast=autocast() if bf16 else None,
-                    reporter=reporter,
-                    name=f"{name} ({phase})",
-                )
-                for name, ds in eval_sets.items()
-            }
-            eval_seconds[phase] = round(time.perf_counter() - t0, 2)
+            out = evaluate_sets(
+                model,
+                eval_sets,
+                collator,
+                model_cfg=cfg.model,
+                eval_cfg=cfg.eval,
+                phase=phase,
+                autocast=autocast() if bf16 else None,
+                reporter=reporter,
+            )
+            predictions[phase], languages[phase] = out.predictions, out.languages
+            eval_seconds[phase] = out.seconds
 
         if job.evaluate_before and eval_sets:
             evaluate("before")
@@ -152,6 +149,7 @@ class ReferenceBackend:
             evaluate("after")
         return TrainResult(
             predictions=predictions,
+            detected_languages={phase: by_set for phase, by_set in languages.items() if by_set},
             log_history=loop_result.log_history if loop_result else [],
             steps=loop_result.steps if loop_result else 0,
             train_samples=loop_result.samples if loop_result else 0,

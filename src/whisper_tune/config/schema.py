@@ -17,12 +17,33 @@ from whisper_tune.languages import language_code
 SAMPLING_RATE = 16_000
 MAX_AUDIO_SECONDS = 30.0
 MAX_LABEL_TOKENS = 448
+BUNDLED_REGRESSION = "bundled"
 
 
 class Section(BaseModel):
     """Base of every config section: immutable, unknown keys are errors."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+
+class SpecAugmentConfig(Section):
+    """SpecAugment on the log-mel input during training (Whisper's own masking; off in evaluation)."""
+
+    enabled: bool = Field(False, description="Mask time steps and mel channels of the input while training.")
+    mask_time_prob: float = Field(
+        0.05, ge=0, le=1, description="Share of time steps covered by time masks (approximately)."
+    )
+    mask_time_length: int = Field(10, gt=0, description="Length of each time mask, in frames (10 ms each).")
+    mask_time_min_masks: int = Field(2, ge=0, description="At least this many time masks per input.")
+    mask_feature_prob: float = Field(
+        0.0, ge=0, le=1, description="Share of mel channels covered by feature masks (approximately)."
+    )
+    mask_feature_length: int = Field(10, gt=0, description="Width of each feature mask, in mel channels.")
+    mask_feature_min_masks: int = Field(0, ge=0, description="At least this many feature masks per input.")
+
+    def model_overrides(self) -> dict[str, Any]:
+        """The WhisperConfig attributes these settings stand for."""
+        return {"apply_spec_augment": self.enabled, **self.model_dump(exclude={"enabled"})}
 
 
 class ModelConfig(Section):
@@ -44,6 +65,10 @@ class ModelConfig(Section):
     )
     task: Literal["transcribe", "translate"] = Field(
         "transcribe", description="Whisper task token: transcribe, or translate into English."
+    )
+    spec_augment: SpecAugmentConfig = Field(
+        default_factory=SpecAugmentConfig,
+        description="SpecAugment masking of the input features while training (off by default).",
     )
 
     @field_validator("language")
@@ -77,6 +102,9 @@ class EvalSetConfig(Section):
     split: str = Field("test", description="Split to evaluate; audiofolders use sub-folder names.")
     audio_column: str | None = Field(None, description="Audio column; defaults to data.audio_column.")
     text_column: str | None = Field(None, description="Transcript column; defaults to data.text_column.")
+    language_column: str | None = Field(
+        None, description="Per-row language column; defaults to data.language_column."
+    )
     max_samples: int | None = Field(None, gt=0, description="Evaluate at most this many samples.")
 
 
@@ -119,6 +147,12 @@ class DataConfig(Section):
     audio_column: str = Field("audio", description="Column holding the audio (or the path to it).")
     text_column: str = Field(
         "text", description="Column holding the transcript ('sentence' on Common Voice)."
+    )
+    language_column: str | None = Field(
+        None,
+        description="Column with each row's language (code or name) for mixed-language data: that row's "
+        "labels carry its language token and evaluation forces it. Empty cells fall back to "
+        "model.language. Needs a multilingual model.",
     )
     max_train_samples: int | None = Field(None, gt=0, description="Use at most this many training samples.")
     max_eval_samples: int | None = Field(None, gt=0, description="Evaluate on at most this many samples.")
@@ -202,6 +236,50 @@ class EvalConfig(Section):
         description="Whisper text normaliser for the normalised WER/CER: English for English, Basic "
         "otherwise ('auto' picks by language).",
     )
+    regression_set: str | None = Field(
+        BUNDLED_REGRESSION,
+        description="Guard rail: a held-out set evaluated before and after whose WER must not rise by more "
+        "than regression_margin. 'bundled' = the small slice shipped with whisper-tune (multilingual "
+        "speech for multilingual models, other-domain English for '.en' models); or the name of a "
+        "data.extra_eval set; null = none.",
+    )
+    regression_margin: float = Field(
+        2.0,
+        ge=0,
+        description="Warn when the regression set's normalised WER rises by more than this (points).",
+    )
+    detect_language: bool = Field(
+        True,
+        description="Multilingual models: also detect each eval clip's language before and after training "
+        "and report the share still detected as the configured language.",
+    )
+    language_drop_margin: float = Field(
+        5.0,
+        ge=0,
+        description="Warn when that share falls by more than this many points during training.",
+    )
+    steps: int | None = Field(
+        None,
+        gt=0,
+        description="Also evaluate every this many optimizer steps during training (WER on eval_subset "
+        "samples of the eval set); needed for keep_best and early stopping. null = only before/after.",
+    )
+    subset_size: int | None = Field(
+        64,
+        gt=0,
+        description="Evaluations during training use the first this many eval samples (bounds their "
+        "cost on big test sets); null = the whole eval set.",
+    )
+    keep_best: bool = Field(
+        True,
+        description="With eval.steps: end with the weights of the checkpoint that had the lowest eval WER "
+        "(kept on disk as checkpoints/best), not the last.",
+    )
+    early_stopping_patience: int | None = Field(
+        None,
+        gt=0,
+        description="With eval.steps: stop when this many evaluations in a row did not improve the WER.",
+    )
 
 
 class OutputConfig(Section):
@@ -253,6 +331,23 @@ class RunConfig(Section):
     eval: EvalConfig = Field(default_factory=EvalConfig, description="Generation-based WER/CER evaluation.")
     output: OutputConfig = Field(default_factory=OutputConfig, description="Where results are written.")
     backend: BackendConfig = Field(default_factory=BackendConfig, description="How and where to train.")
+
+    @model_validator(mode="after")
+    def _cross_section_rules(self) -> RunConfig:
+        if self.model.english_only and self.data.language_column is not None:
+            raise ValueError(
+                f"'{self.model.name}' is English-only: data.language_column needs a multilingual model"
+            )
+        regression = self.eval.regression_set
+        names = {s.name for s in self.data.extra_eval}
+        if regression not in (None, BUNDLED_REGRESSION) and regression not in names:
+            raise ValueError(
+                f"eval.regression_set '{regression}' is neither 'bundled' nor a data.extra_eval set "
+                f"({', '.join(sorted(names)) or 'none defined'})"
+            )
+        if BUNDLED_REGRESSION in names or "regression" in names:
+            raise ValueError("'bundled' and 'regression' are reserved names for data.extra_eval sets")
+        return self
 
     def to_yaml_dict(self) -> dict[str, Any]:
         """A plain dict in the YAML layout (backend options written flat next to the name)."""

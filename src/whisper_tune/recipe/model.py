@@ -98,6 +98,8 @@ def configure_generation(model: Any, cfg: ModelConfig) -> None:
     require_language_support(multilingual, cfg)
     model.config.forced_decoder_ids = None
     gen.forced_decoder_ids = None
+    for key, value in cfg.spec_augment.model_overrides().items():
+        setattr(model.config, key, value)  # Whisper masks only in training mode
     if multilingual:
         gen.language = cfg.language
         gen.task = cfg.task

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from whisper_tune.config.schema import SAMPLING_RATE, DataConfig
-from whisper_tune.errors import DataError
+from whisper_tune.errors import ConfigError, DataError
+from whisper_tune.languages import language_code
 from whisper_tune.recipe.audio import BadAudio, decode, from_array
 from whisper_tune.recipe.prepared import PreparedWriter
 from whisper_tune.recipe.progress import Reporter
@@ -116,11 +117,34 @@ def _prepare_one(
     if audio.seconds < filters.min_duration_s:
         writer.drops.add("audio_too_short", sample.key)
         return
+    language = None
+    if sample.language is not None and str(sample.language).strip():
+        try:
+            language = language_code(str(sample.language))
+        except ValueError:
+            writer.drops.add("unknown_language", sample.key)
+            return
     labels = list(tokenizer(text).input_ids)
+    if language is not None:
+        labels = with_language(labels, tokenizer, language)
     if len(labels) > filters.max_label_tokens:
         writer.drops.add("label_too_long", sample.key)
         return
     features = feature_extractor(
         audio.samples, sampling_rate=SAMPLING_RATE, return_tensors="np"
     ).input_features[0]
-    writer.add(features, labels, text, sample.key, audio.seconds)
+    writer.add(features, labels, text, sample.key, audio.seconds, language=language)
+
+
+def with_language(labels: list[int], tokenizer: Any, language: str) -> list[int]:
+    """``labels`` (which start with the tokenizer's prefix) with the row's language token in the prefix:
+    replaced where the prefix has one (model.language set), inserted after <|startoftranscript|> else."""
+    from whisper_tune.recipe.model import is_multilingual
+
+    if not is_multilingual(len(tokenizer)):
+        raise ConfigError(
+            "data.language_column needs a multilingual model: English-only models have no language tokens"
+        )
+    token = tokenizer.convert_tokens_to_ids(f"<|{language}|>")
+    has_language = getattr(tokenizer, "language", None) is not None
+    return [labels[0], token, *labels[2 if has_language else 1 :]]

@@ -88,13 +88,23 @@ class PreparedWriter:
         self.count = 0
         self.seconds = 0.0
 
-    def add(self, features: npt.NDArray[Any], labels: list[int], text: str, key: str, seconds: float) -> None:
+    def add(
+        self,
+        features: npt.NDArray[Any],
+        labels: list[int],
+        text: str,
+        key: str,
+        seconds: float,
+        *,
+        language: str | None = None,
+    ) -> None:
         if features.shape[0] != self.num_mel_bins:
             raise ValueError(f"features have {features.shape[0]} mel bins, expected {self.num_mel_bins}")
         self._buffer.append(features.astype(self.dtype, copy=False))
-        self._samples.write(
-            json.dumps({"key": key, "text": text, "seconds": round(seconds, 3), "labels": labels}) + "\n"
-        )
+        record: dict[str, Any] = {"key": key, "text": text, "seconds": round(seconds, 3), "labels": labels}
+        if language is not None:
+            record["language"] = language
+        self._samples.write(json.dumps(record) + "\n")
         self.count += 1
         self.seconds += seconds
         if len(self._buffer) >= self.shard_size:
@@ -177,6 +187,11 @@ class PreparedDataset:
     @property
     def texts(self) -> list[str]:
         return [s["text"] for s in self.samples]
+
+    @property
+    def languages(self) -> list[str | None]:
+        """Each sample's own language (data.language_column), None where the run's language applies."""
+        return [s.get("language") for s in self.samples]
 
     @property
     def num_mel_bins(self) -> int:

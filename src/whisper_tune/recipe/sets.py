@@ -144,6 +144,7 @@ def _prepare_extra(extra: EvalSetConfig, data: DataConfig, out_dir: Path, common
         subset=extra.subset,
         audio_column=extra.audio_column or data.audio_column,
         text_column=extra.text_column or data.text_column,
+        language_column=extra.language_column or data.language_column,
     )
     return prepare_samples(
         iter_split(spec), out_dir / extra.name, limit=extra.max_samples, name=extra.name, **common

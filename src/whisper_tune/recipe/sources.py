@@ -32,6 +32,7 @@ class RawSample:
     key: str
     audio: Any  # a path, encoded bytes, or {"array", "sampling_rate"} / {"bytes", "path"}
     text: Any
+    language: Any = None  # the row's language (data.language_column), as written in the data
 
 
 @dataclass(frozen=True)
@@ -44,6 +45,7 @@ class SplitSpec:
     subset: str | None = None
     audio_column: str = "audio"
     text_column: str = "text"
+    language_column: str | None = None
     streaming: bool = False
 
 
@@ -87,12 +89,13 @@ def split_parts(split: str) -> list[str]:
 
 
 def _require_columns(available: list[str], spec: SplitSpec, where: str) -> None:
-    missing = [c for c in (spec.audio_column, spec.text_column) if c not in available]
+    wanted = (spec.audio_column, spec.text_column, *([spec.language_column] if spec.language_column else []))
+    missing = [c for c in wanted if c not in available]
     if missing:
         raise DataError(
             f"{where} has no column {', '.join(repr(c) for c in missing)}; "
             f"its columns are: {', '.join(available)}",
-            hint="set data.audio_column / data.text_column",
+            hint="set data.audio_column / data.text_column / data.language_column",
         )
 
 
@@ -130,7 +133,16 @@ def _iter_table(path: Path, spec: SplitSpec, split_filter: str | None) -> Iterat
     for n, row in enumerate(rows):
         audio = row.get(spec.audio_column)
         audio_path = (path.parent / str(audio)) if audio not in (None, "") else None
-        yield RawSample(key=f"{path.name}:{n + 1}", audio=audio_path, text=row.get(spec.text_column))
+        yield RawSample(
+            key=f"{path.name}:{n + 1}",
+            audio=audio_path,
+            text=row.get(spec.text_column),
+            language=_language(row, spec),
+        )
+
+
+def _language(row: dict[str, Any], spec: SplitSpec) -> Any:
+    return row.get(spec.language_column) if spec.language_column else None
 
 
 def _audiofolder_split_dir(root: Path, split: str) -> Path:
@@ -157,6 +169,7 @@ def _iter_audiofolder(spec: SplitSpec, part: str) -> Iterator[RawSample]:
             key=f"{folder.name}/{name}",
             audio=(folder / name) if name else None,
             text=row.get(spec.text_column),
+            language=_language(row, spec),
         )
 
 
@@ -194,9 +207,14 @@ def _load_hub_split(spec: SplitSpec, part: str) -> Any:
 def _iter_hub(spec: SplitSpec, part: str, ds: Any | None = None) -> Iterator[RawSample]:
     ds = _load_hub_split(spec, part) if ds is None else ds
     for n, row in enumerate(ds):
-        if n == 0 and (spec.audio_column not in row or spec.text_column not in row):
+        if n == 0:
             _require_columns(list(row), spec, f"dataset {spec.dataset} ({part})")
-        yield RawSample(key=f"{part}:{n}", audio=row.get(spec.audio_column), text=row.get(spec.text_column))
+        yield RawSample(
+            key=f"{part}:{n}",
+            audio=row.get(spec.audio_column),
+            text=row.get(spec.text_column),
+            language=_language(row, spec),
+        )
 
 
 def iter_split(spec: SplitSpec) -> Iterator[RawSample]:
@@ -239,6 +257,7 @@ def train_and_eval_specs(data: DataConfig) -> tuple[SplitSpec, SplitSpec | None]
         subset=data.subset,
         audio_column=data.audio_column,
         text_column=data.text_column,
+        language_column=data.language_column,
         streaming=data.streaming,
     )
     train = SplitSpec(split=data.train_split, **common)  # type: ignore[arg-type]

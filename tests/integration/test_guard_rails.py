@@ -1,0 +1,173 @@
+"""Guard rails: the bundled regression slice, per-row languages, language retention and the warnings,
+on real audio, real tokenizers and small random Whisper models."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from helpers import QUIET, toy_overrides
+
+from whisper_tune import load_config, run
+from whisper_tune.config.schema import EvalConfig, ModelConfig, RunConfig, SpecAugmentConfig
+from whisper_tune.errors import ConfigError
+from whisper_tune.guards import bundled_regression_dir, guard_report
+from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
+from whisper_tune.recipe.evaluation import generate_predictions
+from whisper_tune.recipe.model import load_model
+from whisper_tune.recipe.prepared import PreparedDataset
+
+MULTILINGUAL = bundled_regression_dir() / "multilingual.csv"
+
+
+def test_bundled_regression_slice_is_evaluated_before_and_after(toy_model_dir: Path, tmp_path: Path) -> None:
+    summary = run(
+        load_config(
+            "quickstart",
+            toy_overrides(
+                toy_model_dir, tmp_path, **{"eval.regression_set": "bundled", "output.run_name": "g"}
+            ),
+        ),
+        reporter=QUIET,
+    )
+    metrics = summary.metrics
+    regression = metrics["guard"]["regression"]
+    # English-only model: the English other-domain part of the slice (12 clips), scored like the run
+    assert metrics["evaluation"]["before"]["regression"]["samples"] == 12
+    assert regression["set"] == "regression"
+    assert regression["before"] == metrics["evaluation"]["before"]["regression"]["normalized_wer"]
+    assert regression["after"] == metrics["evaluation"]["after"]["regression"]["normalized_wer"]
+    assert regression["change"] == pytest.approx(regression["after"] - regression["before"], abs=1e-3)
+    assert (summary.run_dir / "predictions" / "regression-after.jsonl").is_file()
+    assert metrics["guard"]["language_share"] == {}  # English-only: no language detection
+    for scores in metrics["evaluation"]["after"].values():
+        assert {"insertion_rate", "repeated_ngram_rate"} <= set(scores)
+
+
+def test_mixed_language_data_trains_with_each_rows_language(
+    toy_multilingual_dir: Path, tmp_path: Path
+) -> None:
+    overrides = toy_overrides(
+        toy_multilingual_dir,
+        tmp_path,
+        **{
+            "model.language": "null",
+            "data.dataset": str(MULTILINGUAL),
+            "data.audio_column": "audio",
+            "data.language_column": "language",
+            "data.eval_split": "null",
+            "data.test_size": 0.25,
+            "data.max_train_samples": "null",
+            "data.max_eval_samples": "null",
+            "data.extra_eval": "[]",
+            "eval.regression_set": "bundled",
+            "output.run_name": "mixed",
+        },
+    )
+    summary = run(load_config("quickstart", overrides), reporter=QUIET)
+    prepared = PreparedDataset(summary.run_dir / "prepared" / "train")
+    base_tokenizer_ids = json.loads((toy_multilingual_dir / "tokenizer.json").read_text())["added_tokens"]
+    lang_id = {t["content"]: t["id"] for t in base_tokenizer_ids}
+    for sample in prepared.samples:
+        # <|startoftranscript|> <|row language|> <|transcribe|> <|notimestamps|> text...
+        assert sample["labels"][1] == lang_id[f"<|{sample['language']}|>"]
+        assert sample["labels"][2] == lang_id["<|transcribe|>"]
+    assert len(set(prepared.languages)) > 3
+    evaluation = summary.metrics["evaluation"]
+    for phase in ("before", "after"):
+        for name in ("eval", "regression"):
+            assert 0.0 <= evaluation[phase][name]["language_share"] <= 100.0
+    assert set(summary.metrics["guard"]["language_share"]) == {"eval", "regression"}
+    assert evaluation["before"]["regression"]["samples"] == 36  # multilingual model: the whole slice
+    assert evaluation["before"]["regression"]["normalizer"] == "basic"
+
+
+def test_generation_forces_each_rows_language(toy_multilingual_dir: Path, tmp_path: Path) -> None:
+    cfg = load_config(
+        "quickstart",
+        toy_overrides(
+            toy_multilingual_dir,
+            tmp_path,
+            **{"model.language": "en", "data.dataset": str(MULTILINGUAL), "data.language_column": "language"},
+        ),
+    )
+    from whisper_tune.pipeline import prepare
+
+    sets = prepare(
+        cfg.model_copy(update={"data": cfg.data.model_copy(update={"eval_split": "all", "extra_eval": ()})}),
+        tmp_path / "prep",
+        reporter=QUIET,
+        include_train=False,
+    )
+    dataset = PreparedDataset(sets.evals["eval"])
+    model = load_model(str(toy_multilingual_dir), cfg.model)
+    ids = generate_predictions(
+        model,
+        dataset,
+        SpeechSeq2SeqCollator(model.config.decoder_start_token_id),
+        model_cfg=cfg.model,
+        eval_cfg=EvalConfig(max_new_tokens=2, batch_size=8),
+    )
+    lang_to_id = model.generation_config.lang_to_id
+    assert [row[1] for row in ids] == [lang_to_id[f"<|{lang}|>"] for lang in dataset.languages]
+
+
+def scores(wer: float, share: float | None = None, insertions: float = 0.0) -> dict[str, Any]:
+    return {
+        "normalized_wer": wer,
+        "language_share": share,
+        "insertion_rate": insertions,
+        "repeated_ngram_rate": 0.0,
+    }
+
+
+def test_guard_report_warns_on_regression_language_loss_and_hallucinations() -> None:
+    config = RunConfig.model_validate(
+        {
+            "data": {"extra_eval": [{"name": "held", "dataset": "x"}]},
+            "eval": {"regression_set": "held", "regression_margin": 2.0, "language_drop_margin": 5.0},
+        }
+    )
+    fine = guard_report(
+        config, {"before": {"held": scores(20.0, 90.0)}, "after": {"held": scores(21.5, 88.0)}}
+    )
+    assert fine["warnings"] == []
+    assert fine["regression"] == {"set": "held", "before": 20.0, "after": 21.5, "change": 1.5, "margin": 2.0}
+    bad = guard_report(
+        config,
+        {"before": {"held": scores(20.0, 90.0)}, "after": {"held": scores(26.0, 60.0, insertions=9.0)}},
+    )
+    assert len(bad["warnings"]) == 3
+    assert "rose 20.0% -> 26.0%" in bad["warnings"][0]
+    assert "90% -> 60%" in bad["warnings"][1]
+    assert "insertion rate" in bad["warnings"][2]
+
+
+def test_config_rules_for_guard_rails() -> None:
+    with pytest.raises(ValueError, match="neither 'bundled' nor a data.extra_eval set"):
+        RunConfig.model_validate({"eval": {"regression_set": "nope"}})
+    with pytest.raises(ValueError, match="English-only"):
+        RunConfig.model_validate(
+            {"model": {"name": "x/whisper-tiny.en"}, "data": {"language_column": "lang"}}
+        )
+    with pytest.raises(ConfigError, match="regression_set"):
+        load_config("quickstart", ["eval.regression_set=held-out"])
+
+
+def test_spec_augment_masks_only_in_training(toy_model_dir: Path) -> None:
+    cfg = ModelConfig(
+        name=str(toy_model_dir),
+        spec_augment=SpecAugmentConfig(enabled=True, mask_time_prob=0.5, mask_feature_prob=0.5),
+    )
+    model = load_model(str(toy_model_dir), cfg)
+    assert model.config.apply_spec_augment and model.config.mask_time_prob == 0.5
+    features = torch.randn(2, 80, 3000)
+    model.train()
+    masked = model.model._mask_input_features(features.clone())
+    assert (masked == 0).float().mean() > 0.2  # large parts of the input are masked
+    model.eval()
+    assert torch.equal(model.model._mask_input_features(features.clone()), features)
+    assert not load_model(str(toy_model_dir), ModelConfig(name=str(toy_model_dir))).config.apply_spec_augment
