@@ -121,7 +121,8 @@ class StaticCollator:
         self.label_pad_length = label_pad_length
         self.decoder_start_token_id = decoder_start_token_id
         self.feature_dtype = np.dtype(feature_dtype)
-        self.shapes: list[list[list[int]]] = []
+        self.phase = "train"
+        self.shapes: dict[str, list[list[list[int]]]] = {}
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
