@@ -100,8 +100,12 @@ def planned_cases() -> list[dict[str, Any]]:
                     "expect": {
                         "train_layers": list(plan.layers_per_ipu),
                         "encoder_ipus": plan.encoder_ipus,
-                        "generation_encoder": list(plan.inference_layers_per_ipu[: plan.inference_encoder_ipus]),
-                        "generation_decoder": list(plan.inference_layers_per_ipu[plan.inference_encoder_ipus :]),
+                        "generation_encoder": list(
+                            plan.inference_layers_per_ipu[: plan.inference_encoder_ipus]
+                        ),
+                        "generation_decoder": list(
+                            plan.inference_layers_per_ipu[plan.inference_encoder_ipus :]
+                        ),
                         "generation_matmul": [
                             list(plan.inference_matmul_proportion[: plan.inference_encoder_ipus]),
                             list(plan.inference_matmul_proportion[plan.inference_encoder_ipus :]),
@@ -115,71 +119,218 @@ def planned_cases() -> list[dict[str, Any]]:
 
 #: (id, model, upstream IPUConfig kwargs, the same request as backend options). Upstream rejects each.
 BOTH_REJECT: list[tuple[str, str, dict[str, Any], dict[str, Any]]] = [
-    ("sum 23 for 24 layers", "small", {"layers_per_ipu": [5, 7, 5, 6], "inference_layers_per_ipu": [12, 12],
-     "inference_ipus_per_replica": 2}, {"layers_per_ipu": [5, 7, 5, 6]}),
-    ("sum 25 for 24 layers", "small", {"layers_per_ipu": [6, 7, 5, 7], "inference_layers_per_ipu": [12, 12],
-     "inference_ipus_per_replica": 2}, {"layers_per_ipu": [6, 7, 5, 7]}),
-    ("matmul list of 2 for 4 IPUs", "small", {"layers_per_ipu": [5, 7, 5, 7], "matmul_proportion": [0.2, 0.2]},
-     {"layers_per_ipu": [5, 7, 5, 7], "matmul_proportion": [0.2, 0.2]}),
-    ("2 entries for 4 IPUs", "small", {"layers_per_ipu": [12, 12], "ipus_per_replica": 4},
-     {"layers_per_ipu": [12, 12], "ipus_per_replica": 4}),
-    ("3 entries for 2 IPUs", "tiny", {"layers_per_ipu": [2, 2, 4], "ipus_per_replica": 2},
-     {"layers_per_ipu": [2, 2, 4], "ipus_per_replica": 2}),
+    (
+        "sum 23 for 24 layers",
+        "small",
+        {
+            "layers_per_ipu": [5, 7, 5, 6],
+            "inference_layers_per_ipu": [12, 12],
+            "inference_ipus_per_replica": 2,
+        },
+        {"layers_per_ipu": [5, 7, 5, 6]},
+    ),
+    (
+        "sum 25 for 24 layers",
+        "small",
+        {
+            "layers_per_ipu": [6, 7, 5, 7],
+            "inference_layers_per_ipu": [12, 12],
+            "inference_ipus_per_replica": 2,
+        },
+        {"layers_per_ipu": [6, 7, 5, 7]},
+    ),
+    (
+        "matmul list of 2 for 4 IPUs",
+        "small",
+        {"layers_per_ipu": [5, 7, 5, 7], "matmul_proportion": [0.2, 0.2]},
+        {"layers_per_ipu": [5, 7, 5, 7], "matmul_proportion": [0.2, 0.2]},
+    ),
+    (
+        "2 entries for 4 IPUs",
+        "small",
+        {"layers_per_ipu": [12, 12], "ipus_per_replica": 4},
+        {"layers_per_ipu": [12, 12], "ipus_per_replica": 4},
+    ),
+    (
+        "3 entries for 2 IPUs",
+        "tiny",
+        {"layers_per_ipu": [2, 2, 4], "ipus_per_replica": 2},
+        {"layers_per_ipu": [2, 2, 4], "ipus_per_replica": 2},
+    ),
     ("entry below -1", "tiny", {"layers_per_ipu": [-2, 10]}, {"layers_per_ipu": [-2, 10]}),
-    ("matmul below 0", "tiny", {"layers_per_ipu": [4, 4], "matmul_proportion": -0.1},
-     {"layers_per_ipu": [4, 4], "matmul_proportion": -0.1}),
-    ("projection factor and splits", "tiny", {"layers_per_ipu": [4, 4], "projection_serialization_factor": 4,
-     "serialized_projection_splits_per_ipu": [0, 4]},
-     {"layers_per_ipu": [4, 4], "projection_serialization_factor": 4, "serialized_projection_splits_per_ipu": [0, 4]}),
-    ("projection splits on non-consecutive IPUs", "small", {"layers_per_ipu": [5, 7, 5, 7],
-     "serialized_projection_splits_per_ipu": [2, 0, 2, 0]},
-     {"layers_per_ipu": [5, 7, 5, 7], "serialized_projection_splits_per_ipu": [2, 0, 2, 0]}),
-    ("projection splits of the wrong length", "small", {"layers_per_ipu": [5, 7, 5, 7],
-     "serialized_projection_splits_per_ipu": [0, 0, 4]},
-     {"layers_per_ipu": [5, 7, 5, 7], "serialized_projection_splits_per_ipu": [0, 0, 4]}),
-    ("projection splits on the encoder (generation)", "small", {"layers_per_ipu": [12, 12],
-     "serialized_projection_splits_per_ipu": [4, 0], "inference_serialized_projection_splits_per_ipu": [4, 0]},
-     {"layers_per_ipu": [12, 12], "serialized_projection_splits_per_ipu": [4, 0]}),
-    ("generation [6,7,5,6]: no encoder boundary", "small", {"layers_per_ipu": [5, 7, 5, 7],
-     "inference_layers_per_ipu": [6, 7, 5, 6], "inference_ipus_per_replica": 4},
-     {"layers_per_ipu": [5, 7, 5, 7], "inference_layers_per_ipu": [6, 7, 5, 6], "inference_ipus_per_replica": 4}),
-    ("generation [4,4,4,12]: encoder on 3 IPUs", "small", {"layers_per_ipu": [5, 7, 5, 7],
-     "inference_layers_per_ipu": [4, 4, 4, 12], "inference_ipus_per_replica": 4},
-     {"layers_per_ipu": [5, 7, 5, 7], "inference_layers_per_ipu": [4, 4, 4, 12], "inference_ipus_per_replica": 4}),
-    ("generation [-1]*3 on small (8,8,8)", "small", {"layers_per_ipu": [5, 7, 5, 7],
-     "inference_layers_per_ipu": [-1, -1, -1], "inference_ipus_per_replica": 3},
-     {"layers_per_ipu": [5, 7, 5, 7], "inference_layers_per_ipu": [-1, -1, -1], "inference_ipus_per_replica": 3}),
-    ("generation on 1 IPU", "tiny", {"layers_per_ipu": [4, 4], "inference_layers_per_ipu": [8],
-     "inference_ipus_per_replica": 1}, {"layers_per_ipu": [4, 4], "inference_layers_per_ipu": [8],
-     "inference_ipus_per_replica": 1}),
-    ("Hub small/8 layout used for generation", "small", {"layers_per_ipu": [1, 2, 3, 3, 3, 0, 6, 6],
-     "serialized_projection_splits_per_ipu": [0, 0, 0, 0, 0, 4, 0, 0]},
-     {"layers_per_ipu": [1, 2, 3, 3, 3, 0, 6, 6], "serialized_projection_splits_per_ipu": [0, 0, 0, 0, 0, 4, 0, 0],
-      "inference_layers_per_ipu": [1, 2, 3, 3, 3, 0, 6, 6], "inference_ipus_per_replica": 8}),
-    ("generation sum 23", "small", {"layers_per_ipu": [5, 7, 5, 7], "inference_layers_per_ipu": [12, 11],
-     "inference_ipus_per_replica": 2},
-     {"layers_per_ipu": [5, 7, 5, 7], "inference_layers_per_ipu": [12, 11], "inference_ipus_per_replica": 2}),
+    (
+        "matmul below 0",
+        "tiny",
+        {"layers_per_ipu": [4, 4], "matmul_proportion": -0.1},
+        {"layers_per_ipu": [4, 4], "matmul_proportion": -0.1},
+    ),
+    (
+        "projection factor and splits",
+        "tiny",
+        {
+            "layers_per_ipu": [4, 4],
+            "projection_serialization_factor": 4,
+            "serialized_projection_splits_per_ipu": [0, 4],
+        },
+        {
+            "layers_per_ipu": [4, 4],
+            "projection_serialization_factor": 4,
+            "serialized_projection_splits_per_ipu": [0, 4],
+        },
+    ),
+    (
+        "projection splits on non-consecutive IPUs",
+        "small",
+        {"layers_per_ipu": [5, 7, 5, 7], "serialized_projection_splits_per_ipu": [2, 0, 2, 0]},
+        {"layers_per_ipu": [5, 7, 5, 7], "serialized_projection_splits_per_ipu": [2, 0, 2, 0]},
+    ),
+    (
+        "projection splits of the wrong length",
+        "small",
+        {"layers_per_ipu": [5, 7, 5, 7], "serialized_projection_splits_per_ipu": [0, 0, 4]},
+        {"layers_per_ipu": [5, 7, 5, 7], "serialized_projection_splits_per_ipu": [0, 0, 4]},
+    ),
+    (
+        "projection splits on the encoder (generation)",
+        "small",
+        {
+            "layers_per_ipu": [12, 12],
+            "serialized_projection_splits_per_ipu": [4, 0],
+            "inference_serialized_projection_splits_per_ipu": [4, 0],
+        },
+        {"layers_per_ipu": [12, 12], "serialized_projection_splits_per_ipu": [4, 0]},
+    ),
+    (
+        "generation [6,7,5,6]: no encoder boundary",
+        "small",
+        {
+            "layers_per_ipu": [5, 7, 5, 7],
+            "inference_layers_per_ipu": [6, 7, 5, 6],
+            "inference_ipus_per_replica": 4,
+        },
+        {
+            "layers_per_ipu": [5, 7, 5, 7],
+            "inference_layers_per_ipu": [6, 7, 5, 6],
+            "inference_ipus_per_replica": 4,
+        },
+    ),
+    (
+        "generation [4,4,4,12]: encoder on 3 IPUs",
+        "small",
+        {
+            "layers_per_ipu": [5, 7, 5, 7],
+            "inference_layers_per_ipu": [4, 4, 4, 12],
+            "inference_ipus_per_replica": 4,
+        },
+        {
+            "layers_per_ipu": [5, 7, 5, 7],
+            "inference_layers_per_ipu": [4, 4, 4, 12],
+            "inference_ipus_per_replica": 4,
+        },
+    ),
+    (
+        "generation [-1]*3 on small (8,8,8)",
+        "small",
+        {
+            "layers_per_ipu": [5, 7, 5, 7],
+            "inference_layers_per_ipu": [-1, -1, -1],
+            "inference_ipus_per_replica": 3,
+        },
+        {
+            "layers_per_ipu": [5, 7, 5, 7],
+            "inference_layers_per_ipu": [-1, -1, -1],
+            "inference_ipus_per_replica": 3,
+        },
+    ),
+    (
+        "generation on 1 IPU",
+        "tiny",
+        {"layers_per_ipu": [4, 4], "inference_layers_per_ipu": [8], "inference_ipus_per_replica": 1},
+        {"layers_per_ipu": [4, 4], "inference_layers_per_ipu": [8], "inference_ipus_per_replica": 1},
+    ),
+    (
+        "Hub small/8 layout used for generation",
+        "small",
+        {
+            "layers_per_ipu": [1, 2, 3, 3, 3, 0, 6, 6],
+            "serialized_projection_splits_per_ipu": [0, 0, 0, 0, 0, 4, 0, 0],
+        },
+        {
+            "layers_per_ipu": [1, 2, 3, 3, 3, 0, 6, 6],
+            "serialized_projection_splits_per_ipu": [0, 0, 0, 0, 0, 4, 0, 0],
+            "inference_layers_per_ipu": [1, 2, 3, 3, 3, 0, 6, 6],
+            "inference_ipus_per_replica": 8,
+        },
+    ),
+    (
+        "generation sum 23",
+        "small",
+        {
+            "layers_per_ipu": [5, 7, 5, 7],
+            "inference_layers_per_ipu": [12, 11],
+            "inference_ipus_per_replica": 2,
+        },
+        {
+            "layers_per_ipu": [5, 7, 5, 7],
+            "inference_layers_per_ipu": [12, 11],
+            "inference_ipus_per_replica": 2,
+        },
+    ),
 ]
 
 #: Traps upstream lets through and the planner refuses: (id, model, upstream kwargs, options, why).
 STRICTER: list[tuple[str, str, dict[str, Any], dict[str, Any], str]] = [
-    ("[20,-1] on base's 12 layers", "base", {"layers_per_ipu": [20, -1], "ipus_per_replica": 2,
-     "inference_layers_per_ipu": [6, 6], "inference_ipus_per_replica": 2},
-     {"layers_per_ipu": [20, -1], "ipus_per_replica": 2}, "upstream expands it to [20, -8] silently"),
-    ("[-1] without ipus_per_replica", "small", {"layers_per_ipu": [-1], "inference_layers_per_ipu": [12, 12],
-     "inference_ipus_per_replica": 2}, {"layers_per_ipu": [-1]},
-     "upstream derives 1 IPU per replica and puts the whole model on IPU 0"),
-    ("encoder and decoder share IPU 1 in training", "tiny", {"layers_per_ipu": [3, 5],
-     "inference_layers_per_ipu": [4, 4], "inference_ipus_per_replica": 2}, {"layers_per_ipu": [3, 5]},
-     "upstream allows it in training; every published layout keeps them apart"),
-    ("12 IPUs: 3 replicas of a 4-IPU pipeline", "small", {"layers_per_ipu": [5, 7, 5, 7], "replication_factor": 3,
-     "inference_layers_per_ipu": [12, 12], "inference_ipus_per_replica": 2}, {"ipus": 12},
-     "IPUConfig takes any replication factor; Poplar hands out IPUs in powers of two"),
-    ("encoder output buffer with 2 generation replicas", "small", {"layers_per_ipu": [5, 7, 5, 7],
-     "inference_layers_per_ipu": [12, 12], "inference_ipus_per_replica": 2, "inference_replication_factor": 2,
-     "inference_parallelize_kwargs": {"use_cache": True, "use_encoder_output_buffer": True}},
-     {"ipus": 4, "inference_replication_factor": 2},
-     "upstream fails only when generation starts on the IPU (use_encoder_output_buffer needs 1 replica)"),
+    (
+        "[20,-1] on base's 12 layers",
+        "base",
+        {
+            "layers_per_ipu": [20, -1],
+            "ipus_per_replica": 2,
+            "inference_layers_per_ipu": [6, 6],
+            "inference_ipus_per_replica": 2,
+        },
+        {"layers_per_ipu": [20, -1], "ipus_per_replica": 2},
+        "upstream expands it to [20, -8] silently",
+    ),
+    (
+        "[-1] without ipus_per_replica",
+        "small",
+        {"layers_per_ipu": [-1], "inference_layers_per_ipu": [12, 12], "inference_ipus_per_replica": 2},
+        {"layers_per_ipu": [-1]},
+        "upstream derives 1 IPU per replica and puts the whole model on IPU 0",
+    ),
+    (
+        "encoder and decoder share IPU 1 in training",
+        "tiny",
+        {"layers_per_ipu": [3, 5], "inference_layers_per_ipu": [4, 4], "inference_ipus_per_replica": 2},
+        {"layers_per_ipu": [3, 5]},
+        "upstream allows it in training; every published layout keeps them apart",
+    ),
+    (
+        "12 IPUs: 3 replicas of a 4-IPU pipeline",
+        "small",
+        {
+            "layers_per_ipu": [5, 7, 5, 7],
+            "replication_factor": 3,
+            "inference_layers_per_ipu": [12, 12],
+            "inference_ipus_per_replica": 2,
+        },
+        {"ipus": 12},
+        "IPUConfig takes any replication factor; Poplar hands out IPUs in powers of two",
+    ),
+    (
+        "encoder output buffer with 2 generation replicas",
+        "small",
+        {
+            "layers_per_ipu": [5, 7, 5, 7],
+            "inference_layers_per_ipu": [12, 12],
+            "inference_ipus_per_replica": 2,
+            "inference_replication_factor": 2,
+            "inference_parallelize_kwargs": {"use_cache": True, "use_encoder_output_buffer": True},
+        },
+        {"ipus": 4, "inference_replication_factor": 2},
+        "upstream fails only when generation starts on the IPU (use_encoder_output_buffer needs 1 replica)",
+    ),
 ]
 
 
@@ -237,8 +388,12 @@ def upstream(tmp_path_factory: pytest.TempPathFactory) -> dict[str, dict[str, An
     for name, model, kwargs, *_ in BOTH_REJECT + STRICTER:
         arch = resolve_model(model)
         cases.append(
-            {"id": name, "encoder_layers": arch.encoder_layers, "decoder_layers": arch.decoder_layers,
-             "config": kwargs}
+            {
+                "id": name,
+                "encoder_layers": arch.encoder_layers,
+                "decoder_layers": arch.decoder_layers,
+                "config": kwargs,
+            }
         )
     work = tmp_path_factory.mktemp("conformance")
     (work / "cases.json").write_text(json.dumps(cases), encoding="utf-8")
@@ -257,7 +412,9 @@ def upstream_accepts(result: dict[str, Any]) -> bool:
     return all(result.get(stage) == "ok" for stage in ("construct", "train", "generation"))
 
 
-def test_every_planned_config_is_accepted_and_laid_out_identically(upstream: dict[str, dict[str, Any]]) -> None:
+def test_every_planned_config_is_accepted_and_laid_out_identically(
+    upstream: dict[str, dict[str, Any]],
+) -> None:
     cases = planned_cases()
     assert len(cases) >= 80
     mismatches = []
@@ -280,8 +437,12 @@ def test_every_planned_config_is_accepted_and_laid_out_identically(upstream: dic
     print(f"\nconformance: {len(cases) - len(mismatches)}/{len(cases)} planned configs agree with upstream")
     assert not mismatches, mismatches[:3]
     published = [c for c in cases if c["expect"]["source"] == "published"]
-    assert {tuple(c["expect"]["train_layers"]) for c in published} >= {(4, 4), (2, 2, 2, 2), (5, 7, 5, 7),
-                                                                      (1, 2, 3, 3, 3, 0, 6, 6)}
+    assert {tuple(c["expect"]["train_layers"]) for c in published} >= {
+        (4, 4),
+        (2, 2, 2, 2),
+        (5, 7, 5, 7),
+        (1, 2, 3, 3, 3, 0, 6, 6),
+    }
 
 
 @pytest.mark.parametrize("name", [c[0] for c in BOTH_REJECT])
@@ -318,7 +479,9 @@ def test_random_layouts_expand_and_split_as_upstream(upstream: dict[str, dict[st
             agree += 1
         else:
             disagree.append((case["id"], (layers, split), (up_layers, up_split), got))
-    print(f"\nconformance: random layouts: {agree} agree, {stricter} negative wildcards refused by us only, "
-          f"{len(disagree)} disagree")
+    print(
+        f"\nconformance: random layouts: {agree} agree, {stricter} negative wildcards refused by us only, "
+        f"{len(disagree)} disagree"
+    )
     assert not disagree, disagree[:3]
     assert agree > 400

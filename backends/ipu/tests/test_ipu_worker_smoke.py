@@ -99,7 +99,9 @@ def test_the_worker_ran_under_the_pinned_stack(smoke_run: tuple[Path, dict[str, 
     assert job["decoder_prompt"] == worker["decoder_prompt"] == [50257, 50362]  # tiny.en: sot, notimestamps
 
 
-def test_labels_are_padded_to_the_fixed_length_and_batches_are_fixed(smoke_run: tuple[Path, dict[str, Any]]) -> None:
+def test_labels_are_padded_to_the_fixed_length_and_batches_are_fixed(
+    smoke_run: tuple[Path, dict[str, Any]],
+) -> None:
     run_dir, metrics = smoke_run
     worker = json.loads((run_dir / "ipu-worker/result.json").read_text())["worker"]
     assert worker["label_pad_length"] == 32

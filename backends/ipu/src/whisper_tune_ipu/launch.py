@@ -213,7 +213,9 @@ def read_result(path: Path) -> TrainResult:
     try:
         raw = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as exc:
-        raise WhisperTuneError(f"the IPU worker finished without a readable result file {path}: {exc}") from None
+        raise WhisperTuneError(
+            f"the IPU worker finished without a readable result file {path}: {exc}"
+        ) from None
     if raw.get("format") != RESULT_FORMAT or raw.get("version") != FORMAT_VERSION:
         raise WhisperTuneError(
             f"{path} is not a {RESULT_FORMAT} v{FORMAT_VERSION} file: the plugin and the worker come from "

@@ -48,7 +48,7 @@ def load_upstream():  # type: ignore[no-untyped-def]
     sys.meta_path.insert(0, _StubFinder())
     spec = importlib.util.find_spec("optimum")
     assert spec is not None and spec.submodule_search_locations
-    package_dir = list(spec.submodule_search_locations)[0] + "/graphcore"
+    package_dir = next(iter(spec.submodule_search_locations)) + "/graphcore"
     bare = types.ModuleType("optimum.graphcore")
     bare.__path__ = [package_dir]  # the package, without running its __init__
     sys.modules["optimum.graphcore"] = bare
@@ -86,7 +86,9 @@ def check(case, IPUConfig, modeling_utils):  # type: ignore[no-untyped-def]
         out["generation_decoder"] = list(decoder._layers_per_ipu)
         out["generation_ipus"] = [encoder._ipus_per_replica, decoder._ipus_per_replica]
         mm = [encoder._matmul_proportion, decoder._matmul_proportion]
-        out["generation_matmul"] = [m if isinstance(m, list) else [m] * n for m, n in zip(mm, out["generation_ipus"])]
+        out["generation_matmul"] = [
+            m if isinstance(m, list) else [m] * n for m, n in zip(mm, out["generation_ipus"], strict=True)
+        ]
         out["generation"] = "ok"
     except Exception as exc:
         out["generation"] = short(exc)

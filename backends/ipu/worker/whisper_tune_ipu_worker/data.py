@@ -3,7 +3,7 @@
 The prepared format (whisper-tune ``recipe/prepared.py``) is project-owned so that this worker can read it
 whatever its transformers version::
 
-    <dir>/manifest.json          {"format": "whisper-tune-prepared", "version": 1, "num_samples", "shards", ...}
+    <dir>/manifest.json          {"format": "whisper-tune-prepared", "version": 1, "shards", ...}
     <dir>/features-00000.npy     (n, num_mel_bins, 3000) float16/float32 log-mel features
     <dir>/samples.jsonl          one line per sample: {"key", "text", "seconds", "labels": [token ids]}
 
@@ -46,10 +46,7 @@ class PreparedData:
             self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise WorkerError(f"cannot read prepared data {manifest_path}: {exc}") from None
-        if (
-            self.manifest.get("format") != PREPARED_FORMAT
-            or self.manifest.get("version") != PREPARED_VERSION
-        ):
+        if self.manifest.get("format") != PREPARED_FORMAT or self.manifest.get("version") != PREPARED_VERSION:
             raise WorkerError(
                 "%s is not whisper-tune prepared data version %d (found %s v%s)"
                 % (self.path, PREPARED_VERSION, self.manifest.get("format"), self.manifest.get("version"))

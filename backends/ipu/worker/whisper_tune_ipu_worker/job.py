@@ -98,7 +98,8 @@ def load_job(path: str) -> WorkerJob:
     if raw.get("format") != JOB_FORMAT or raw.get("version") != FORMAT_VERSION:
         raise WorkerError(
             "%s is not a %s v%d file (found %s v%s): the plugin and the worker are from different "
-            "whisper-tune versions" % (path, JOB_FORMAT, FORMAT_VERSION, raw.get("format"), raw.get("version")),
+            "whisper-tune versions"
+            % (path, JOB_FORMAT, FORMAT_VERSION, raw.get("format"), raw.get("version")),
             "job",
         )
     known = {f for f in WorkerJob.__dataclass_fields__ if f not in ("training", "eval", "extra")}
@@ -107,7 +108,9 @@ def load_job(path: str) -> WorkerJob:
         job = WorkerJob(
             training=_section(raw, Training, "training"),
             eval=_section(raw, Eval, "eval"),
-            extra={k: v for k, v in raw.items() if k not in known | {"training", "eval", "format", "version"}},
+            extra={
+                k: v for k, v in raw.items() if k not in known | {"training", "eval", "format", "version"}
+            },
             **values,
         )
     except TypeError as exc:

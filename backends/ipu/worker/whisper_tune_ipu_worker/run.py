@@ -150,7 +150,8 @@ def run(job: WorkerJob) -> dict[str, Any]:
         model = WhisperForConditionalGeneration.from_pretrained(job.model_dir)
     except (OSError, ValueError) as exc:
         raise WorkerError(
-            f"transformers {transformers.__version__} cannot load the model in {job.model_dir}: {str(exc).splitlines()[0]}",
+            f"transformers {transformers.__version__} cannot load the model in {job.model_dir}: "
+            f"{str(exc).splitlines()[0]}",
             "model",
         ) from None
     if model.config.num_mel_bins != 80:
@@ -191,7 +192,10 @@ def run(job: WorkerJob) -> dict[str, Any]:
         collator.phase = "eval"
         for name, data in eval_sets.items():
             padded = PaddedToBatches(data, eval_batch_multiple(job))
-            log("generate %s (%s): %d samples in batches of %d" % (name, phase, padded.real, eval_batch_multiple(job)))
+            log(
+                "generate %s (%s): %d samples in batches of %d"
+                % (name, phase, padded.real, eval_batch_multiple(job))
+            )
             output = trainer.predict(padded, max_length=max_length, num_beams=job.eval.num_beams)
             rows = output.predictions.tolist()[: padded.real]
             by_set[name] = [strip_generated(row, pad, eos) for row in rows]
