@@ -15,6 +15,8 @@ import pytest
 SRC = Path(__file__).resolve().parents[1] / "src"
 if importlib.util.find_spec("whisper_tune_ipu") is None:
     sys.path.insert(0, str(SRC))
+# helpers shared by this directory's tests (ipu_stack.py)
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 @pytest.fixture()

@@ -179,15 +179,20 @@ def test_probe_with_an_sdk_python(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("WHISPER_TUNE_IPU_PYTHON", "/nonexistent/python")
     assert "does not exist" in IpuBackend().probe().reason
     monkeypatch.setenv("WHISPER_TUNE_IPU_PYTHON", sys.executable)
-    probe = IpuBackend().probe()  # even with an SDK Python, nothing trains yet: say so before any work
-    assert not probe.available and "worker" in probe.reason and "not part of this release" in probe.reason
+    assert IpuBackend().probe().available  # poptorch and the worker are checked by train, before any step
 
 
-def test_train_says_the_worker_is_not_built(tmp_path: Path) -> None:
+@pytest.mark.usefixtures("no_sdk")
+def test_train_without_an_sdk_python_gives_the_install_steps(tmp_path: Path) -> None:
     job = TrainJob(config=config(), run_dir=tmp_path, model_dir="openai/whisper-small", train_data=tmp_path)
-    with pytest.raises(BackendUnavailableError, match="IPU worker is not part of this release yet") as info:
+    with pytest.raises(BackendUnavailableError, match="SDK's Python is not configured") as info:
         IpuBackend().train(job, Reporter(quiet=True))
-    assert "poptorch" in (info.value.hint or "")
+    assert "poptorch" in (info.value.hint or "") and "constraints.txt" in (info.value.hint or "")
+
+
+def test_resume_is_refused_for_a_run_only() -> None:
+    found = issues(config("training.resume_from=latest"))
+    assert found["training.resume_from"][1]  # a run is refused, the plan still works
 
 
 # -- the CLI -------------------------------------------------------------------------------------------------

@@ -1,10 +1,13 @@
 """The ``ipu`` backend: Graphcore IPUs through optimum-graphcore 0.7.1's IPUSeq2SeqTrainer.
 
-What this release does: validate the options, plan the pipeline for any Whisper size and IPU count
-(``whisper_tune_ipu.planner``), and report what a run needs. What it does not do yet: train. Training
-needs the Poplar SDK's own Python environment (poptorch is not on any package registry; it pins torch
-2.0.1 and Python 3.8) and a worker that runs there; that worker is not part of this release, so ``train``
-stops with the set-up steps. Nothing here has been run on IPU hardware.
+The plugin validates the options, plans the pipeline for any Whisper size and IPU count
+(``whisper_tune_ipu.planner``) and reports what a run needs. Training happens in the IPU worker
+(``backends/ipu/worker``), which runs under the Poplar SDK's own Python (poptorch is on no package registry;
+it pins torch 2.0.1 and Python 3.8): ``train`` writes the worker's job file, runs it with that Python
+(``backend.sdk_python`` / ``$WHISPER_TUNE_IPU_PYTHON``) and reads its token ids back (``launch``), so WER
+comes from the core's metrics as for every backend. Without a configured SDK Python ``run`` stops at once
+with the set-up steps. ``backend.stand_in`` runs the same worker with transformers' Seq2SeqTrainer on the
+CPU (a test mode). Nothing here has been run on IPU hardware.
 
 Issue levels. ``check`` reports two kinds of errors: those that make the request itself impossible (a
 layout that does not sum, too few IPUs for the pipeline, an unknown model) block ``plan`` and ``run``;
@@ -46,9 +49,9 @@ if TYPE_CHECKING:
 SDK_STEPS = (
     "set up the Poplar SDK (3.3 or 3.4, Ubuntu 20.04, Python 3.8; it is not on any package registry): "
     "source $SDK/poplar-ubuntu_20_04-*/enable.sh; source $SDK/popart-ubuntu_20_04-*/enable.sh; "
-    "python3.8 -m venv ~/ipu-venv; ~/ipu-venv/bin/pip install $SDK/poptorch-*.whl; then install the "
-    "whisper-tune IPU worker into that venv (not part of this release yet) and "
-    f"export {SDK_PYTHON_ENV}=~/ipu-venv/bin/python"
+    "python3.8 -m venv ~/ipu-venv; ~/ipu-venv/bin/pip install $SDK/poptorch-*.whl; "
+    "~/ipu-venv/bin/pip install -c backends/ipu/worker/constraints.txt 'backends/ipu/worker[ipu]'; "
+    f"export {SDK_PYTHON_ENV}=~/ipu-venv/bin/python (see backends/ipu/README.md)"
 )
 
 #: The largest vocabulary and mel-bin count transformers 4.29.2 handles (whisper <= large-v2).
@@ -154,6 +157,16 @@ def run_blockers(config: RunConfig, arch: WhisperArch, plan: IpuPlan, caps: Capa
                 hardware=True,
             )
         )
+    if config.training.resume_from is not None:
+        issues.append(
+            Issue(
+                "training.resume_from",
+                "the IPU worker cannot resume: its trainer writes Hugging Face checkpoints, not "
+                "whisper-tune's resumable ones",
+                hint="unset training.resume_from",
+                run_only=True,
+            )
+        )
     python = ipu_options(config).sdk_python
     if python and not Path(python).expanduser().is_file():
         issues.append(
@@ -170,14 +183,16 @@ def run_blockers(config: RunConfig, arch: WhisperArch, plan: IpuPlan, caps: Capa
 class IpuBackend:
     name: ClassVar[str] = "ipu"
     description: ClassVar[str] = (
-        "Graphcore IPUs through optimum-graphcore 0.7.1: pipeline planner and validation (the SDK worker "
-        "that trains is not part of this release; never run on IPU hardware)"
+        "Graphcore IPUs through optimum-graphcore 0.7.1's IPUSeq2SeqTrainer in a Poplar SDK worker; planned "
+        "and validated against upstream code, never run on IPU hardware"
     )
     Options: ClassVar[type[BaseModel]] = IpuOptions
 
     def probe(self) -> Probe:
-        """Never available in this release (the worker that trains is not built), with the reason: the SDK
-        first, then the missing worker. Cheap; never raises. ``plan`` works without it."""
+        """Available when ``$WHISPER_TUNE_IPU_PYTHON`` names an existing Python (the SDK environment's, with
+        the worker installed); otherwise the reason and the set-up steps. It does not start that Python:
+        a missing poptorch or worker is reported by ``train``, before any step. Cheap; never raises.
+        ``plan`` works without it. The probe does not count IPUs."""
         caps = Capabilities(cpu_count=os.cpu_count() or 1)
         try:
             python = os.environ.get(SDK_PYTHON_ENV, "").strip()
@@ -190,13 +205,7 @@ class IpuBackend:
                 )
             if not Path(python).expanduser().is_file():
                 return Probe(False, f"{SDK_PYTHON_ENV}={python} does not exist", SDK_STEPS, caps)
-            return Probe(
-                False,
-                "the IPU worker that trains under the Poplar SDK is not part of this release yet "
-                "(whisper-tune plan --backend ipu works)",
-                "",
-                caps,
-            )
+            return Probe(True, "", "", caps)
         except Exception as exc:  # a probe never raises
             return Probe(False, f"cannot check the Poplar SDK: {exc}", SDK_STEPS, caps)
 
@@ -263,7 +272,7 @@ class IpuBackend:
             notes.append(f"run will refuse: {issue.loc}: {issue.message}")
         notes.append(
             "not run on IPU hardware: the plan is checked against optimum-graphcore 0.7.1's rules and the "
-            "published layouts only; the IPU worker that trains is not part of this release yet"
+            "published layouts only; the IPU worker has run only in its CPU stand-in mode"
         )
         return Plan(
             backend=self.name,
@@ -276,8 +285,17 @@ class IpuBackend:
         )
 
     def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
-        raise BackendUnavailableError(
-            "the IPU worker is not part of this release yet: whisper-tune can plan and validate IPU runs "
-            "(whisper-tune plan --backend ipu) but cannot train on IPUs",
-            hint=SDK_STEPS,
-        )
+        """Run the IPU worker under the SDK's Python on ``job`` and return its result."""
+        from whisper_tune_ipu.launch import run_worker
+
+        options = ipu_options(job.config)
+        python = options.sdk_python
+        if not python:
+            raise BackendUnavailableError(
+                f"the Poplar SDK's Python is not configured (backend.sdk_python / {SDK_PYTHON_ENV})",
+                hint=SDK_STEPS,
+            )
+        if not Path(python).expanduser().is_file():
+            raise BackendUnavailableError(f"the Poplar SDK Python {python} does not exist", hint=SDK_STEPS)
+        _, plan = make_plan(job.config)
+        return run_worker(python, job, plan, options, reporter, SDK_STEPS)

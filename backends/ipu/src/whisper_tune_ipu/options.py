@@ -146,6 +146,12 @@ class IpuOptions(BaseModel):
         description="Python of the Poplar SDK environment that runs the IPU worker (Python 3.8 with "
         f"poptorch). Default: ${SDK_PYTHON_ENV}.",
     )
+    stand_in: bool = Field(
+        False,
+        description="CPU test mode: the worker trains with transformers' Seq2SeqTrainer in fp32 instead of "
+        "optimum-graphcore's IPUSeq2SeqTrainer, so the data, padding, batching and result path run without "
+        "the SDK (sdk_python may then be any Python with the worker's pinned stack). Never for IPUs.",
+    )
     executable_cache_dir: str | None = Field(
         None,
         description="Directory where compiled Poplar executables are cached between runs (IPUConfig's "
