@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from whisper_tune.config.schema import EvalConfig
-from whisper_tune.errors import ExportError, ModelError, OutputError
+from whisper_tune.errors import ConfigError, ExportError, ModelError, OutputError
 from whisper_tune.models.resolve import ModelRef, resolve_model
 from whisper_tune.recipe.progress import Reporter
 
@@ -72,9 +72,11 @@ def export(
     language: str | None = None,
     task: str | None = None,
     check: bool = True,
+    check_only: bool = False,
     reporter: Reporter | None = None,
 ) -> ExportResult:
-    """Export ``source`` (a run directory or any model reference) to ``out_dir`` in ``formats``."""
+    """Export ``source`` (a run directory or any model reference) to ``out_dir`` in ``formats``; with
+    ``check_only`` write nothing but re-run the parity check on the formats already in ``out_dir``."""
     from whisper_tune.export.ct2 import export_ct2
     from whisper_tune.export.hf import export_hf
 
@@ -83,16 +85,28 @@ def export(
     if unknown:
         raise ExportError(f"unknown export format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
     ref = resolve_model(source, language, task)
-    _check_out_dir(out_dir, formats)
+    if (check or check_only) and clips is None and ref.run_dir is None:
+        raise ConfigError(
+            f"the parity check of '{source}' needs eval clips: give --clips (a prepared directory or an "
+            "audio folder with metadata.csv), or --no-check",
+            hint="a run directory uses its own prepared eval set",
+        )
     written: dict[str, Path] = {}
-    hf_dir = out_dir / "hf"
-    reporter.info(f"export {ref.kind} model {ref.path} -> {hf_dir}")
-    written["hf"] = export_hf(ref, hf_dir)
-    for fmt in formats:
-        if fmt.startswith("ct2-"):
-            quantization = fmt.removeprefix("ct2-")
-            reporter.info(f"convert to CTranslate2 ({quantization}) -> {out_dir / fmt}")
-            written[fmt] = export_ct2(hf_dir, out_dir / fmt, quantization)  # type: ignore[arg-type]
+    if check_only:
+        written = {fmt: out_dir / fmt for fmt in ("hf", *formats) if (out_dir / fmt / "config.json").is_file()}
+        if not written:
+            raise ExportError(f"{out_dir} holds no exported model (hf/, ct2-float16/, ct2-int8/)")
+        check = True
+    else:
+        _check_out_dir(out_dir, formats)
+        hf_dir = out_dir / "hf"
+        reporter.info(f"export {ref.kind} model {ref.path} -> {hf_dir}")
+        written["hf"] = export_hf(ref, hf_dir)
+        for fmt in formats:
+            if fmt.startswith("ct2-"):
+                quantization = fmt.removeprefix("ct2-")
+                reporter.info(f"convert to CTranslate2 ({quantization}) -> {out_dir / fmt}")
+                written[fmt] = export_ct2(hf_dir, out_dir / fmt, quantization)  # type: ignore[arg-type]
     report: dict[str, Any] = {
         "source": ref.describe(),
         "formats": {fmt: {"path": str(path)} for fmt, path in written.items()},
@@ -104,9 +118,9 @@ def export(
         return ExportResult(out_dir, report, [*lines, "parity check skipped (--no-check)"])
     tolerances = {fmt: (DEFAULT_TOLERANCE[fmt] if tolerance is None else tolerance) for fmt in written}
     parity, predictions = check_parity(ref, written, out_dir, clips, max_clips, tolerances, reporter)
-    report.update(parity)
-    for fmt, verdict in parity["formats"].items():
+    for fmt, verdict in parity.pop("formats").items():
         report["formats"][fmt].update(verdict)
+    report.update(parity)
     _write_json(out_dir / REPORT_FILE, report)
     with (out_dir / PREDICTIONS_FILE).open("w", encoding="utf-8") as fh:
         for row in predictions:
