@@ -46,9 +46,14 @@ def cpu_compute_type(quantization: Quantization) -> str:
 def load_faster_whisper(ct2_dir: Path | str, compute_type: str = "default", device: str = "cpu") -> Any:
     """faster_whisper.WhisperModel for a CTranslate2 directory."""
     try:
+        import ctranslate2
         from faster_whisper import WhisperModel
     except ImportError:
         raise ModelError("running a CTranslate2 model needs faster-whisper", hint=INSTALL_HINT) from None
+    import logging
+
+    # ctranslate2 warns on stderr that float16 weights are computed in float32 on a CPU (expected here)
+    ctranslate2.set_log_level(logging.ERROR)
     try:
         return WhisperModel(str(ct2_dir), device=device, compute_type=compute_type, local_files_only=True)
     except (ValueError, RuntimeError, OSError) as exc:
