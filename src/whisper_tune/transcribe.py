@@ -88,7 +88,9 @@ def _segments_from_chunks(chunks: Sequence[dict[str, Any]], seconds: float) -> l
         if end is None:
             following = [c["timestamp"][0] for c in chunks[i + 1 :] if c.get("timestamp")]
             end = following[0] if following and following[0] is not None else seconds
-        segments.append(Segment(float(start), max(float(start), float(end)), str(chunk.get("text", "")).strip()))
+        segments.append(
+            Segment(float(start), max(float(start), float(end)), str(chunk.get("text", "")).strip())
+        )
     return segments
 
 
@@ -112,7 +114,7 @@ def hf_transcriber(ref: ModelRef, timestamps: bool) -> Transcriber:
     kwargs = generate_kwargs(model, ref.model_cfg)
 
     def run(samples: Any, seconds: float) -> tuple[str, list[Segment]]:
-        out = asr(
+        out: Any = asr(
             {"raw": samples, "sampling_rate": SAMPLING_RATE},
             return_timestamps=timestamps,
             generate_kwargs=kwargs,

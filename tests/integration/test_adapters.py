@@ -66,3 +66,46 @@ def test_merged_model_computes_what_the_adapter_computes(
 def test_an_adapter_directory_resolves_as_an_adapter(adapter_dir: Path) -> None:
     ref = resolve_model(str(adapter_dir))
     assert ref.kind == "adapter" and ref.path == str(adapter_dir)
+
+
+@pytest.mark.slow
+def test_export_of_a_lora_adapter_on_real_weights(tiny_en_dir: Path, tmp_path: Path) -> None:
+    """A LoRA adapter on real tiny.en: the source side decodes the unmerged PeftModel, the export is the
+    merged model (HF and CTranslate2), and both transcribe like the adapter does."""
+    import json
+
+    from helpers import QUICKSTART_DATA
+
+    from whisper_tune.export.runner import export
+    from whisper_tune.recipe.progress import Reporter
+
+    pytest.importorskip("faster_whisper")
+    from peft import LoraConfig, get_peft_model
+    from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+    model = WhisperForConditionalGeneration.from_pretrained(tiny_en_dir)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"]))
+    torch.manual_seed(2)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.normal_(std=0.01)
+    adapter = tmp_path / "adapter"
+    peft_model.save_pretrained(adapter)
+    WhisperProcessor.from_pretrained(tiny_en_dir).save_pretrained(adapter)
+    result = export(
+        str(adapter),
+        tmp_path / "out",
+        formats=("ct2-float16",),
+        clips=QUICKSTART_DATA / "eval",
+        max_clips=4,
+        reporter=Reporter(quiet=True, progress=False),
+    )
+    report = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert report["source"]["kind"] == "adapter" and report["passed"], result.lines
+    assert report["source_metrics"]["normalized_wer"] < 25
+    assert not (tmp_path / "out" / "hf" / "adapter_config.json").exists()
+    merged = WhisperForConditionalGeneration.from_pretrained(tmp_path / "out" / "hf")
+    base = WhisperForConditionalGeneration.from_pretrained(tiny_en_dir)
+    q = "model.decoder.layers.0.self_attn.q_proj.weight"
+    assert not torch.equal(merged.state_dict()[q], base.state_dict()[q])  # the adapter was merged in

@@ -32,7 +32,9 @@ def long_recording(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str,
     with (folder / "metadata.csv").open() as fh:
         rows = list(csv.DictReader(fh))[:CLIPS]
     silence = np.zeros(int(0.6 * 16_000), dtype=np.float32)
-    audio = np.concatenate([part for r in rows for part in (decode(folder / r["file_name"]).samples, silence)])
+    audio = np.concatenate(
+        [part for r in rows for part in (decode(folder / r["file_name"]).samples, silence)]
+    )
     path = tmp_path_factory.mktemp("audio") / "long.wav"
     sf.write(path, audio, 16_000)
     return path, " ".join(r["text"] for r in rows), len(audio) / 16_000
@@ -63,7 +65,9 @@ def test_hf_model_transcribes_a_long_recording_in_chunks(
     path, reference, seconds = long_recording
     assert seconds > 35  # longer than one 30-s window
     out = tmp_path / "long.json"
-    [transcript] = transcribe_files([path], resolve_model(str(tiny_en_dir)), fmt="json", output=out, reporter=QUIET)
+    [transcript] = transcribe_files(
+        [path], resolve_model(str(tiny_en_dir)), fmt="json", output=out, reporter=QUIET
+    )
     assert out.is_file() and '"segments"' in out.read_text()
     assert transcript.seconds == pytest.approx(seconds, abs=0.01)
     assert normalised_wer(transcript.text, reference) < 15  # every chunk's sentences are there
@@ -81,7 +85,16 @@ def test_ct2_directory_transcribes_a_long_recording_to_srt(
     path, reference, seconds = long_recording
     out = tmp_path / "long.srt"
     result = subprocess.run(
-        cli_argv("transcribe", str(path), "--model", str(resolve_packaged("tiny.en")), "--format", "srt", "-o", str(out)),
+        cli_argv(
+            "transcribe",
+            str(path),
+            "--model",
+            str(resolve_packaged("tiny.en")),
+            "--format",
+            "srt",
+            "-o",
+            str(out),
+        ),
         cwd=REPO,
         capture_output=True,
         text=True,

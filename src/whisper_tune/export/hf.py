@@ -20,7 +20,9 @@ REQUIRED_FILES = (
 def missing_files(model_dir: Path) -> list[str]:
     """Names of the required files ``model_dir`` lacks (``model.safetensors`` or a sharded index)."""
     missing = [name for name in REQUIRED_FILES if not (model_dir / name).is_file()]
-    if not ((model_dir / "model.safetensors").is_file() or (model_dir / "model.safetensors.index.json").is_file()):
+    if not (
+        (model_dir / "model.safetensors").is_file() or (model_dir / "model.safetensors.index.json").is_file()
+    ):
         missing.append("model.safetensors")
     return missing
 

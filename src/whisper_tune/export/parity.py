@@ -65,13 +65,17 @@ def load_clips(
     dataset = PreparedDataset(path)
     expected = int(processor.feature_extractor.feature_size)
     if dataset.num_mel_bins != expected:
-        raise DataError(f"the clips in {path} have {dataset.num_mel_bins} mel bins; the model needs {expected}")
+        raise DataError(
+            f"the clips in {path} have {dataset.num_mel_bins} mel bins; the model needs {expected}"
+        )
     n = min(limit, len(dataset))
     samples = [dataset[i] for i in range(n)]
     return Clips(samples, dataset.texts[:n], str(path))
 
 
-def _prepare_audiofolder(folder: Path, limit: int, processor: Any, work_dir: Path, reporter: Reporter) -> Path:
+def _prepare_audiofolder(
+    folder: Path, limit: int, processor: Any, work_dir: Path, reporter: Reporter
+) -> Path:
     from whisper_tune.recipe.prepare import Filters, prepare_samples
     from whisper_tune.recipe.sources import SplitSpec, iter_split
 
@@ -135,7 +139,9 @@ def decode_ct2(
     with reporter.progress(f"decode {name}", total=n, unit="utt") as bar:
         for start in range(0, n, eval_cfg.batch_size):
             batch = clips.samples[start : start + eval_cfg.batch_size]
-            features = np.ascontiguousarray(np.stack([np.asarray(s["input_features"]) for s in batch]), np.float32)
+            features = np.ascontiguousarray(
+                np.stack([np.asarray(s["input_features"]) for s in batch]), np.float32
+            )
             results = whisper.generate(
                 ctranslate2.StorageView.from_array(features),
                 [prompt] * len(batch),
@@ -158,9 +164,7 @@ def score(
     return score_predictions(tokenizer, ids, clips.texts, model_cfg=model_cfg, eval_cfg=eval_cfg)
 
 
-def compare(
-    source: dict[str, Any], exported: dict[str, Any], tolerance: float
-) -> dict[str, Any]:
+def compare(source: dict[str, Any], exported: dict[str, Any], tolerance: float) -> dict[str, Any]:
     """The parity verdict for one format: both WERs, the difference, the tolerance, pass/fail."""
     src = float(source["metrics"][METRIC])
     exp = float(exported["metrics"][METRIC])

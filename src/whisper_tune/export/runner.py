@@ -93,7 +93,9 @@ def export(
         )
     written: dict[str, Path] = {}
     if check_only:
-        written = {fmt: out_dir / fmt for fmt in ("hf", *formats) if (out_dir / fmt / "config.json").is_file()}
+        written = {
+            fmt: out_dir / fmt for fmt in ("hf", *formats) if (out_dir / fmt / "config.json").is_file()
+        }
         if not written:
             raise ExportError(f"{out_dir} holds no exported model (hf/, ct2-float16/, ct2-int8/)")
         check = True
@@ -134,14 +136,15 @@ def export(
         )
     failed = [fmt for fmt in written if not report["formats"][fmt]["passed"]]
     if failed:
+        verdicts = report["formats"]
         details = "; ".join(
-            f"{fmt}: {report['formats'][fmt]['export_wer']:.2f}% vs {report['formats'][fmt]['source_wer']:.2f}%"
+            f"{fmt}: {verdicts[fmt]['export_wer']:.2f}% vs {verdicts[fmt]['source_wer']:.2f}%"
             for fmt in failed
         )
         raise ExportError(
             f"the exported model does not transcribe like its source ({details}; normalised WER on "
             f"{parity['clips']['count']} clips, tolerance exceeded)",
-            hint=f"the export is kept for inspection: see {out_dir / REPORT_FILE} and {out_dir / PREDICTIONS_FILE}",
+            hint=f"the export is kept for inspection: see {out_dir / REPORT_FILE} and {PREDICTIONS_FILE}",
         )
     return ExportResult(out_dir, report, lines)
 

@@ -89,7 +89,9 @@ def load_processor_files(adapter_dir: str | Path, base: str | None = None) -> An
             return WhisperProcessor.from_pretrained(candidate)
         except (OSError, ValueError, TypeError):
             continue
-    raise ModelError(f"no Whisper processor (tokenizer + feature extractor) next to the adapter {adapter_dir}")
+    raise ModelError(
+        f"no Whisper processor (tokenizer + feature extractor) next to the adapter {adapter_dir}"
+    )
 
 
 def merge_adapter(

@@ -47,9 +47,7 @@ class ModelRef:
 
 
 def is_run_dir(path: Path) -> bool:
-    return (path / RUN_CONFIG).is_file() and (
-        (path / "final").is_dir() or (path / "metrics.json").is_file()
-    )
+    return (path / RUN_CONFIG).is_file() and ((path / "final").is_dir() or (path / "metrics.json").is_file())
 
 
 def _final_dir(run_dir: Path) -> Path:
@@ -72,7 +70,7 @@ def _final_dir(run_dir: Path) -> Path:
 
 def _model_cfg(name: str, language: str | None, task: str | None) -> ModelConfig:
     try:
-        return ModelConfig(name=name, language=language, task=task or "transcribe")  # type: ignore[arg-type]
+        return ModelConfig(name=name, language=language, task=task or "transcribe")
     except ValueError as exc:
         raise ConfigError(f"--language/--task: {str(exc).splitlines()[-1]}") from None
 
@@ -85,9 +83,7 @@ def resolve_run(run_dir: Path, language: str | None = None, task: str | None = N
     config = load_config(run_dir / RUN_CONFIG, require_backend=False)
     model_cfg = config.model
     if language is not None or task is not None:
-        model_cfg = _model_cfg(
-            model_cfg.name, language or model_cfg.language, task or model_cfg.task
-        )
+        model_cfg = _model_cfg(model_cfg.name, language or model_cfg.language, task or model_cfg.task)
     final = _final_dir(run_dir)
     kind: ModelKind = "adapter" if is_adapter_dir(final) else "hf"
     return ModelRef(str(run_dir), kind, str(final), model_cfg, run_dir=run_dir, eval_cfg=config.eval)
