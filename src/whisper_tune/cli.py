@@ -168,6 +168,143 @@ def plan(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], 
 
 
 @cli.command()
+@click.argument("source")
+@click.option(
+    "--out",
+    "-o",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write hf/, ct2-float16/, ct2-int8/ and export.json into.",
+)
+@click.option(
+    "--format",
+    "formats",
+    multiple=True,
+    type=click.Choice(["hf", "ct2-float16", "ct2-int8"]),
+    help="Formats to write (repeatable; default all three). hf is always written: CT2 is converted from it.",
+)
+@click.option(
+    "--clips",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="Eval clips for the parity check: a prepared directory or an audio folder with metadata.csv "
+    "(default: the run's prepared eval set).",
+)
+@click.option("--max-clips", type=click.IntRange(min=1), default=32, show_default=True, help="Clips decoded.")
+@click.option(
+    "--tolerance",
+    type=click.FloatRange(min=0),
+    default=None,
+    help="Allowed normalised-WER difference in points for every format "
+    "(default: hf 1.0, ct2-float16 1.0, ct2-int8 2.0).",
+)
+@click.option("--language", default=None, help="Language of a model that is not a run (runs use theirs).")
+@click.option("--task", type=click.Choice(["transcribe", "translate"]), default=None, help="Whisper task.")
+@click.option("--check/--no-check", default=True, show_default=True, help="Run the WER parity check.")
+@click.option(
+    "--check-only",
+    is_flag=True,
+    help="Export nothing: re-run the parity check on the formats already in --out (e.g. after editing).",
+)
+@click.pass_context
+def export(
+    ctx: click.Context,
+    /,
+    source: str,
+    out: Path,
+    formats: tuple[str, ...],
+    clips: Path | None,
+    max_clips: int,
+    tolerance: float | None,
+    language: str | None,
+    task: str | None,
+    check: bool,
+    check_only: bool,
+) -> None:
+    """Export a run (LoRA merged, or full) or a model to Hugging Face + CTranslate2, then check that
+    the exported models transcribe eval clips with the source's WER (docs/export.md)."""
+    from whisper_tune.export.runner import FORMATS
+    from whisper_tune.export.runner import export as export_model
+
+    result = export_model(
+        source,
+        out,
+        formats=formats or FORMATS,
+        clips=clips,
+        max_clips=max_clips,
+        tolerance=tolerance,
+        language=language,
+        task=task,
+        check=check,
+        check_only=check_only,
+        reporter=_reporter(ctx),
+    )
+    for line in result.lines:
+        click.echo(line)
+    click.echo(f"report: {result.out_dir / 'export.json'}")
+
+
+@cli.command()
+@click.argument("files", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option(
+    "--model",
+    "model",
+    default=None,
+    help="Model: pip:tiny.en, hub id, Hugging Face / exported / CTranslate2 directory, or a run directory.",
+)
+@click.option(
+    "--run",
+    "run_dir",
+    type=click.Path(exists=True, file_okay=False, path_type=Path),
+    default=None,
+    help="A run directory: its final model (a LoRA adapter is merged) with the run's language/task.",
+)
+@click.option("--language", default=None, help="Language code or name (multilingual models).")
+@click.option("--task", type=click.Choice(["transcribe", "translate"]), default=None, help="Whisper task.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["text", "json", "srt"]),
+    default="text",
+    show_default=True,
+    help="Output format (json and srt carry timestamps).",
+)
+@click.option(
+    "--output",
+    "-o",
+    type=click.Path(path_type=Path),
+    default=None,
+    help="Output file (one input) or directory (several: <name>.txt/.json/.srt); default stdout.",
+)
+@click.pass_context
+def transcribe(
+    ctx: click.Context,
+    /,
+    files: tuple[Path, ...],
+    model: str | None,
+    run_dir: Path | None,
+    language: str | None,
+    task: str | None,
+    fmt: str,
+    output: Path | None,
+) -> None:
+    """Transcribe audio files of any length (chunked in 30-s windows) with a model, a run or an export."""
+    from whisper_tune.errors import ConfigError
+    from whisper_tune.models.resolve import resolve_model, resolve_run
+    from whisper_tune.transcribe import transcribe_files
+
+    if (model is None) == (run_dir is None):
+        raise ConfigError("give exactly one of --model and --run")
+    ref = (
+        resolve_run(run_dir, language, task)
+        if run_dir is not None
+        else resolve_model(str(model), language, task, keep_ct2=True)
+    )
+    transcribe_files(list(files), ref, fmt=fmt, output=output, emit=click.echo, reporter=_reporter(ctx))  # type: ignore[arg-type]
+
+
+@cli.command()
 def backends() -> None:
     """List installed backends, whether they can run here and why not; and known ones not installed."""
     from whisper_tune.backend.registry import KNOWN_BACKENDS, Registry

@@ -65,6 +65,13 @@ class OutputError(WhisperTuneError):
     kind = "output"
 
 
+class ExportError(WhisperTuneError):
+    """An exported model is incomplete or does not transcribe like its source (WER beyond the tolerance)."""
+
+    exit_code = 8
+    kind = "export"
+
+
 class InterruptedRun(WhisperTuneError):
     """The run was interrupted (Ctrl-C / SIGTERM); what was written so far is kept."""
 
@@ -85,6 +92,7 @@ EXIT_CODES: dict[int, tuple[str, str]] = {
             BackendUnavailableError,
             HardwareError,
             OutputError,
+            ExportError,
             InterruptedRun,
         )
     },

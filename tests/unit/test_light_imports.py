@@ -30,6 +30,8 @@ def imported_after(code: str) -> list[str]:
         "from whisper_tune import RunConfig, load_config",
         "from whisper_tune.cli import main; main(['--help'])",
         "from whisper_tune.cli import main; main(['run', '--help'])",
+        "from whisper_tune.cli import main; main(['export', '--help'])",
+        "from whisper_tune.cli import main; main(['transcribe', '--help'])",
         "from whisper_tune.cli import main; main(['config', 'validate', '--config', 'quickstart'])",
         "from whisper_tune.backend.registry import Registry; Registry().get('reference').probe()",
     ],

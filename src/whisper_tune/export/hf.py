@@ -1,0 +1,41 @@
+"""The merged Hugging Face export: every file a loader (transformers, the CT2 converter) needs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from whisper_tune.errors import ExportError
+from whisper_tune.models.resolve import ModelRef, load_hf
+
+#: Files every Hugging Face Whisper loader and converter reads (weights are checked separately).
+REQUIRED_FILES = (
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "preprocessor_config.json",
+)
+
+
+def missing_files(model_dir: Path) -> list[str]:
+    """Names of the required files ``model_dir`` lacks (``model.safetensors`` or a sharded index)."""
+    missing = [name for name in REQUIRED_FILES if not (model_dir / name).is_file()]
+    if not (
+        (model_dir / "model.safetensors").is_file() or (model_dir / "model.safetensors.index.json").is_file()
+    ):
+        missing.append("model.safetensors")
+    return missing
+
+
+def export_hf(ref: ModelRef, out_dir: Path) -> Path:
+    """Write ``ref`` (merged if it is an adapter) to ``out_dir`` as safetensors + tokenizer.json +
+    preprocessor_config.json + generation_config.json with the language/task set."""
+    from whisper_tune.recipe.model import save_processor
+
+    model, processor = load_hf(ref, merge=True)
+    model.save_pretrained(out_dir, safe_serialization=True)
+    save_processor(processor, out_dir)
+    missing = missing_files(out_dir)
+    if missing:
+        raise ExportError(f"the Hugging Face export in {out_dir} lacks {', '.join(missing)}")
+    return out_dir
