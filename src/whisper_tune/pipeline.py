@@ -178,6 +178,7 @@ def run(
     from whisper_tune.recipe.model import is_multilingual, save_processor
     from whisper_tune.recipe.prepared import PreparedDataset
     from whisper_tune.recipe.sources import resolve_kind, train_and_eval_specs
+    from whisper_tune.trackers import evaluation_scalars, open_trackers
 
     reporter = reporter or Reporter()
     started = time.perf_counter()
@@ -189,6 +190,7 @@ def run(
     reporter.log_to(run_dir / "run.log")
     try:
         (run_dir / CONFIG_FILE).write_text(dump_yaml(config), encoding="utf-8")
+        reporter.attach_trackers(open_trackers(config.training.report_to, run_dir, config.to_yaml_dict()))
         the_plan = backend.plan(config, caps)
         write_json_atomic(run_dir / "plan.json", {**asdict(the_plan), "global_batch": the_plan.global_batch})
         reporter.info(f"run directory: {run_dir}")
@@ -214,6 +216,8 @@ def run(
         )
         (run_dir / "job.json").write_text(job.model_dump_json(indent=2), encoding="utf-8")
         result = backend.train(job, reporter)
+        for record in result.log_history:  # what a backend in another process could not send live
+            reporter.track(record)
         if result.final_model_dir is not None:
             save_processor(processor, result.final_model_dir)
         eval_sets = {name: PreparedDataset(path) for name, path in sets.evals.items()}
@@ -249,6 +253,8 @@ def run(
                 metrics["evaluation"],
                 f"{config.model.name} · {backend.name}",
             )
+        for tracker in reporter.trackers:
+            tracker.log(evaluation_scalars(metrics["evaluation"]), step=result.steps)
         lines = wer_lines(metrics["evaluation"])
         for line in lines:
             reporter.info(line)
@@ -264,6 +270,9 @@ def run(
     except KeyboardInterrupt:
         raise InterruptedRun(f"interrupted; what was written so far is in {run_dir}") from None
     finally:
+        for tracker in reporter.trackers:
+            tracker.finish()
+        reporter.attach_trackers([])
         reporter.close()
 
 
@@ -322,9 +331,10 @@ def _metrics(
             "samples": result.train_samples,
             "seconds": result.train_seconds,
             "samples_per_second": round(result.samples_per_second, 3),
-            "final_loss": result.log_history[-1]["loss"] if result.log_history else None,
+            "final_loss": next((r["loss"] for r in reversed(result.log_history) if "loss" in r), None),
             "interrupted": result.interrupted,
         },
+        "selection": result.selection or None,
         "eval_seconds": result.eval_seconds,
         "peak_memory_bytes": result.peak_memory_bytes,
         "data": data,

@@ -52,8 +52,14 @@ def write_plot(
     import matplotlib.pyplot as plt
 
     fig, (ax_loss, ax_wer) = plt.subplots(1, 2, figsize=(10, 4))
-    if log_history:
-        ax_loss.plot([r["step"] for r in log_history], [r["loss"] for r in log_history], marker=".")
+    losses = [r for r in log_history if "loss" in r]
+    if losses:
+        ax_loss.plot([r["step"] for r in losses], [r["loss"] for r in losses], marker=".")
+    evals = [r for r in log_history if "eval_wer" in r]
+    if evals:  # evaluation during training: WER on a second y axis over the same steps
+        ax_eval = ax_loss.twinx()
+        ax_eval.plot([r["step"] for r in evals], [r["eval_wer"] for r in evals], color="gray", marker="o")
+        ax_eval.set_ylabel("eval WER % during training (gray)")
     ax_loss.set(title="training loss", xlabel="optimizer step", ylabel="loss")
     ax_loss.grid(alpha=0.3)
     names = list(dict.fromkeys([*evaluation.get("before", {}), *evaluation.get("after", {})]))

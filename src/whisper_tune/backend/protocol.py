@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_checkable
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -125,6 +125,8 @@ class TrainResult(BaseModel):
     final_model_dir: Path | None = None
     checkpoints: list[Path] = Field(default_factory=list)
     interrupted: bool = False
+    #: evaluation during training (eval.steps): recipe.selection.BestCheckpoint.summary(); empty if off
+    selection: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def samples_per_second(self) -> float:

@@ -86,6 +86,7 @@ class ReferenceBackend:
         from whisper_tune.recipe.loop import TrainLoop
         from whisper_tune.recipe.model import load_model
         from whisper_tune.recipe.prepared import PreparedDataset
+        from whisper_tune.recipe.selection import best_checkpoint_for_job
 
         cfg = job.config
         opts = cfg.backend.options
@@ -138,6 +139,9 @@ class ReferenceBackend:
                 reporter,
                 autocast=autocast,
                 num_workers=opts.num_workers,
+                best=best_checkpoint_for_job(
+                    job, model, collator, reporter, autocast=autocast if bf16 else None
+                ),
             )
             resume = Path(job.resume_from) if job.resume_from else None
             loop_result = loop.run(resume_from=resume)
@@ -159,4 +163,5 @@ class ReferenceBackend:
             final_model_dir=final_dir,
             checkpoints=loop_result.checkpoints if loop_result else [],
             interrupted=bool(loop_result and loop_result.interrupted),
+            selection=loop.best.summary() if loop_result and loop.best else {},
         )

@@ -18,6 +18,10 @@ SAMPLING_RATE = 16_000
 MAX_AUDIO_SECONDS = 30.0
 MAX_LABEL_TOKENS = 448
 BUNDLED_REGRESSION = "bundled"
+TrackerName = Literal[
+    "auto", "none",
+    "aim", "comet_ml", "mlflow", "tensorboard", "wandb", "clearml", "dvclive", "swanlab", "trackio",
+]  # fmt: skip
 
 
 class Section(BaseModel):
@@ -216,6 +220,12 @@ class TrainingConfig(Section):
     )
     resume_from: str | None = Field(
         None, description="Resume from a checkpoint directory, or 'latest' for the newest in output.dir."
+    )
+    report_to: tuple[TrackerName, ...] = Field(
+        ("auto",),
+        description="Experiment trackers for the loss and WER: 'auto' (TensorBoard in <run dir>/tensorboard "
+        "when the tensorboard package is installed), 'none', or Accelerate tracker names (tensorboard, "
+        "wandb, mlflow, comet_ml, clearml, dvclive, aim, swanlab, trackio).",
     )
 
     @model_validator(mode="after")

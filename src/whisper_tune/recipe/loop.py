@@ -27,6 +27,7 @@ from whisper_tune.config.schema import TrainingConfig
 from whisper_tune.errors import ConfigError
 from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
 from whisper_tune.recipe.progress import Reporter
+from whisper_tune.recipe.selection import BestCheckpoint
 
 STATE_FILE = "trainer_state.json"
 CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
@@ -94,6 +95,8 @@ class TrainLoop:
     save_weights: Callable[[Any, Path], None] = default_save_weights
     load_weights: Callable[[Any, Path], None] = default_load_weights
     num_workers: int = 0
+    #: evaluation during training (eval.steps): best-checkpoint keeping and early stopping
+    best: BestCheckpoint | None = None
 
     def run(self, resume_from: Path | None = None) -> LoopResult:
         import torch
@@ -130,9 +133,11 @@ class TrainLoop:
         start = time.perf_counter()
         bar = self.reporter.progress("train", total=steps, unit="step")
         bar.update(step)
+        stop = False
+        last_loss: float | None = None
         try:
             with bar:
-                while step < steps:
+                while step < steps and not stop:
                     epoch, skip = divmod(micro, batches_per_epoch)
                     generator = torch.Generator().manual_seed(cfg.seed + epoch)
                     loader = DataLoader(
@@ -169,12 +174,20 @@ class TrainLoop:
                                 "learning_rate": scheduler.get_last_lr()[0],
                             }
                             result.log_history.append(record)
-                            self.reporter.debug(json.dumps(record))
+                            self.reporter.log_metrics(record)
                             window = []
-                        bar.update(1, loss=result.log_history[-1]["loss"] if result.log_history else None)
+                            last_loss = record["loss"]
+                        bar.update(1, loss=last_loss)
                         if cfg.save_steps and step % cfg.save_steps == 0 and step < steps:
                             result.checkpoints = self._save(step, optimizer, scheduler, result.log_history)
-                        if step >= steps:
+                        if self.best is not None:
+                            seen = len(self.best.history)
+                            stop = self.best.after_step(self.model, step, steps)
+                            for record in self.best.history[seen:]:
+                                result.log_history.append(record)
+                                self.reporter.log_metrics(record)
+                            self.model.train()
+                        if step >= steps or stop:
                             break
         except KeyboardInterrupt:
             result.interrupted = True
@@ -183,6 +196,8 @@ class TrainLoop:
         result.steps = step
         if step > 0 and (result.interrupted or cfg.save_steps):
             result.checkpoints = self._save(step, optimizer, scheduler, result.log_history)
+        if self.best is not None and not result.interrupted:
+            self.best.restore_best(self.model, step)
         self.model.eval()
         return result
 

@@ -68,6 +68,10 @@ class Reporter:
         self.logger.setLevel(logging.DEBUG)
         self.logger.propagate = False
         self._file_handler: logging.Handler | None = None
+        #: experiment trackers (``whisper_tune.trackers``) that ``log_metrics`` also writes to
+        self.trackers: list[Any] = []
+        #: the steps already sent to the trackers: (step, keys)
+        self.tracked: set[tuple[int, tuple[str, ...]]] = set()
         if not any(isinstance(h, _ConsoleHandler) for h in self.logger.handlers):
             console = _ConsoleHandler(sys.stderr)
             console.setFormatter(logging.Formatter("%(message)s"))
@@ -101,6 +105,30 @@ class Reporter:
 
     def debug(self, message: str) -> None:
         self.logger.debug(message)
+
+    def log_metrics(self, record: dict[str, float]) -> None:
+        """One training log record ({"step", "loss", ...}): to run.log as JSON, and to the trackers."""
+        import json
+
+        self.logger.debug(json.dumps(record))
+        self.track(record)
+
+    def attach_trackers(self, trackers: list[Any]) -> None:
+        """Trackers for one run (replacing any earlier run's)."""
+        self.trackers, self.tracked = trackers, set()
+
+    def track(self, record: dict[str, float]) -> None:
+        """Send a log record to the trackers unless it was sent already."""
+        if not self.trackers:
+            return
+        step = int(record["step"])
+        values = {k: v for k, v in record.items() if k != "step"}
+        key = (step, tuple(sorted(values)))
+        if key in self.tracked:
+            return
+        self.tracked.add(key)
+        for tracker in self.trackers:
+            tracker.log(values, step=step)
 
     def warning(self, message: str) -> None:
         self.logger.warning(f"warning: {message}")
