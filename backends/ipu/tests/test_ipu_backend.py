@@ -190,9 +190,10 @@ def test_train_without_an_sdk_python_gives_the_install_steps(tmp_path: Path) -> 
     assert "poptorch" in (info.value.hint or "") and "constraints.txt" in (info.value.hint or "")
 
 
-def test_resume_is_refused_for_a_run_only() -> None:
-    found = issues(config("training.resume_from=latest"))
+def test_resume_and_eval_during_training_are_refused_for_a_run_only() -> None:
+    found = issues(config("training.resume_from=latest", "eval.steps=10"))
     assert found["training.resume_from"][1]  # a run is refused, the plan still works
+    assert found["eval.steps"][1]
 
 
 # -- the CLI -------------------------------------------------------------------------------------------------

@@ -167,6 +167,16 @@ def run_blockers(config: RunConfig, arch: WhisperArch, plan: IpuPlan, caps: Capa
                 run_only=True,
             )
         )
+    if config.eval.steps is not None:
+        issues.append(
+            Issue(
+                "eval.steps",
+                "the IPU worker does not evaluate during training (no best-checkpoint keeping or early "
+                "stopping): it evaluates before and after only",
+                hint="unset eval.steps",
+                run_only=True,
+            )
+        )
     python = ipu_options(config).sdk_python
     if python and not Path(python).expanduser().is_file():
         issues.append(
