@@ -13,12 +13,12 @@ import pytest
 import torch
 from helpers import QUICKSTART_DATA, cli_argv
 from safetensors.torch import load_file
+from whisper_tune_cuda_lora.model import build_lora_model, load_adapter, save_adapter
+from whisper_tune_cuda_lora.options import CudaLoraOptions
 
 from whisper_tune import load_config, run
 from whisper_tune.config.schema import ModelConfig, TrainingConfig
 from whisper_tune.recipe.progress import Reporter
-from whisper_tune_cuda_lora.model import build_lora_model, load_adapter, save_adapter
-from whisper_tune_cuda_lora.options import CudaLoraOptions
 
 QUIET = Reporter(quiet=True, progress=False)
 CPU = CudaLoraOptions(device="cpu", quantization="none")
@@ -57,7 +57,10 @@ def logged_losses(run_dir: Path) -> dict[int, float]:
 @pytest.fixture(scope="module")
 def full_run(toy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     out = tmp_path_factory.mktemp("cuda-lora-runs")
-    run(load_config("quickstart", overrides(toy_model_dir, out, **{"output.run_name": "full"})), reporter=QUIET)
+    run(
+        load_config("quickstart", overrides(toy_model_dir, out, **{"output.run_name": "full"})),
+        reporter=QUIET,
+    )
     return out / "full"
 
 
@@ -68,7 +71,11 @@ def test_run_saves_adapter_only_checkpoints_and_prunes_them(full_run: Path, toy_
     checkpoints = sorted(p.name for p in (full_run / "checkpoints").iterdir())
     assert checkpoints == ["step-000003", "step-000004", "step-000005"]  # save_total_limit=3
     weights = full_run / "checkpoints" / "step-000005" / "weights"
-    assert sorted(p.name for p in weights.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert sorted(p.name for p in weights.iterdir()) == [
+        "README.md",
+        "adapter_config.json",
+        "adapter_model.safetensors",
+    ]
     for name in ("optimizer.pt", "scheduler.pt", "rng.pt", "trainer_state.json"):
         assert (weights.parent / name).is_file()
     state = load_file(weights / "adapter_model.safetensors")
@@ -81,7 +88,11 @@ def test_run_saves_adapter_only_checkpoints_and_prunes_them(full_run: Path, toy_
     final = Path(metrics["final_model_dir"])
     config = json.loads((final / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == str(toy_model_dir)
-    assert config["r"] == 32 and config["lora_alpha"] == 64 and set(config["target_modules"]) == {"q_proj", "v_proj"}
+    assert (
+        config["r"] == 32
+        and config["lora_alpha"] == 64
+        and set(config["target_modules"]) == {"q_proj", "v_proj"}
+    )
     for name in ("generation_config.json", "preprocessor_config.json", "tokenizer_config.json"):
         assert (final / name).is_file(), name
     assert not (final / "model.safetensors").exists()
@@ -136,11 +147,11 @@ def test_final_adapter_loads_and_merges_into_a_pipeline_model(
     full_run: Path, toy_model_dir: Path, tmp_path: Path
 ) -> None:
     from peft import PeftModel
-    from transformers import WhisperForConditionalGeneration, WhisperProcessor, pipeline
+    from transformers import WhisperForConditionalGeneration
 
     final = full_run / "final"
     adapter = PeftModel.from_pretrained(_base(toy_model_dir), str(final)).eval()
-    audio, feats = _clip_features(final)
+    _, feats = _clip_features(final)
     decoder_ids = torch.tensor([[adapter.config.decoder_start_token_id] * 3])
     with torch.no_grad():
         logits = adapter(input_features=feats, decoder_input_ids=decoder_ids).logits
@@ -148,7 +159,9 @@ def test_final_adapter_loads_and_merges_into_a_pipeline_model(
     assert not torch.allclose(logits, base_logits, atol=1e-4)  # the adapter changes the model
 
     # the same weights through the checkpoint path (load_adapter into a freshly built LoRA model)
-    fresh = build_lora_model(str(toy_model_dir), ModelConfig(name=str(toy_model_dir)), TrainingConfig(), CPU).eval()
+    fresh = build_lora_model(
+        str(toy_model_dir), ModelConfig(name=str(toy_model_dir)), TrainingConfig(), CPU
+    ).eval()
     load_adapter(fresh, full_run / "checkpoints" / "step-000005" / "weights")
     with torch.no_grad():
         assert torch.equal(fresh(input_features=feats, decoder_input_ids=decoder_ids).logits, logits)
@@ -163,7 +176,6 @@ def test_final_adapter_loads_and_merges_into_a_pipeline_model(
     with torch.no_grad():
         merged_logits = merged(input_features=feats, decoder_input_ids=decoder_ids).logits
     assert torch.allclose(merged_logits, logits, atol=1e-4)
-
 
 
 @pytest.mark.slow
@@ -203,12 +215,8 @@ def test_only_lora_parameters_train_and_save_load_round_trips(toy_model_dir: Pat
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert {n.split(".lora_")[0].rsplit(".", 1)[1] for n in trainable} == {"q_proj", "v_proj"}
-    frozen_encoder = build_lora_model(
-        str(toy_model_dir), cfg, TrainingConfig(freeze_encoder=True), CPU
-    )
-    assert not any(
-        ".encoder.layers." in n for n, p in frozen_encoder.named_parameters() if p.requires_grad
-    )
+    frozen_encoder = build_lora_model(str(toy_model_dir), cfg, TrainingConfig(freeze_encoder=True), CPU)
+    assert not any(".encoder.layers." in n for n, p in frozen_encoder.named_parameters() if p.requires_grad)
     # gradient checkpointing + the conv1 hook: gradients reach the encoder's adapters
     model.train()
     feats = torch.randn(1, 80, 3000)
@@ -216,7 +224,9 @@ def test_only_lora_parameters_train_and_save_load_round_trips(toy_model_dir: Pat
     model(input_features=feats, labels=labels).loss.backward()
     grads = {n: p.grad for n, p in model.named_parameters() if p.requires_grad}
     assert all(g is not None for g in grads.values())
-    assert any(".encoder.layers." in n and float(g.abs().sum()) > 0 for n, g in grads.items() if "lora_B" in n)
+    assert any(
+        ".encoder.layers." in n and float(g.abs().sum()) > 0 for n, g in grads.items() if "lora_B" in n
+    )
     save_adapter(model, tmp_path / "a")
     other = build_lora_model(str(toy_model_dir), cfg, TrainingConfig(), CPU)
     with torch.no_grad():

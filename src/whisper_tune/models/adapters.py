@@ -82,7 +82,14 @@ def merge_adapter(
     if (adapter / "generation_config.json").is_file():
         merged.generation_config = GenerationConfig.from_pretrained(adapter)
     processor_source = adapter if (adapter / "preprocessor_config.json").is_file() else Path(source)
-    processor = WhisperProcessor.from_pretrained(processor_source)
+    try:
+        processor = WhisperProcessor.from_pretrained(processor_source)
+    except (OSError, ValueError):
+        raise ModelError(
+            f"neither {adapter} nor the base '{base_name}' has the processor files "
+            "(preprocessor_config.json, tokenizer)",
+            hint="copy them into the adapter directory (whisper-tune runs write them there)",
+        ) from None
     out = Path(out_dir)
     try:
         out.mkdir(parents=True, exist_ok=True)

@@ -14,7 +14,7 @@ import os
 import time
 from importlib.util import find_spec
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel
 
@@ -41,7 +41,10 @@ def cuda_capabilities() -> Capabilities:
             round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1) for i in range(count)
         )
         return Capabilities(
-            cpu_count=cpus, cuda_devices=count, cuda_memory_gib=memory, cuda_bf16=torch.cuda.is_bf16_supported()
+            cpu_count=cpus,
+            cuda_devices=count,
+            cuda_memory_gib=memory,
+            cuda_bf16=torch.cuda.is_bf16_supported(),
         )
     except Exception:  # a broken driver must not break 'whisper-tune backends'
         return Capabilities(cpu_count=cpus)
@@ -80,7 +83,8 @@ class CudaLoraBackend:
         notes = [
             f"base weights: {base}; autocast: "
             + ("none (fp32)" if training.precision == "fp32" else training.precision),
-            f"LoRA r={lora.r} alpha={lora.alpha:g} dropout={lora.dropout:g} on {', '.join(lora.target_modules)}",
+            f"LoRA r={lora.r} alpha={lora.alpha:g} dropout={lora.dropout:g} "
+            f"on {', '.join(lora.target_modules)}",
             f"gradient checkpointing: {'on' if training.gradient_checkpointing else 'off'}",
         ]
         shape = model_shape(config.model.name)
@@ -88,13 +92,16 @@ class CudaLoraBackend:
             trainable = lora_params(shape, lora.r, lora.target_modules)
             notes.append(
                 f"trainable parameters: about {trainable / 1e6:.2f} M of {shape.params / 1e6:.0f} M "
-                f"({100 * trainable / shape.params:.2f} %); adapter on disk about {4 * trainable / 1e6:.0f} MB"
+                f"({100 * trainable / shape.params:.2f} %); "
+                f"adapter on disk about {4 * trainable / 1e6:.0f} MB"
             )
             est = memory_estimate(config, opts)
             if est is not None and opts.device == "cuda":
                 line = f"GPU memory estimate at batch {training.batch_size}: {est.peak_gib:.1f} GiB (+-15%)"
                 if caps.cuda_memory_gib:
-                    line += f"; the largest batch that fits is about {est.largest_batch(caps.cuda_memory_gib[0])}"
+                    line += (
+                        f"; the largest batch that fits is about {est.largest_batch(caps.cuda_memory_gib[0])}"
+                    )
                 notes.append(line)
         return Plan(
             backend=self.name,
@@ -102,7 +109,9 @@ class CudaLoraBackend:
             processes=1,
             batch_per_device=training.batch_size,
             gradient_accumulation_steps=training.gradient_accumulation_steps,
-            placement=(f"whole model on {opts.device if opts.device == 'cpu' else 'cuda:0'}; adapters only train",),
+            placement=(
+                f"whole model on {opts.device if opts.device == 'cpu' else 'cuda:0'}; adapters only train",
+            ),
             notes=tuple(notes),
         )
 
@@ -139,7 +148,9 @@ class CudaLoraBackend:
             )
         else:  # evaluation only: the base itself (a fresh adapter would change nothing)
             if opts.quantization == "none":
-                model = load_model(job.model_dir, cfg.model, dtype=torch_dtype(cfg.training.precision)).to(device)
+                model = load_model(job.model_dir, cfg.model, dtype=torch_dtype(cfg.training.precision)).to(
+                    device
+                )
             else:
                 from whisper_tune_cuda_lora.model import load_base
 

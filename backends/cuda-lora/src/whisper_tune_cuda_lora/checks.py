@@ -69,15 +69,18 @@ def _precision_issues(config: RunConfig, opts: CudaLoraOptions, caps: Capabiliti
             )
         )
     if opts.device == "cuda" and precision == "fp32":
-        what = "keeps the base in fp32 (twice the memory of bf16)" if opts.quantization == "none" else (
-            "computes without autocast (bitsandbytes casts every input to fp16)"
+        what = (
+            "keeps the base in fp32 (twice the memory of bf16)"
+            if opts.quantization == "none"
+            else ("computes without autocast (bitsandbytes casts every input to fp16)")
         )
         issues.append(
             Issue(
                 "training.precision",
                 f"fp32 with quantization '{opts.quantization}' {what}, and is slower",
                 level="warning",
-                hint="set training.precision=bf16" + (" or fp16 (the seeds)" if opts.quantization == "int8" else ""),
+                hint="set training.precision=bf16"
+                + (" or fp16 (the seeds)" if opts.quantization == "int8" else ""),
             )
         )
     return issues
@@ -109,7 +112,9 @@ def _mel_issues(name: str) -> list[Issue]:
     ]
 
 
-def memory_estimate(config: RunConfig, opts: CudaLoraOptions, batch: int | None = None) -> MemoryEstimate | None:
+def memory_estimate(
+    config: RunConfig, opts: CudaLoraOptions, batch: int | None = None
+) -> MemoryEstimate | None:
     shape = model_shape(config.model.name)
     if shape is None:
         return None
@@ -150,7 +155,7 @@ def _memory_issues(config: RunConfig, opts: CudaLoraOptions, memory_gib: float) 
                 )
             elif room > 0:
                 suggestions.append(f"training.gradient_checkpointing=true with training.batch_size={room}")
-    if opts.quantization != "4bit" and not suggestions:
+    if opts.quantization != "4bit" and fits == 0:
         suggestions.append("backend.quantization=4bit holds the base in a quarter of bf16's memory")
     return [
         Issue(

@@ -148,7 +148,14 @@ def model_shape(name: str) -> WhisperShape | None:
 def lora_params(shape: WhisperShape, r: int, target_modules: tuple[str, ...]) -> int:
     """Trainable LoRA parameters: r x (in + out) per adapted Linear layer, counted over the whole model."""
     d, f = shape.d_model, shape.ffn
-    per_module = {"q_proj": 2 * d, "k_proj": 2 * d, "v_proj": 2 * d, "out_proj": 2 * d, "fc1": d + f, "fc2": d + f}
+    per_module = {
+        "q_proj": 2 * d,
+        "k_proj": 2 * d,
+        "v_proj": 2 * d,
+        "out_proj": 2 * d,
+        "fc1": d + f,
+        "fc2": d + f,
+    }
     attention = {"q_proj", "k_proj", "v_proj", "out_proj"}
     total = 0
     for name in set(target_modules) & set(per_module):
@@ -164,6 +171,7 @@ def dtype_bytes(precision: str) -> int:
 
 def static_gib(shape: WhisperShape, quantization: Quantization, precision: str, lora: int) -> float:
     """Weights + LoRA training state + fixed overhead, GiB."""
+    weights: float
     if quantization == "none":
         weights = shape.params * dtype_bytes(precision)
     else:
@@ -172,7 +180,9 @@ def static_gib(shape: WhisperShape, quantization: Quantization, precision: str, 
     return (weights + 16 * lora) / GIB + OVERHEAD_GIB
 
 
-def per_sample_gib(shape: WhisperShape, quantization: Quantization, checkpointing: bool, precision: str) -> float:
+def per_sample_gib(
+    shape: WhisperShape, quantization: Quantization, checkpointing: bool, precision: str
+) -> float:
     k = ACTIVATION_BYTES[(quantization, checkpointing)]
     if precision == "fp32":
         k *= 2

@@ -43,8 +43,8 @@ def quantization_config(opts: CudaLoraOptions, precision: str) -> Any:
     from transformers import BitsAndBytesConfig
 
     if opts.quantization == "int8":
-        return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(
+        return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
         load_in_4bit=True,
         bnb_4bit_quant_type=opts.bnb_4bit_quant_type,
         bnb_4bit_use_double_quant=opts.bnb_4bit_double_quant,
@@ -80,7 +80,7 @@ def load_base(model_dir: str, model_cfg: ModelConfig, training: TrainingConfig, 
             quantization_config=quantization_config(opts, training.precision),
             device_map={"": 0},
         )
-        model = prepare_model_for_kbit_training(
+        model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
             model, use_gradient_checkpointing=training.gradient_checkpointing
         )
     if training.gradient_checkpointing:

@@ -25,7 +25,9 @@ class LoraOptions(BaseModel):
         description="Module names that get adapters: any of q_proj, k_proj, v_proj, out_proj, fc1, fc2 "
         "(matched in encoder and decoder, self- and cross-attention).",
     )
-    bias: Literal["none", "all", "lora_only"] = Field("none", description="peft's bias setting (seeds: none).")
+    bias: Literal["none", "all", "lora_only"] = Field(
+        "none", description="peft's bias setting (seeds: none)."
+    )
 
 
 class CudaLoraOptions(BaseModel):
@@ -50,7 +52,9 @@ class CudaLoraOptions(BaseModel):
     bnb_4bit_double_quant: bool = Field(
         True, description="Quantise the 4-bit quantisation constants too (QLoRA's double quantisation)."
     )
-    num_workers: int = Field(0, ge=0, description="DataLoader worker processes (0 = load in the main process).")
+    num_workers: int = Field(
+        0, ge=0, description="DataLoader worker processes (0 = load in the main process)."
+    )
 
     @model_validator(mode="after")
     def _quantisation_needs_cuda(self) -> CudaLoraOptions:
