@@ -305,6 +305,32 @@ def transcribe(
 
 
 @cli.command()
+@click.argument("adapter_dir", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--out",
+    "-o",
+    "out",
+    required=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Directory to write the merged model into (safetensors, processor and generation config).",
+)
+@click.option("--base", default=None, help="Base model; default: the adapter's base_model_name_or_path.")
+@click.option(
+    "--dtype",
+    type=click.Choice(["fp32", "bf16", "fp16"]),
+    default="fp32",
+    show_default=True,
+    help="dtype of the merged weights.",
+)
+def merge(adapter_dir: Path, out: Path, base: str | None, dtype: str) -> None:
+    """Fold a LoRA adapter (a cuda-lora run's final/ directory) into its base: a plain Whisper model."""
+    from whisper_tune.models.adapters import merge_adapter
+
+    merged = merge_adapter(adapter_dir, out, base=base, dtype=dtype)  # type: ignore[arg-type]
+    click.echo(f"merged model: {merged}")
+
+
+@cli.command()
 def backends() -> None:
     """List installed backends, whether they can run here and why not; and known ones not installed."""
     from whisper_tune.backend.registry import KNOWN_BACKENDS, Registry

@@ -1,23 +1,26 @@
 """PEFT adapters (LoRA and friends): recognise an adapter directory, load it on its base, merge it.
 
 A LoRA run's ``final/`` holds ``adapter_config.json`` (whose ``base_model_name_or_path`` names the base
-model) + ``adapter_model.safetensors`` + the processor files. ``merge_adapter`` loads the base model
-unquantised in float32 on the CPU, applies the adapter with ``peft.PeftModel.from_pretrained``, folds it
-into the weights with ``merge_and_unload`` and writes a plain Hugging Face Whisper directory. peft is
-imported only here, lazily, with an install hint.
+model) + ``adapter_model.safetensors`` + the processor files and ``generation_config.json``.
+``merge_adapter`` loads the base model unquantised on the CPU (whatever quantisation it trained under),
+applies the adapter with ``peft.PeftModel.from_pretrained``, folds it into the weights with
+``merge_and_unload`` and writes a plain Hugging Face Whisper directory that
+``transformers.pipeline("automatic-speech-recognition", model=DIR)`` loads. peft is imported only here,
+lazily, with an install hint. ``whisper-tune merge`` and ``whisper-tune export`` use it.
 """
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from whisper_tune.config.schema import ModelConfig
-from whisper_tune.errors import ModelError
+from whisper_tune.errors import BackendUnavailableError, ModelError, OutputError
 
 ADAPTER_CONFIG = "adapter_config.json"
-PEFT_HINT = "install peft: pip install peft"
+PEFT_HINT = "pip install peft (or install the cuda-lora backend: pip install whisper-tune-cuda-lora)"
+DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 
 def is_adapter_dir(path: str | Path) -> bool:
@@ -44,38 +47,49 @@ def _peft() -> Any:
     try:
         import peft
     except ImportError:
-        raise ModelError("loading a LoRA/PEFT adapter needs the peft package", hint=PEFT_HINT) from None
+        raise BackendUnavailableError("loading a LoRA/PEFT adapter needs peft", hint=PEFT_HINT) from None
     return peft
 
 
-def load_adapter_model(adapter_dir: str | Path, base: str | None = None) -> Any:
-    """The base model (float32, CPU, eval mode) with the adapter applied but not merged (a PeftModel)."""
+def load_adapter_model(
+    adapter_dir: str | Path, base: str | None = None, dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+) -> Any:
+    """The base model (unquantised, CPU, eval mode) with the adapter applied but not merged (a PeftModel)."""
     import torch
     from transformers import WhisperForConditionalGeneration
 
     from whisper_tune.models.packaged import resolve_model_source
 
     peft = _peft()
+    if not is_adapter_dir(adapter_dir):
+        raise ModelError(
+            f"{adapter_dir} is not a LoRA adapter directory (no {ADAPTER_CONFIG})",
+            hint="pass the final/ directory of a cuda-lora run, or a checkpoint's weights/ directory",
+        )
     base_name = base or adapter_base_name(adapter_dir)
     source = resolve_model_source(base_name)
     try:
-        model = WhisperForConditionalGeneration.from_pretrained(source, dtype=torch.float32)
+        model = WhisperForConditionalGeneration.from_pretrained(source, dtype=getattr(torch, DTYPES[dtype]))
     except (OSError, ValueError) as exc:
         raise ModelError(
             f"cannot load the adapter's base model '{base_name}': {str(exc).splitlines()[0]}",
-            hint="pass the base model explicitly if it has moved",
+            hint="pass the base model explicitly (--base) if it has moved",
         ) from None
     try:
         adapted = peft.PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
-        raise ModelError(f"cannot apply the adapter in {adapter_dir}: {str(exc).splitlines()[0]}") from None
+        raise ModelError(
+            f"the adapter {adapter_dir} does not fit the base '{base_name}': {str(exc).splitlines()[0]}"
+        ) from None
     adapted.eval()
     return adapted
 
 
-def merged_model(adapter_dir: str | Path, base: str | None = None) -> Any:
-    """The adapter folded into its base: a plain WhisperForConditionalGeneration (float32, CPU)."""
-    return load_adapter_model(adapter_dir, base).merge_and_unload()
+def merged_model(
+    adapter_dir: str | Path, base: str | None = None, dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
+) -> Any:
+    """The adapter folded into its base: a plain WhisperForConditionalGeneration (CPU)."""
+    return load_adapter_model(adapter_dir, base, dtype).merge_and_unload()
 
 
 def load_processor_files(adapter_dir: str | Path, base: str | None = None) -> Any:
@@ -100,16 +114,26 @@ def merge_adapter(
     base: str | None = None,
     *,
     model_cfg: ModelConfig | None = None,
+    dtype: Literal["fp32", "bf16", "fp16"] = "fp32",
 ) -> Path:
-    """Write ``out_dir``: the merged model as safetensors, its generation config (language/task from
-    ``model_cfg`` when given) and the processor files. Returns ``out_dir``."""
+    """Write ``out_dir``: the merged model as safetensors in ``dtype``, its generation config (the
+    adapter directory's when it has one; language/task from ``model_cfg`` when given) and the processor
+    files. ``base`` overrides the adapter's ``base_model_name_or_path`` (any ``model.name`` form)."""
+    from transformers import GenerationConfig
+
     from whisper_tune.recipe.model import configure_generation, save_processor
 
     out = Path(out_dir)
-    model = merged_model(adapter_dir, base)
+    model = merged_model(adapter_dir, base, dtype)
+    if (Path(adapter_dir) / "generation_config.json").is_file():
+        model.generation_config = GenerationConfig.from_pretrained(adapter_dir)
     if model_cfg is not None:
         configure_generation(model, model_cfg)
     processor = load_processor_files(adapter_dir, base)
-    model.save_pretrained(out, safe_serialization=True)
-    save_processor(processor, out)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        model.save_pretrained(out, safe_serialization=True)
+        save_processor(processor, out)
+    except OSError as exc:
+        raise OutputError(f"cannot write the merged model to {out}: {exc.strerror or exc}") from None
     return out

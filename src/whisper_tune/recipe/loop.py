@@ -147,6 +147,9 @@ class TrainLoop:
                         collate_fn=self.collator,
                         drop_last=self.drop_last,
                         num_workers=self.num_workers,
+                        # its own generator for the workers' base seed, which would otherwise be drawn from
+                        # the global RNG and shift dropout after a mid-epoch resume
+                        generator=torch.Generator().manual_seed(cfg.seed + epoch),
                     )
                     for index, batch in enumerate(loader):
                         if index < skip:

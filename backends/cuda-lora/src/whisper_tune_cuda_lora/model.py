@@ -1,0 +1,154 @@
+"""The seeds' LoRA recipe, with the quantisation configurable.
+
+int8 / 4bit: the base is loaded through bitsandbytes (``BitsAndBytesConfig``) onto GPU 0 and prepared
+with peft's ``prepare_model_for_kbit_training`` (freezes the base, casts the non-quantised parameters to
+fp32, turns on gradient checkpointing when asked). none: the base is loaded in the training dtype (bf16
+with training.precision=bf16) onto the device. Then, with gradient checkpointing, the seeds' forward hook
+on the encoder's conv1 makes its output require grad (the encoder's input is audio features, not
+embeddings, so otherwise no gradient reaches the checkpointed layers), and ``get_peft_model`` adds the
+adapters. Checkpoints and the final model hold the adapter only (``save_adapter``/``load_adapter``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from whisper_tune.config.schema import ModelConfig, TrainingConfig
+from whisper_tune.errors import BackendUnavailableError, ConfigError
+from whisper_tune_cuda_lora.options import BNB_INSTALL, CudaLoraOptions
+
+ADAPTER_WEIGHTS = "adapter_model.safetensors"
+
+
+def torch_dtype(precision: str) -> Any:
+    import torch
+
+    return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def autocast_factory(device: str, precision: str) -> Callable[[], Any]:
+    """A fresh autocast context per forward: fp16/bf16 as configured (the seeds: fp16), none for fp32."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = torch_dtype(precision)
+    return lambda: torch.autocast(device, dtype=dtype)
+
+
+def quantization_config(opts: CudaLoraOptions, precision: str) -> Any:
+    from transformers import BitsAndBytesConfig
+
+    if opts.quantization == "int8":
+        return BitsAndBytesConfig(load_in_8bit=True)  # type: ignore[no-untyped-call]
+    return BitsAndBytesConfig(  # type: ignore[no-untyped-call]
+        load_in_4bit=True,
+        bnb_4bit_quant_type=opts.bnb_4bit_quant_type,
+        bnb_4bit_use_double_quant=opts.bnb_4bit_double_quant,
+        bnb_4bit_compute_dtype=torch_dtype("bf16" if precision == "fp32" else precision),
+    )
+
+
+def load_base(model_dir: str, model_cfg: ModelConfig, training: TrainingConfig, opts: CudaLoraOptions) -> Any:
+    """The frozen base on its device, quantised as configured and ready for adapters."""
+    from whisper_tune.recipe.model import load_model
+
+    if opts.quantization == "none":
+        model = load_model(model_dir, model_cfg, dtype=torch_dtype(training.precision))
+        model.to(opts.device)
+        model.requires_grad_(False)
+        if training.gradient_checkpointing:
+            model.gradient_checkpointing_enable()
+    else:
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise BackendUnavailableError(
+                f"quantization '{opts.quantization}' needs bitsandbytes", hint=BNB_INSTALL
+            ) from None
+        from peft import prepare_model_for_kbit_training
+
+        model = load_model(
+            model_dir,
+            model_cfg,
+            # the non-quantised parameters: fp16 as in the seeds (prepare_model_for_kbit_training then
+            # casts them to fp32)
+            dtype=torch_dtype("fp16" if training.precision == "fp16" else "bf16"),
+            quantization_config=quantization_config(opts, training.precision),
+            device_map={"": 0},
+        )
+        model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
+            model, use_gradient_checkpointing=training.gradient_checkpointing
+        )
+    if training.gradient_checkpointing:
+        model.model.encoder.conv1.register_forward_hook(_make_output_require_grad)
+        model.config.use_cache = False
+    return model
+
+
+def _make_output_require_grad(module: Any, inputs: Any, output: Any) -> None:
+    """The seeds' ``make_inputs_require_grad`` hook on ``model.model.encoder.conv1``."""
+    output.requires_grad_(True)
+
+
+def add_lora(model: Any, opts: CudaLoraOptions, training: TrainingConfig) -> Any:
+    """``get_peft_model`` with the configured LoRA; with freeze_encoder only the decoder's adapters train."""
+    from peft import LoraConfig, get_peft_model
+
+    lora = opts.lora
+    config = LoraConfig(
+        r=lora.r,
+        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates int; any positive number works
+        target_modules=list(lora.target_modules),
+        lora_dropout=lora.dropout,
+        bias=lora.bias,
+    )
+    try:
+        peft_model = get_peft_model(model, config)
+    except ValueError as exc:
+        raise ConfigError(
+            f"backend.lora.target_modules {list(lora.target_modules)}: {str(exc).splitlines()[0]}",
+            hint="Whisper's Linear layers are q_proj, k_proj, v_proj, out_proj, fc1, fc2",
+        ) from None
+    if training.freeze_encoder:
+        for name, param in peft_model.named_parameters():
+            if ".encoder.layers." in name:
+                param.requires_grad_(False)
+    return peft_model
+
+
+def build_lora_model(
+    model_dir: str, model_cfg: ModelConfig, training: TrainingConfig, opts: CudaLoraOptions
+) -> Any:
+    return add_lora(load_base(model_dir, model_cfg, training, opts), opts, training)
+
+
+def trainable_parameters(model: Any) -> tuple[int, int]:
+    """(trainable, all) parameter counts (bitsandbytes 4-bit weights count as stored, i.e. halved)."""
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    return trainable, sum(p.numel() for p in model.parameters())
+
+
+def save_adapter(model: Any, directory: Path) -> None:
+    """adapter_config.json + adapter_model.safetensors: the adapter only, never the base."""
+    model.save_pretrained(directory, safe_serialization=True)
+
+
+def load_adapter(model: Any, directory: Path) -> None:
+    """Put the adapter weights saved by ``save_adapter`` back into ``model`` (a PeftModel)."""
+    from peft import load_peft_weights, set_peft_model_state_dict
+
+    if not (directory / ADAPTER_WEIGHTS).is_file():
+        raise ConfigError(f"checkpoint {directory} has no LoRA adapter ({ADAPTER_WEIGHTS})")
+    device = next(p.device for p in model.parameters() if p.requires_grad)
+    weights = load_peft_weights(str(directory), device=str(device))
+    result = set_peft_model_state_dict(model, weights)
+    unexpected = list(getattr(result, "unexpected_keys", []))
+    if unexpected:
+        raise ConfigError(
+            f"checkpoint {directory} does not match this LoRA configuration (unexpected {unexpected[:3]})",
+            hint="resume with the same backend.lora settings the checkpoint was trained with",
+        )

@@ -1,0 +1,66 @@
+"""The ``cuda-lora`` backend's options (``backend: {name: cuda-lora, quantization: ..., lora: {...}}``)."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+Quantization = Literal["int8", "4bit", "none"]
+
+BNB_INSTALL = "pip install 'whisper-tune-cuda-lora[bnb]' (bitsandbytes, CUDA wheels)"
+
+
+class LoraOptions(BaseModel):
+    """peft ``LoraConfig``; the defaults are the seeds' (r=32, alpha=64, dropout 0.05, q_proj/v_proj)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    r: int = Field(32, gt=0, description="LoRA rank.")
+    alpha: float = Field(64, gt=0, description="LoRA scaling numerator (lora_alpha); the update is alpha/r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch (lora_dropout).")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "v_proj"),
+        min_length=1,
+        description="Module names that get adapters: any of q_proj, k_proj, v_proj, out_proj, fc1, fc2 "
+        "(matched in encoder and decoder, self- and cross-attention).",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field(
+        "none", description="peft's bias setting (seeds: none)."
+    )
+
+
+class CudaLoraOptions(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    quantization: Quantization = Field(
+        "none",
+        description="How the frozen base is held: 'none' (no quantisation: the base in the training "
+        "precision's dtype, bf16 with training.precision=bf16 — the fastest per second on a modern GPU), "
+        "'int8' (bitsandbytes LLM.int8, the seeds' recipe) or '4bit' (bitsandbytes QLoRA). int8 and 4bit "
+        "need bitsandbytes and a CUDA GPU.",
+    )
+    device: Literal["cuda", "cpu"] = Field(
+        "cuda",
+        description="'cuda' (GPU 0). 'cpu' is a development mode for quantization 'none' only: it runs "
+        "the same LoRA recipe on the CPU so it can be tested and compared without a GPU.",
+    )
+    lora: LoraOptions = Field(default_factory=LoraOptions, description="The LoRA adapter (peft LoraConfig).")
+    bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field(
+        "nf4", description="4-bit data type for quantization '4bit' (QLoRA uses nf4)."
+    )
+    bnb_4bit_double_quant: bool = Field(
+        True, description="Quantise the 4-bit quantisation constants too (QLoRA's double quantisation)."
+    )
+    num_workers: int = Field(
+        0, ge=0, description="DataLoader worker processes (0 = load in the main process)."
+    )
+
+    @model_validator(mode="after")
+    def _quantisation_needs_cuda(self) -> CudaLoraOptions:
+        if self.device == "cpu" and self.quantization != "none":
+            raise ValueError(
+                f"quantization '{self.quantization}' runs on CUDA only (bitsandbytes kernels); "
+                "the CPU dev mode needs quantization 'none'"
+            )
+        return self

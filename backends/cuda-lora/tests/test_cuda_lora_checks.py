@@ -1,0 +1,195 @@
+"""Options, presets, pre-flight checks (with explicit Capabilities) and the memory estimator."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from pydantic import BaseModel, ValidationError
+from whisper_tune_cuda_lora.backend import CudaLoraBackend
+from whisper_tune_cuda_lora.checks import check_config
+from whisper_tune_cuda_lora.memory import ANCHORS, estimate, lora_params, model_shape, shape_from_name
+from whisper_tune_cuda_lora.options import CudaLoraOptions, LoraOptions
+
+from whisper_tune import load_config
+from whisper_tune.backend.protocol import Capabilities
+from whisper_tune.backend.registry import Registry
+from whisper_tune.config.load import merge_sources, validate
+from whisper_tune.config.presets import list_presets
+from whisper_tune.errors import ConfigError, HardwareError
+from whisper_tune.pipeline import plan, raise_issues
+
+H100 = Capabilities(cpu_count=16, cuda_devices=1, cuda_memory_gib=(79.1,), cuda_bf16=True)
+T4 = Capabilities(cpu_count=4, cuda_devices=1, cuda_memory_gib=(14.6,), cuda_bf16=False)
+NO_GPU = Capabilities(cpu_count=2)
+BACKEND = Registry(instances={"cuda-lora": CudaLoraBackend()})
+
+
+def config(*overrides: str, **flags: str) -> object:
+    from whisper_tune.config.load import load_config as load
+
+    return load(None, ["backend.name=cuda-lora", *overrides], registry=BACKEND, **flags)
+
+
+def issues(cfg: object, caps: Capabilities, bnb: bool = True) -> dict[str, list[object]]:
+    found: dict[str, list[object]] = {}
+    for issue in check_config(cfg, caps, bnb_installed=bnb):  # type: ignore[arg-type]
+        found.setdefault(issue.loc, []).append(issue)
+    return found
+
+
+def test_defaults_are_the_seed_lora_on_an_unquantised_base() -> None:
+    opts = CudaLoraOptions()
+    assert opts.quantization == "none" and opts.device == "cuda"
+    assert opts.lora == LoraOptions(r=32, alpha=64, dropout=0.05, target_modules=("q_proj", "v_proj"))
+
+
+def test_every_option_is_described() -> None:
+    def walk(model: type[BaseModel]) -> None:
+        for name, field in model.model_fields.items():
+            assert field.description, f"{model.__name__}.{name} has no description"
+
+    walk(CudaLoraOptions)
+    walk(LoraOptions)
+
+
+@pytest.mark.parametrize("name", ["cuda-lora/seed000-marathi-large-v2", "cuda-lora/seed002-hindi-large-v2"])
+def test_seed_presets_validate_as_the_int8_recipe(name: str) -> None:
+    cfg = validate(merge_sources(list_presets()[name], env={}), registry=BACKEND)
+    opts = cfg.backend.options
+    assert isinstance(opts, CudaLoraOptions)
+    assert opts.quantization == "int8" and opts.lora.r == 32 and opts.lora.alpha == 64
+    assert cfg.training.precision == "fp16" and cfg.training.gradient_checkpointing
+
+
+def test_bad_options_are_config_errors() -> None:
+    with pytest.raises(ConfigError, match="CPU dev mode needs quantization 'none'"):
+        config("backend.device=cpu", "backend.quantization=int8")
+    with pytest.raises(ConfigError, match="quantization"):
+        config("backend.quantization=3bit")
+    with pytest.raises(ConfigError, match="lora"):
+        config("backend.lora.rank=8")
+    with pytest.raises(ValidationError):
+        LoraOptions(target_modules=())
+
+
+def test_no_cuda_device_is_a_hardware_error_unless_on_the_cpu() -> None:
+    found = issues(config(), NO_GPU)
+    (issue,) = found["backend.device"]
+    assert issue.hardware and "no CUDA device" in issue.message and "backend.device=cpu" in issue.hint
+    with pytest.raises(HardwareError, match="no CUDA device"):
+        raise_issues(check_config(config(), NO_GPU, bnb_installed=True))
+    assert not issues(config("backend.device=cpu"), NO_GPU)
+
+
+def test_missing_bitsandbytes_is_reported_for_quantised_modes_only() -> None:
+    for mode in ("int8", "4bit"):
+        (issue,) = issues(config(f"backend.quantization={mode}", "training.precision=fp16"), H100, bnb=False)[
+            "backend.quantization"
+        ]
+        assert "needs bitsandbytes" in issue.message and "whisper-tune-cuda-lora[bnb]" in issue.hint
+        assert issue.run_only  # 'whisper-tune plan' still shows the plan
+    assert "backend.quantization" not in issues(config("training.precision=bf16"), H100, bnb=False)
+    assert not issues(config("backend.quantization=int8", "training.precision=fp16"), H100, bnb=True)
+
+
+def test_precision_checks() -> None:
+    (bf16,) = issues(config("training.precision=bf16"), T4)["training.precision"]
+    assert bf16.hardware and "bf16" in bf16.message and "fp16" in bf16.hint
+    (fp32,) = issues(config(), H100)["training.precision"]
+    assert fp32.level == "warning" and "training.precision=bf16" in fp32.hint
+    (cpu,) = issues(config("backend.device=cpu", "training.precision=fp16"), NO_GPU)["training.precision"]
+    assert cpu.level == "error" and "CPU" in cpu.message
+
+
+def write_model_dir(root: Path, model_mels: int, extractor_mels: int) -> Path:
+    root.mkdir()
+    (root / "config.json").write_text(
+        json.dumps({"d_model": 1280, "encoder_layers": 32, "decoder_layers": 32, "num_mel_bins": model_mels})
+    )
+    (root / "preprocessor_config.json").write_text(json.dumps({"feature_size": extractor_mels}))
+    return root
+
+
+def test_a_128_mel_model_with_an_80_mel_extractor_is_caught(tmp_path: Path) -> None:
+    bad = write_model_dir(tmp_path / "v3-bad", 128, 80)
+    (issue,) = issues(config(f"model.name={bad}", "training.precision=bf16"), H100)["model.name"]
+    assert "expects 128 mel bins but its feature extractor makes 80" in issue.message
+    assert "feature_size=128" in issue.hint
+    good = write_model_dir(tmp_path / "v3-good", 128, 128)
+    assert "model.name" not in issues(config(f"model.name={good}", "training.precision=bf16"), H100)
+
+
+def test_a_batch_that_cannot_fit_names_the_batch_that_does() -> None:
+    cfg = config("model.name=openai/whisper-large-v3", "training.precision=bf16", "training.batch_size=64")
+    (issue,) = issues(cfg, H100)["training.batch_size"]
+    assert issue.hardware
+    assert (
+        "batch 64 needs about" in issue.message and "the largest batch that fits is about 32" in issue.message
+    )
+    assert "training.batch_size=32 training.gradient_accumulation_steps=2" in issue.hint
+    assert "training.gradient_checkpointing=true makes batch 64 fit" in issue.hint
+    # the seeds' recipe (int8, checkpointing, batch 8) fits a 16 GB T4, as the seed's blog says
+    seed = config(
+        "model.name=openai/whisper-large-v2",
+        "backend.quantization=int8",
+        "training.precision=fp16",
+        "training.gradient_checkpointing=true",
+        "training.batch_size=8",
+    )
+    assert "training.batch_size" not in issues(seed, T4)
+    # not even batch 1: say so, and point at what helps
+    (tiny_gpu,) = issues(cfg, Capabilities(cuda_devices=1, cuda_memory_gib=(4.0,), cuda_bf16=True))[
+        "training.batch_size"
+    ]
+    assert "not even batch 1 fits" in tiny_gpu.message and "quantization=4bit" in tiny_gpu.hint
+
+
+def test_plan_reports_quantisation_trainable_parameters_and_memory() -> None:
+    cfg = load_config("cuda-lora/seed002-hindi-large-v2", registry=BACKEND)
+    the_plan = plan(cfg, registry=BACKEND, caps=H100)
+    notes = "\n".join(the_plan.notes)
+    assert the_plan.devices == "cuda:0 (79 GiB)" and the_plan.batch_per_device == 8
+    assert "int8" in notes and "r=32 alpha=64" in notes and "15.73 M" in notes
+    assert "GPU memory estimate at batch 8: 12.7 GiB" in notes
+    # plan still works where bitsandbytes and the GPU are missing (run-only / hardware issues)
+    assert plan(cfg, registry=BACKEND, caps=NO_GPU).devices.startswith("cuda:0 (no CUDA device")
+
+
+@pytest.mark.parametrize(("model", "quantization", "checkpointing", "batch", "measured"), ANCHORS)
+def test_memory_estimate_reproduces_the_team_h100_anchors(
+    model: str, quantization: str, checkpointing: bool, batch: int, measured: float
+) -> None:
+    shape = shape_from_name(model)
+    assert shape is not None
+    precision = "fp16" if quantization == "int8" else "bf16"
+    est = estimate(
+        shape,
+        quantization=quantization,
+        checkpointing=checkpointing,
+        batch=batch,
+        precision=precision,  # type: ignore[arg-type]
+    )
+    assert est.peak_gib == pytest.approx(measured, rel=0.03)
+
+
+def test_shapes_and_lora_sizes() -> None:
+    large_v2 = shape_from_name("openai/whisper-large-v2")
+    assert large_v2 is not None
+    # the seed 002 blog's print_trainable_parameters(): 15728640 trainable of 1559033600 (peft counts
+    # the tied proj_out once more) -> 63 MB of fp32 adapter
+    assert lora_params(large_v2, 32, ("q_proj", "v_proj")) == 15_728_640
+    assert large_v2.params == pytest.approx(1_543_490_560, rel=0.01)
+    assert shape_from_name("pip:tiny.en") is not None and shape_from_name("pip:tiny.en").vocab_size == 51864  # type: ignore[union-attr]
+    assert shape_from_name("openai/whisper-large-v3-turbo").decoder_layers == 4  # type: ignore[union-attr]
+    assert shape_from_name("my-org/custom") is None
+
+
+def test_shape_of_a_local_model_matches_its_real_parameter_count(toy_model_dir: Path) -> None:
+    from transformers import WhisperForConditionalGeneration
+
+    shape = model_shape(str(toy_model_dir))
+    assert shape is not None and shape.d_model == 64
+    real = sum(p.numel() for p in WhisperForConditionalGeneration.from_pretrained(toy_model_dir).parameters())
+    assert shape.params == pytest.approx(real, rel=0.02)
