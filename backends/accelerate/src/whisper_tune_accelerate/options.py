@@ -8,9 +8,9 @@ involve the hardware or other sections are the backend's ``check``.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 Strategy = Literal["ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"]
 
@@ -73,6 +73,11 @@ class AccelerateOptions(BaseModel):
         "multi-process setup without GPUs. DDP only.",
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes per training process.")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        return "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
 
     @model_validator(mode="after")
     def _machines(self) -> AccelerateOptions:
