@@ -8,15 +8,6 @@ from pathlib import Path
 
 import pytest
 from pydantic import ValidationError
-
-from whisper_tune.backend.protocol import Capabilities, Issue
-from whisper_tune.backend.registry import Registry
-from whisper_tune.config.load import load_config
-from whisper_tune.config.schema import RunConfig, TrainingConfig
-from whisper_tune.errors import ConfigError, HardwareError
-from whisper_tune.pipeline import plan as pipeline_plan
-from whisper_tune.pipeline import raise_issues
-from whisper_tune.recipe.loop import total_steps
 from whisper_tune_accelerate.backend import AccelerateBackend
 from whisper_tune_accelerate.launch import (
     LaunchFiles,
@@ -26,6 +17,15 @@ from whisper_tune_accelerate.launch import (
     launch_failure,
 )
 from whisper_tune_accelerate.options import AccelerateOptions
+
+from whisper_tune.backend.protocol import Capabilities, Issue
+from whisper_tune.backend.registry import Registry
+from whisper_tune.config.load import load_config
+from whisper_tune.config.schema import RunConfig, TrainingConfig
+from whisper_tune.errors import ConfigError, HardwareError
+from whisper_tune.pipeline import plan as pipeline_plan
+from whisper_tune.pipeline import raise_issues
+from whisper_tune.recipe.loop import total_steps
 
 BACKEND = AccelerateBackend()
 REGISTRY = Registry(eps=[], instances={"accelerate": BACKEND})

@@ -74,7 +74,6 @@ def logged_steps(run_dir: Path) -> list[dict[str, float]]:
 
 def digest_of(model_dir: Path) -> str:
     from transformers import WhisperForConditionalGeneration
-
     from whisper_tune_accelerate.worker import weights_digest
 
     return weights_digest(WhisperForConditionalGeneration.from_pretrained(model_dir).state_dict())
