@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import socket
 from pathlib import Path
@@ -144,8 +145,7 @@ def test_bf16_needs_gpus_that_have_it() -> None:
 
 
 def test_deepspeed_missing_is_reported_with_an_install_hint() -> None:
-    pytest.importorskip("accelerate")
-    if __import__("importlib.util").util.find_spec("deepspeed") is not None:
+    if importlib.util.find_spec("deepspeed") is not None:
         pytest.skip("deepspeed is installed here")
     found = issues_at(BACKEND.check(config("backend.strategy=deepspeed-zero3"), TWO_GPUS), "backend.strategy")
     assert found and "pip install deepspeed" in found[0].hint and found[0].run_only

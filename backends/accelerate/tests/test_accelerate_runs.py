@@ -1,6 +1,9 @@
 """Real multi-process runs: ``whisper-tune run --backend accelerate`` on the CPU (gloo), through the real
 ``accelerate launch``, with a random 1+1-layer Whisper and 16 training / 5 eval clips of the quickstart data.
 
+The main run accumulates 2 micro-batches per step and runs 4 steps: 4 x 2 per device x 2 processes x 2 =
+32 samples, two epochs of the 16 clips, with a checkpoint after every step.
+
 The workers write a trace (``WHISPER_TUNE_ACCELERATE_TRACE``): the labels of every batch each rank trained
 on and a hash of its weights after training. From that and the run directory the tests show that the
 gradients are synchronised (both ranks end with identical weights, which differ from the start although
@@ -23,6 +26,7 @@ from helpers import QUICKSTART_DATA, cli_argv
 pytestmark = pytest.mark.usefixtures("installed")
 
 TRACE_ENV = "WHISPER_TUNE_ACCELERATE_TRACE"
+MAIN_RUN = {"training.gradient_accumulation_steps": 2, "training.save_steps": 1}
 
 
 def overrides(model: Path, out: Path, run_name: str, **extra: object) -> list[str]:
@@ -38,6 +42,7 @@ def overrides(model: Path, out: Path, run_name: str, **extra: object) -> list[st
         "training.warmup_steps": 0,
         "training.learning_rate": 1e-3,
         "training.save_steps": 2,
+        "training.gradient_accumulation_steps": 1,
         "eval.batch_size": 2,
         "eval.max_new_tokens": 6,
         "output.dir": str(out),
@@ -81,9 +86,10 @@ def digest_of(model_dir: Path) -> str:
 
 @pytest.fixture(scope="module")
 def two_process_run(toy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``whisper-tune run --backend accelerate --num-processes 2 backend.cpu=true``: 4 steps, one epoch."""
+    """``whisper-tune run --backend accelerate --num-processes 2 backend.cpu=true``: 4 steps, 2 epochs."""
     out = tmp_path_factory.mktemp("accelerate-runs")
-    done = run_cli(["--num-processes", "2", *overrides(toy_model_dir, out, "two")], trace=out / "trace-two")
+    args = overrides(toy_model_dir, out, "two", **MAIN_RUN)
+    done = run_cli(["--num-processes", "2", *args], trace=out / "trace-two")
     assert done.returncode == 0, done.stderr[-3000:]
     return out
 
@@ -101,23 +107,31 @@ def test_two_processes_synchronise_gradients_and_shard_the_data(
     assert rank0["weights_sha256"] == rank1["weights_sha256"]
     assert rank0["weights_sha256"] != digest_of(toy_model_dir)
     assert rank0["weights_sha256"] == digest_of(run_dir / "final")
-    # Sharded: 4 steps x 2 per device x 2 ranks = the 16 training clips, each seen by exactly one rank.
+    # Sharded: per epoch, 4 micro-batches x 2 per device on each rank = the 16 clips, each on one rank.
     train = PreparedDataset(run_dir / "prepared" / "train")
     start = 50257  # <|startoftranscript|> of the English-only vocabulary, stripped by the collator
     index_of = {tuple(t for t in s["labels"] if t != start): i for i, s in enumerate(train.samples)}
     assert len(index_of) == 16
     seen = [[index_of[tuple(labels)] for labels in trace["seen_labels"]] for trace in (rank0, rank1)]
-    assert len(seen[0]) == len(seen[1]) == 8
-    assert not set(seen[0]) & set(seen[1])
-    assert set(seen[0]) | set(seen[1]) == set(range(16))
+    assert len(seen[0]) == len(seen[1]) == 16
+    for epoch in (slice(0, 8), slice(8, 16)):
+        first, second = set(seen[0][epoch]), set(seen[1][epoch])
+        assert len(first) == len(second) == 8 and not first & second
+        assert first | second == set(range(16))
+    assert seen[0][:8] != seen[0][8:]  # each epoch has its own permutation
     # The run records the global batch and counts steps from it.
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert metrics["train"]["steps"] == 4 and metrics["train"]["samples"] == 16
-    assert json.loads((run_dir / "plan.json").read_text())["global_batch"] == 4
+    assert metrics["train"]["steps"] == 4 and metrics["train"]["samples"] == 32
+    assert json.loads((run_dir / "plan.json").read_text())["global_batch"] == 8
     log = (run_dir / "run.log").read_text()
-    assert "2 per device x 2 processes x 1 accumulation = 4" in log and "(not rescaled)" in log
-    assert [r["step"] for r in logged_steps(run_dir)] == [1, 2, 3, 4]
-    assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == ["step-000002", "step-000004"]
+    assert "2 per device x 2 processes x 2 accumulation = 8" in log and "(not rescaled)" in log
+    assert [(r["step"], r["epoch"]) for r in logged_steps(run_dir)] == [
+        (1, 0.5),
+        (2, 1.0),
+        (3, 1.5),
+        (4, 2.0),
+    ]
+    assert [p.name for p in sorted((run_dir / "checkpoints").iterdir())] == ["step-000003", "step-000004"]
 
 
 @pytest.mark.slow
@@ -157,7 +171,7 @@ def test_gathered_evaluation_equals_one_process_evaluation(
 @pytest.mark.slow
 def test_resume_continues_the_two_process_run(two_process_run: Path, toy_model_dir: Path) -> None:
     full = two_process_run / "two"
-    checkpoint = full / "checkpoints" / "step-000002"
+    checkpoint = full / "checkpoints" / "step-000003"  # mid-epoch: 2 of the epoch's 4 micro-batches done
     assert json.loads((checkpoint / "trainer_state.json").read_text())["processes"] == 2
     done = run_cli(
         [
@@ -167,6 +181,7 @@ def test_resume_continues_the_two_process_run(two_process_run: Path, toy_model_d
                 toy_model_dir,
                 two_process_run,
                 "resumed",
+                **MAIN_RUN,
                 **{"training.resume_from": str(checkpoint), "eval.before": "false"},
             ),
         ],
@@ -174,14 +189,14 @@ def test_resume_continues_the_two_process_run(two_process_run: Path, toy_model_d
     )
     assert done.returncode == 0, done.stderr[-3000:]
     resumed = logged_steps(two_process_run / "resumed")
-    assert [r["step"] for r in resumed] == [3, 4]  # only the steps after the checkpoint ran
+    assert [r["step"] for r in resumed] == [4]  # only the step after the checkpoint ran
     full_log = logged_steps(full)
-    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in full_log[2:]], rel=1e-4)
-    # the resumed ranks trained on the second half of the same epoch and ended with the same weights
+    assert [r["loss"] for r in resumed] == pytest.approx([r["loss"] for r in full_log[3:]], rel=1e-4)
+    # the resumed ranks trained on the rest of the same epoch and ended with the same weights
     resumed_traces = traces(two_process_run / "trace-resumed")
     full_traces = traces(two_process_run / "trace-two")
     for before, after in zip(full_traces, resumed_traces, strict=True):
-        assert after["seen_labels"] == before["seen_labels"][4:]
+        assert after["seen_labels"] == before["seen_labels"][12:]
     a, b = (t["weights_sha256"] for t in resumed_traces)
     assert a == b
     assert digest_of(two_process_run / "resumed" / "final") == digest_of(full / "final")

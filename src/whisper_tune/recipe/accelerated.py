@@ -16,7 +16,9 @@ that differ across processes handed to the accelerator:
 * checkpoints: every rank takes part in gathering the weights (FSDP / ZeRO-3 shard them); the main
   process writes them in the usual layout. Optimizer state is written once (DDP: identical on every rank)
   or one file per rank when FSDP / DeepSpeed shard it (``optimizer-rankNNNNN.pt``; resuming then needs the
-  same number of processes). Checkpoints must be on a filesystem every machine reads to resume.
+  same number of processes). Checkpoints must be on a filesystem every machine reads to resume. The
+  weights are written with ``save_pretrained`` from the gathered state dict (``loop.save_weights`` is not
+  used: it would see one shard under FSDP); ``loop.load_weights`` restores them before ``prepare``.
 
 The accelerator must be built with ``step_scheduler_with_optimizer=False`` (the schedule counts global
 optimizer steps, so it is stepped once per step, not once per process) and a

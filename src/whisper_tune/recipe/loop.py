@@ -9,8 +9,9 @@ A Ctrl-C saves a checkpoint before returning, so no finished step is lost.
 With an ``accelerator`` (Hugging Face Accelerate) the same loop runs data-parallel: the model, optimizer
 and data loader go through ``accelerator.prepare`` (every rank gets its own shard of each epoch's batches),
 backward, clipping and mixed precision go through the accelerator, the logged loss is the mean over the
-ranks, and only the main process writes checkpoints (same layout). Steps are counted from the global batch
-(per-device batch x processes x accumulation). Without one, nothing changes.
+ranks, and checkpoints keep the same layout, written by the main process (``recipe/accelerated.py``). Steps
+are counted from the global batch (per-device batch x processes x accumulation). Without one, nothing
+changes.
 """
 
 from __future__ import annotations

@@ -25,7 +25,8 @@ def full_parameters(accelerator: Any, model: Any) -> Any:
     if accelerator.distributed_type == DistributedType.FSDP:
         from torch.distributed.fsdp import FullyShardedDataParallel
 
-        return FullyShardedDataParallel.summon_full_params(model, writeback=False)
+        if any(isinstance(m, FullyShardedDataParallel) for m in model.modules()):
+            return FullyShardedDataParallel.summon_full_params(model, writeback=False)
     return contextlib.nullcontext()
 
 

@@ -193,19 +193,21 @@ def run_launcher(files: LaunchFiles, run_log: Path) -> dict[str, Any]:
         log.flush()
         # Workers' stdout is this process's stderr (the worker sends its stderr there too).
         process = subprocess.Popen(command, stdout=2, stderr=log, env=env)
+        interrupted = False
         try:
             code = process.wait()
         except KeyboardInterrupt:
+            interrupted = True
             try:
                 code = process.wait(timeout=60)  # the workers got the Ctrl-C too: let them checkpoint
             except (subprocess.TimeoutExpired, KeyboardInterrupt):
                 process.kill()
-                raise InterruptedRun(
-                    f"interrupted; the training processes were stopped (see {run_log})"
-                ) from None
+                code = process.wait()
     if code == 0 and files.result.is_file():
         result: dict[str, Any] = json.loads(files.result.read_text(encoding="utf-8"))
         return result
+    if interrupted:
+        raise InterruptedRun(f"interrupted; the training processes were stopped (see {run_log})")
     raise launch_failure(files, code, run_log)
 
 

@@ -65,7 +65,7 @@ def peak_memory_bytes(accelerator: Any) -> int:
 def train(job: TrainJob, console: dict[str, bool], result_path: Path) -> None:
     import torch
     from accelerate import Accelerator
-    from accelerate.utils import GradientAccumulationPlugin, set_seed
+    from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, set_seed
 
     from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
     from whisper_tune.recipe.loop import TrainLoop
@@ -84,6 +84,10 @@ def train(job: TrainJob, console: dict[str, bool], result_path: Path) -> None:
         ),
         step_scheduler_with_optimizer=False,
     )
+    if accelerator.state.deepspeed_plugin is not None:
+        # DeepSpeed reads the micro-batch from the data loaders given to prepare(); ours come later.
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = cfg.training.batch_size
     if accelerator.is_main_process:
         reporter = Reporter(quiet=console["quiet"], progress=console["progress"], verbose=console["verbose"])
         reporter.log_to(Path(job.run_dir) / "run.log")  # appends to the parent's log
@@ -134,12 +138,16 @@ def train(job: TrainJob, console: dict[str, bool], result_path: Path) -> None:
     loop = loop_result = None
     trained = model
     if job.train and job.train_data is not None:
+        # Machine 0's checkpoint folder for every rank: with several machines each has its own run
+        # directory, and sharded optimizer state is written by every rank into the main one's checkpoint.
+        checkpoints = [str(Path(job.run_dir) / "checkpoints")]
+        broadcast_object_list(checkpoints, from_process=0)
         loop = TrainLoop(
             model,
             PreparedDataset(job.train_data),
             collator,
             cfg.training,
-            Path(job.run_dir) / "checkpoints",
+            Path(checkpoints[0]),
             reporter,
             num_workers=opts.num_workers,
             accelerator=accelerator,
