@@ -276,3 +276,48 @@ def test_fsdp_two_gpus_two_steps(toy_model_dir: Path, tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "fsdp" / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 2 and len(metrics["evaluation"]["after"]) == 1
+
+
+@pytest.mark.slow
+def test_eval_only_over_two_processes(two_process_run: Path, toy_model_dir: Path, tmp_path: Path) -> None:
+    """``whisper-tune eval --backend accelerate``: no training, the gathered WER of the starting weights."""
+    command = cli_argv(
+        "eval",
+        "--backend",
+        "accelerate",
+        "--num-processes",
+        "2",
+        "--model",
+        str(toy_model_dir),
+        "--data",
+        str(QUICKSTART_DATA),
+        "--split",
+        "eval",
+        "backend.cpu=true",
+        "data.max_eval_samples=5",
+        "data.extra_eval=[]",
+        "eval.batch_size=2",
+        "eval.max_new_tokens=6",
+        f"output.dir={tmp_path}",
+        "output.run_name=eval",
+    )
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
+    trained = json.loads((two_process_run / "two" / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 0 and not (tmp_path / "eval" / "checkpoints").exists()
+    assert metrics["evaluation"]["before"]["eval"] == trained["evaluation"]["before"]["eval"]
+
+
+@pytest.mark.slow
+def test_gpu_throughput_script_runs_on_the_cpu(tmp_path: Path) -> None:
+    """The README's GPU command, with a tiny shape on CPU processes (the large-v3 run needs a GPU)."""
+    import sys
+
+    script = Path(__file__).resolve().parents[1] / "scripts" / "gpu_full_ft.py"
+    command = [sys.executable, str(script), "--out", str(tmp_path), "--shape", "tiny", "--cpu"]
+    command += ["--precision", "fp32", "--steps", "2", "--batch-size", "2"]
+    done = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    last = done.stdout.strip().splitlines()[-1]
+    assert "2 steps, 4 samples" in last and "samples/s" in last and "peak CPU RSS" in last
