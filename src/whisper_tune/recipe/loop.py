@@ -5,6 +5,13 @@ shuffling, and checkpoints holding the weights (through a backend-supplied ``sav
 backends save adapters only) plus optimizer, scheduler, RNG state and the loss history. Resuming
 restores all of it and skips the micro-batches already seen, so the loss curve continues.
 A Ctrl-C saves a checkpoint before returning, so no finished step is lost.
+
+With an ``accelerator`` (Hugging Face Accelerate) the same loop runs data-parallel: the model, optimizer
+and data loader go through ``accelerator.prepare`` (every rank gets its own shard of each epoch's batches),
+backward, clipping and mixed precision go through the accelerator, the logged loss is the mean over the
+ranks, and checkpoints keep the same layout, written by the main process (``recipe/accelerated.py``). Steps
+are counted from the global batch (per-device batch x processes x accumulation). Without one, nothing
+changes.
 """
 
 from __future__ import annotations
@@ -41,13 +48,19 @@ class LoopResult:
     log_history: list[dict[str, float]] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
     interrupted: bool = False
+    #: The trained model as the accelerator wrapped it (DDP / FSDP / DeepSpeed); None without one.
+    prepared_model: Any = None
 
 
-def total_steps(cfg: TrainingConfig, num_samples: int, drop_last: bool = False) -> int:
-    """Optimizer steps: ``max_steps`` if set, else epochs over the data."""
+def total_steps(cfg: TrainingConfig, num_samples: int, drop_last: bool = False, world_size: int = 1) -> int:
+    """Optimizer steps: ``max_steps`` if set, else epochs over the data.
+
+    With ``world_size`` data-parallel processes one batch is ``batch_size * world_size`` samples, so an
+    epoch is ``num_samples / (batch_size * world_size)`` micro-batches per process."""
     if cfg.max_steps is not None:
         return cfg.max_steps
-    batches = num_samples // cfg.batch_size if drop_last else math.ceil(num_samples / cfg.batch_size)
+    per_batch = cfg.batch_size * world_size
+    batches = num_samples // per_batch if drop_last else math.ceil(num_samples / per_batch)
     return max(1, math.ceil(cfg.num_epochs * batches / cfg.gradient_accumulation_steps))
 
 
@@ -95,10 +108,18 @@ class TrainLoop:
     save_weights: Callable[[Any, Path], None] = default_save_weights
     load_weights: Callable[[Any, Path], None] = default_load_weights
     num_workers: int = 0
-    #: evaluation during training (eval.steps): best-checkpoint keeping and early stopping
+    #: evaluation during training (eval.steps): best-checkpoint keeping and early stopping (plain loop)
     best: BestCheckpoint | None = None
+    #: An ``accelerate.Accelerator``: data-parallel training through it (see the module docstring).
+    accelerator: Any = None
+    #: Called with every training batch before its forward pass (a diagnostics hook; accelerator path).
+    on_batch: Callable[[dict[str, Any]], None] | None = None
 
     def run(self, resume_from: Path | None = None) -> LoopResult:
+        if self.accelerator is not None:
+            from whisper_tune.recipe.accelerated import run_accelerated
+
+            return run_accelerated(self, resume_from)
         import torch
         from torch.utils.data import DataLoader, RandomSampler
         from transformers import get_scheduler

@@ -1,0 +1,1 @@
+"""whisper-tune backend ``accelerate``: full fine-tuning over many processes (Accelerate)."""

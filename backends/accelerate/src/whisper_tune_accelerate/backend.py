@@ -1,0 +1,266 @@
+"""The ``accelerate`` backend: full fine-tuning over many GPUs / nodes through HF Accelerate.
+
+``whisper-tune run --backend accelerate --num-processes N`` prepares the data once in this process, then
+starts N training processes per machine with ``accelerate launch`` (``launch``); each runs the shared
+``TrainLoop`` with an ``Accelerator`` (``worker``). Semantics:
+
+* ``training.batch_size`` is per device; the global batch is batch x processes x machines x accumulation,
+  and ``max_steps`` / epochs count steps of that global batch. The learning rate is never rescaled.
+* every process trains on its own shard of each epoch; evaluation gathers all ranks' predictions in dataset
+  order (each sample exactly once) before the core scores them.
+* only the main process writes checkpoints and the final model; every machine's parent gets the results.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from importlib.util import find_spec
+from typing import TYPE_CHECKING, ClassVar
+
+from pydantic import BaseModel, ValidationError
+
+from whisper_tune.backend.protocol import Capabilities, Issue, Plan, Probe, RecipeNeeds, TrainJob, TrainResult
+from whisper_tune.config.schema import RunConfig
+from whisper_tune.errors import ConfigError
+from whisper_tune_accelerate.launch import launch_command, run_launcher, write_launch_files
+from whisper_tune_accelerate.options import AccelerateOptions, precision_to_mixed
+
+if TYPE_CHECKING:
+    from whisper_tune.recipe.progress import Reporter
+
+CUDA_LORA_HINT = (
+    "LoRA on an int8 / 4-bit base is the cuda-lora backend (--backend cuda-lora, one GPU); this backend "
+    "trains every weight in bf16 / fp16 / fp32"
+)
+
+
+def accelerate_options(config: RunConfig) -> AccelerateOptions:
+    """The config's backend options as ``AccelerateOptions`` (validating other forms)."""
+    options = config.backend.options
+    if isinstance(options, AccelerateOptions):
+        return options
+    try:
+        return AccelerateOptions.model_validate(options.model_dump())
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise ConfigError(f"backend.{where}: {first['msg']}") from None
+
+
+def port_in_use(port: int, host: str = "") -> bool:
+    """True when nothing can bind ``port`` here (another run or program listens on it)."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        try:
+            sock.bind((host, port))
+        except OSError:
+            return True
+    return False
+
+
+def cuda_capabilities() -> tuple[int, tuple[float, ...], bool]:
+    """(visible CUDA devices, memory GiB each, bf16 support); zeros when torch or CUDA is missing."""
+    try:
+        import torch
+
+        if not torch.cuda.is_available():
+            return 0, (), False
+        count = torch.cuda.device_count()
+        memory = tuple(
+            round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1) for i in range(count)
+        )
+        return count, memory, bool(torch.cuda.is_bf16_supported())
+    except Exception:  # a broken driver must not break 'whisper-tune backends'
+        return 0, (), False
+
+
+class AccelerateBackend:
+    name: ClassVar[str] = "accelerate"
+    description: ClassVar[str] = (
+        "full fine-tuning on many GPUs / nodes through Hugging Face Accelerate (DDP, FSDP, DeepSpeed)"
+    )
+    Options: ClassVar[type[BaseModel]] = AccelerateOptions
+
+    def probe(self) -> Probe:
+        cpu = os.cpu_count() or 1
+        for module, hint in (("torch", "pip install torch"), ("accelerate", "pip install accelerate")):
+            if find_spec(module) is None:
+                return Probe(False, f"{module} is not installed", hint, Capabilities(cpu_count=cpu))
+        count, memory, bf16 = cuda_capabilities()
+        caps = Capabilities(cpu_count=cpu, cuda_devices=count, cuda_memory_gib=memory, cuda_bf16=bf16)
+        return Probe(True, "", "", caps)
+
+    def check(self, config: RunConfig, caps: Capabilities) -> list[Issue]:
+        opts = accelerate_options(config)
+        precision = config.training.precision
+        issues: list[Issue] = []
+        if config.eval.steps is not None:
+            issues.append(
+                Issue(
+                    "eval.steps",
+                    "the accelerate backend does not evaluate during training yet (no best-checkpoint "
+                    "keeping or early stopping over several processes): it evaluates before and after",
+                    hint="unset eval.steps, or use the reference / cuda-lora backend for it",
+                )
+            )
+        if opts.quantization != "none":
+            issues.append(
+                Issue(
+                    "backend.quantization",
+                    f"{opts.quantization} weights cannot be fully fine-tuned over several processes",
+                    hint=CUDA_LORA_HINT,
+                )
+            )
+        if opts.mixed_precision is not None and opts.mixed_precision != precision_to_mixed(precision):
+            issues.append(
+                Issue(
+                    "backend.mixed_precision",
+                    f"mixed_precision {opts.mixed_precision} disagrees with training.precision {precision}",
+                    hint=f"set backend.mixed_precision={precision_to_mixed(precision)} or leave it unset "
+                    "(it follows training.precision)",
+                )
+            )
+        if opts.cpu:
+            issues += self._cpu_issues(config, opts, caps)
+        else:
+            issues += self._gpu_issues(config, opts, caps)
+        if opts.strategy.startswith("deepspeed") and find_spec("deepspeed") is None:
+            issues.append(
+                Issue(
+                    "backend.strategy",
+                    f"{opts.strategy} needs DeepSpeed, which is not installed",
+                    hint="pip install deepspeed (on the GPU machines), or use backend.strategy=fsdp",
+                    run_only=True,
+                )
+            )
+        if (
+            opts.machine_rank == 0
+            and opts.main_process_port is not None
+            and port_in_use(opts.main_process_port)
+        ):
+            issues.append(
+                Issue(
+                    "backend.main_process_port",
+                    f"port {opts.main_process_port} is already in use on this machine",
+                    hint="choose another backend.main_process_port (on every machine), or leave it unset on "
+                    "one machine to get a free one",
+                    run_only=True,
+                )
+            )
+        return issues
+
+    def _cpu_issues(self, config: RunConfig, opts: AccelerateOptions, caps: Capabilities) -> list[Issue]:
+        issues = []
+        if config.training.precision == "fp16":
+            issues.append(
+                Issue("training.precision", "fp16 is not supported on the CPU", hint="use fp32 or bf16")
+            )
+        if opts.strategy != "ddp":
+            issues.append(
+                Issue(
+                    "backend.strategy",
+                    f"{opts.strategy} runs on GPUs only (Accelerate enables FSDP and DeepSpeed for GPU "
+                    "process groups, not for CPU ones)",
+                    hint="use backend.strategy=ddp with backend.cpu=true",
+                )
+            )
+        if opts.num_processes > caps.cpu_count:
+            issues.append(
+                Issue(
+                    "backend.num_processes",
+                    f"{opts.num_processes} CPU processes asked for; this machine has {caps.cpu_count} cores",
+                    hint=f"use at most --num-processes {caps.cpu_count}",
+                    level="warning",
+                )
+            )
+        return issues
+
+    def _gpu_issues(self, config: RunConfig, opts: AccelerateOptions, caps: Capabilities) -> list[Issue]:
+        issues = []
+        if caps.cuda_devices == 0:
+            issues.append(
+                Issue(
+                    "backend.num_processes",
+                    "no CUDA GPU is visible on this machine",
+                    hint="run on a machine with GPUs, or set backend.cpu=true to train in CPU processes",
+                    hardware=True,
+                )
+            )
+        elif opts.num_processes > caps.cuda_devices:
+            issues.append(
+                Issue(
+                    "backend.num_processes",
+                    f"{opts.num_processes} processes asked for; {caps.cuda_devices} CUDA GPUs are visible",
+                    hint=f"use --num-processes {caps.cuda_devices} (one process per GPU) or check "
+                    "CUDA_VISIBLE_DEVICES",
+                    hardware=True,
+                )
+            )
+        if config.training.precision == "bf16" and caps.cuda_devices and not caps.cuda_bf16:
+            issues.append(
+                Issue(
+                    "training.precision",
+                    "these GPUs have no bf16 support",
+                    hint="use training.precision=fp16",
+                    hardware=True,
+                )
+            )
+        return issues
+
+    def recipe_needs(self, config: RunConfig) -> RecipeNeeds:
+        return RecipeNeeds()
+
+    def plan(self, config: RunConfig, caps: Capabilities) -> Plan:
+        opts = accelerate_options(config)
+        training = config.training
+        where = "CPU processes (gloo)" if opts.cpu else "CUDA GPUs, one process each"
+        machines = f" on each of {opts.num_machines} machines" if opts.num_machines > 1 else ""
+        placement = {
+            "ddp": "DDP: a full copy of the model per process; gradients all-reduced every step",
+            "fsdp": f"FSDP ({opts.fsdp_sharding_strategy}): weights, gradients and optimizer state sharded "
+            "over the processes, Whisper encoder/decoder layers as units"
+            + (", parameters offloaded to the CPU" if opts.offload else ""),
+            "deepspeed-zero2": "DeepSpeed ZeRO-2: optimizer state and gradients sharded"
+            + (", optimizer state offloaded to the CPU" if opts.offload else ""),
+            "deepspeed-zero3": "DeepSpeed ZeRO-3: weights, gradients and optimizer state sharded"
+            + (", offloaded to the CPU" if opts.offload else ""),
+        }[opts.strategy]
+        notes = [
+            f"precision {training.precision} (mixed_precision {precision_to_mixed(training.precision)})",
+            f"learning rate {training.learning_rate} as configured (not rescaled by the process count)",
+            "steps count global batches: an epoch is training samples / "
+            f"({training.batch_size} x {opts.world_size} processes) micro-batches per process",
+        ]
+        if opts.num_machines > 1:
+            notes.append(
+                f"machine {opts.machine_rank} of {opts.num_machines}; rendezvous at "
+                f"{opts.main_process_ip}:{opts.main_process_port}; output.dir must be on a filesystem "
+                "every machine sees for checkpoints and resume"
+            )
+        return Plan(
+            backend=self.name,
+            devices=f"{opts.num_processes} {where}{machines}",
+            processes=opts.world_size,
+            batch_per_device=training.batch_size,
+            gradient_accumulation_steps=training.gradient_accumulation_steps,
+            placement=(placement,),
+            notes=tuple(notes),
+        )
+
+    def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
+        opts = accelerate_options(job.config)
+        verbose = any(
+            h.level <= logging.DEBUG
+            for h in reporter.logger.handlers
+            if type(h) is not logging.FileHandler and isinstance(h, logging.StreamHandler)
+        )
+        console = {"quiet": reporter.quiet, "progress": reporter.show_progress, "verbose": verbose}
+        files = write_launch_files(job, opts, console)
+        reporter.info(
+            f"starting {opts.num_processes} training processes on this machine "
+            f"({opts.world_size} in all) with accelerate launch"
+        )
+        reporter.debug(" ".join(launch_command(files)))
+        raw = run_launcher(files, job.run_dir / "run.log")
+        return TrainResult.model_validate(raw)

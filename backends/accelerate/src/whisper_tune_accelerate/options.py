@@ -1,0 +1,99 @@
+"""The accelerate backend's options: the ``backend:`` section of a config for ``backend.name: accelerate``.
+
+Names follow ``accelerate launch`` where they are its flags (``num_machines``, ``machine_rank``,
+``main_process_ip``, ``main_process_port``). ``num_processes`` is per machine (one per GPU), so the world
+size is ``num_processes x num_machines``. Single-field and within-section rules live here; rules that
+involve the hardware or other sections are the backend's ``check``.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+Strategy = Literal["ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"]
+
+
+class AccelerateOptions(BaseModel):
+    """Options of the ``accelerate`` backend (full fine-tuning through Hugging Face Accelerate)."""
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    num_processes: int = Field(
+        1,
+        ge=1,
+        description="Training processes on this machine, one per GPU ('--num-processes'). The global "
+        "batch is training.batch_size x num_processes x num_machines x gradient_accumulation_steps.",
+    )
+    num_machines: int = Field(
+        1, ge=1, description="Machines (nodes) taking part; each runs the same command."
+    )
+    machine_rank: int = Field(
+        0, ge=0, description="This machine's rank, 0 .. num_machines-1; machine 0 hosts the rendezvous."
+    )
+    main_process_ip: str | None = Field(
+        None,
+        description="Address of machine 0, reachable from every machine; required with num_machines > 1.",
+    )
+    main_process_port: int | None = Field(
+        None,
+        ge=1,
+        le=65535,
+        description="Rendezvous port on machine 0; required with num_machines > 1. Unset on one machine: a "
+        "free port is picked.",
+    )
+    strategy: Strategy = Field(
+        "ddp",
+        description="How the model is spread: 'ddp' (a full copy per process, gradients all-reduced), "
+        "'fsdp' (parameters, gradients and optimizer state sharded; Accelerate's FSDP plugin), "
+        "'deepspeed-zero2' / 'deepspeed-zero3' (DeepSpeed ZeRO stage 2 / 3; needs 'pip install deepspeed').",
+    )
+    fsdp_sharding_strategy: Literal["FULL_SHARD", "SHARD_GRAD_OP", "HYBRID_SHARD", "NO_SHARD"] = Field(
+        "FULL_SHARD", description="FSDP only: what is sharded (Accelerate's fsdp_sharding_strategy)."
+    )
+    offload: bool = Field(
+        False,
+        description="FSDP: offload parameters to the CPU (fsdp_offload_params). DeepSpeed: offload the "
+        "optimizer state (and with ZeRO-3 the parameters) to the CPU. Less GPU memory, slower.",
+    )
+    mixed_precision: Literal["no", "fp16", "bf16"] | None = Field(
+        None,
+        description="Accelerate's mixed_precision; it follows training.precision (fp32 = 'no') and may be "
+        "written only to agree with it.",
+    )
+    quantization: Literal["none", "int8", "4bit"] = Field(
+        "none",
+        description="Only 'none': int8 / 4-bit bases are for LoRA on one GPU (the cuda-lora backend), not "
+        "for full fine-tuning over many processes.",
+    )
+    cpu: bool = Field(
+        False,
+        description="Run the processes on the CPU (gloo) instead of GPUs: for tests and CI, or to try a "
+        "multi-process setup without GPUs. DDP only.",
+    )
+    num_workers: int = Field(0, ge=0, description="DataLoader worker processes per training process.")
+
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, value: Any) -> Any:
+        return "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
+
+    @model_validator(mode="after")
+    def _machines(self) -> AccelerateOptions:
+        if self.machine_rank >= self.num_machines:
+            raise ValueError(
+                f"machine_rank {self.machine_rank} must be below num_machines {self.num_machines}"
+            )
+        if self.num_machines > 1 and (self.main_process_ip is None or self.main_process_port is None):
+            raise ValueError("num_machines > 1 needs main_process_ip and main_process_port (of machine 0)")
+        return self
+
+    @property
+    def world_size(self) -> int:
+        return self.num_processes * self.num_machines
+
+
+def precision_to_mixed(precision: str) -> Literal["no", "fp16", "bf16"]:
+    """training.precision -> Accelerate's mixed_precision."""
+    return "no" if precision == "fp32" else "fp16" if precision == "fp16" else "bf16"
