@@ -13,7 +13,8 @@ import pytest
 import soundfile as sf
 from helpers import QUICKSTART_DATA, REPO, cli_argv, missing_known_backend, tone, write_audiofolder
 
-from whisper_tune.errors import EXIT_CODES
+from whisper_tune.backend.registry import Registry
+from whisper_tune.errors import EXIT_CODES, BackendUnavailableError
 
 
 def cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess[str]:
@@ -111,9 +112,12 @@ def test_model_error_mel_bins(tmp_path: Path, tiny_en_dir: Path) -> None:
 
 def test_backend_unavailable() -> None:
     name = missing_known_backend()
-    if name is None:
-        pytest.skip("every backend whisper-tune knows of is installed here")
-    assert_clean_error(cli("plan", "--backend", name), 5, "not installed", "pip install")
+    if name is not None:  # through the CLI, when a known backend really is missing here
+        assert_clean_error(cli("plan", "--backend", name), 5, "not installed", "pip install")
+    # always: a registry that sees no installed backends answers a known name with its install command
+    with pytest.raises(BackendUnavailableError, match="not installed") as info:
+        Registry(eps=[]).get("cuda-lora")
+    assert info.value.exit_code == 5 and "pip install" in (info.value.hint or "")
 
 
 def test_hardware_error(tmp_path: Path) -> None:
