@@ -28,17 +28,22 @@ optimizer steps, so it is stepped once per step, not once per process) and a
 
 from __future__ import annotations
 
-import json
-import random
 import shutil
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import numpy as np
-
 from whisper_tune.errors import ConfigError
-from whisper_tune.recipe.loop import STATE_FILE, LoopResult, list_checkpoints, total_steps
+from whisper_tune.recipe.loop import (
+    LoopResult,
+    list_checkpoints,
+    publish_checkpoint,
+    read_state,
+    restore_rng,
+    save_rng,
+    total_steps,
+    write_state,
+)
 
 if TYPE_CHECKING:
     from whisper_tune.recipe.loop import TrainLoop
@@ -75,7 +80,7 @@ def run_accelerated(loop: TrainLoop, resume_from: Path | None) -> LoopResult:
     result = LoopResult()
     step = 0
     if resume_from is not None:
-        step, result.log_history = _read_state(resume_from)
+        step, result.log_history = read_state(resume_from)
         # Into the plain model before prepare: FSDP / DeepSpeed then shard the restored weights.
         loop.load_weights(loop.model, resume_from / "weights")
     params = [p for p in loop.model.parameters() if p.requires_grad]
@@ -192,33 +197,12 @@ def _save(
     acc.wait_for_everyone()
     if acc.is_main_process:
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(
-            {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.random.get_rng_state(),
-            },
-            tmp / "rng.pt",
-        )
-        (tmp / STATE_FILE).write_text(
-            json.dumps({"step": step, "log_history": history, "processes": acc.num_processes}, indent=1),
-            encoding="utf-8",
-        )
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-        for old in list_checkpoints(loop.checkpoint_dir)[: -loop.cfg.save_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+        save_rng(tmp / "rng.pt")
+        write_state(tmp, step, history, processes=acc.num_processes)
+        publish_checkpoint(tmp, target, loop.cfg.save_total_limit)
         loop.reporter.debug(f"saved checkpoint {target}")
     acc.wait_for_everyone()
     return list_checkpoints(loop.checkpoint_dir)
-
-
-def _read_state(checkpoint: Path) -> tuple[int, list[dict[str, float]]]:
-    try:
-        state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot resume from {checkpoint}: {exc}") from None
-    return int(state["step"]), list(state["log_history"])
 
 
 def _restore_optimizer(acc: Any, checkpoint: Path, optimizer: Any, scheduler: Any) -> None:
@@ -235,7 +219,4 @@ def _restore_optimizer(acc: Any, checkpoint: Path, optimizer: Any, scheduler: An
         path = checkpoint / "optimizer.pt"
     optimizer.load_state_dict(torch.load(path, weights_only=True, map_location="cpu"))
     scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
-    rng = torch.load(checkpoint / "rng.pt", weights_only=False)
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.random.set_rng_state(rng["torch"])
+    restore_rng(checkpoint / "rng.pt")

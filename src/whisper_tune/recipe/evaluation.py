@@ -173,6 +173,15 @@ def evaluate_sets(
     return result
 
 
+def result_fields(phases: Mapping[str, PhaseOutput]) -> dict[str, Any]:
+    """The ``TrainResult`` fields (predictions, detected_languages, eval_seconds) of the phases run."""
+    return {
+        "predictions": {phase: out.predictions for phase, out in phases.items()},
+        "detected_languages": {phase: out.languages for phase, out in phases.items() if out.languages},
+        "eval_seconds": {phase: out.seconds for phase, out in phases.items()},
+    }
+
+
 def strip_padding(row: list[int], pad: int | None, eos: int | list[int] | None) -> list[int]:
     """Drop everything after the first end-of-text token (padding of finished rows)."""
     stops = set(eos if isinstance(eos, list) else [eos]) - {None}

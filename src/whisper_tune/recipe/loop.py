@@ -94,6 +94,49 @@ def default_load_weights(model: Any, directory: Path) -> None:
         )
 
 
+def save_rng(path: Path) -> None:
+    """Python, NumPy and torch RNG states (restored on resume so the run continues identically)."""
+    import torch
+
+    torch.save(
+        {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.random.get_rng_state()},
+        path,
+    )
+
+
+def restore_rng(path: Path) -> None:
+    import torch
+
+    rng = torch.load(path, weights_only=False)
+    random.setstate(rng["python"])
+    np.random.set_state(rng["numpy"])
+    torch.random.set_rng_state(rng["torch"])
+
+
+def write_state(directory: Path, step: int, history: list[dict[str, float]], **extra: Any) -> None:
+    (directory / STATE_FILE).write_text(
+        json.dumps({"step": step, "log_history": history, **extra}, indent=1), encoding="utf-8"
+    )
+
+
+def read_state(checkpoint: Path) -> tuple[int, list[dict[str, float]]]:
+    """(step, log history) of a checkpoint; a ConfigError if it cannot be read."""
+    try:
+        state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ConfigError(f"cannot resume from {checkpoint}: {exc}") from None
+    return int(state["step"]), list(state["log_history"])
+
+
+def publish_checkpoint(tmp: Path, target: Path, keep: int) -> list[Path]:
+    """Move a finished ``.partial`` checkpoint into place and prune all but the newest ``keep``."""
+    shutil.rmtree(target, ignore_errors=True)
+    tmp.rename(target)
+    for old in list_checkpoints(target.parent)[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+    return list_checkpoints(target.parent)
+
+
 @dataclass
 class TrainLoop:
     model: Any
@@ -235,39 +278,20 @@ class TrainLoop:
         self.save_weights(self.model, tmp / "weights")
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(
-            {
-                "python": random.getstate(),
-                "numpy": np.random.get_state(),
-                "torch": torch.random.get_rng_state(),
-            },
-            tmp / "rng.pt",
-        )
-        (tmp / STATE_FILE).write_text(
-            json.dumps({"step": step, "log_history": history}, indent=1), encoding="utf-8"
-        )
-        shutil.rmtree(target, ignore_errors=True)
-        tmp.rename(target)
-        kept = list_checkpoints(self.checkpoint_dir)
-        for old in kept[: -self.cfg.save_total_limit]:
-            shutil.rmtree(old, ignore_errors=True)
+        save_rng(tmp / "rng.pt")
+        write_state(tmp, step, history)
+        kept = publish_checkpoint(tmp, target, self.cfg.save_total_limit)
         self.reporter.debug(f"saved checkpoint {target}")
-        return list_checkpoints(self.checkpoint_dir)
+        return kept
 
     def _restore(
         self, checkpoint: Path, optimizer: Any, scheduler: Any
     ) -> tuple[int, list[dict[str, float]]]:
         import torch
 
-        try:
-            state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ConfigError(f"cannot resume from {checkpoint}: {exc}") from None
+        step, history = read_state(checkpoint)
         self.load_weights(self.model, checkpoint / "weights")
         optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
         scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
-        rng = torch.load(checkpoint / "rng.pt", weights_only=False)
-        random.setstate(rng["python"])
-        np.random.set_state(rng["numpy"])
-        torch.random.set_rng_state(rng["torch"])
-        return int(state["step"]), list(state["log_history"])
+        restore_rng(checkpoint / "rng.pt")
+        return step, history

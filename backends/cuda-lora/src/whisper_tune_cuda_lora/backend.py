@@ -118,7 +118,7 @@ class CudaLoraBackend:
         import torch
 
         from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-        from whisper_tune.recipe.evaluation import evaluate_sets
+        from whisper_tune.recipe.evaluation import PhaseOutput, evaluate_sets, result_fields
         from whisper_tune.recipe.loop import TrainLoop
         from whisper_tune.recipe.model import load_model
         from whisper_tune.recipe.prepared import PreparedDataset
@@ -158,12 +158,10 @@ class CudaLoraBackend:
         autocast = autocast_factory("cuda" if cuda else "cpu", cfg.training.precision)
         collator = SpeechSeq2SeqCollator(model.config.decoder_start_token_id)
         eval_sets = {name: PreparedDataset(path) for name, path in job.eval_data.items()}
-        predictions: dict[str, dict[str, list[list[int]]]] = {}
-        languages: dict[str, dict[str, list[str]]] = {}
-        eval_seconds: dict[str, float] = {}
+        phases: dict[str, PhaseOutput] = {}
 
         def evaluate(phase: str) -> None:
-            out = evaluate_sets(
+            phases[phase] = evaluate_sets(
                 model,
                 eval_sets,
                 collator,
@@ -174,8 +172,6 @@ class CudaLoraBackend:
                 autocast=autocast(),
                 reporter=reporter,
             )
-            predictions[phase], languages[phase] = out.predictions, out.languages
-            eval_seconds[phase] = out.seconds
 
         if job.evaluate_before and eval_sets:
             evaluate("before")
@@ -213,13 +209,11 @@ class CudaLoraBackend:
         if job.evaluate_after and eval_sets and loop_result is not None and not loop_result.interrupted:
             evaluate("after")
         return TrainResult(
-            predictions=predictions,
-            detected_languages={phase: by_set for phase, by_set in languages.items() if by_set},
+            **result_fields(phases),
             log_history=loop_result.log_history if loop_result else [],
             steps=loop_result.steps if loop_result else 0,
             train_samples=loop_result.samples if loop_result else 0,
             train_seconds=round(loop_result.seconds, 3) if loop_result else 0.0,
-            eval_seconds=eval_seconds,
             peak_memory_bytes=_peak_memory_bytes(cuda),
             final_model_dir=final_dir,
             checkpoints=loop_result.checkpoints if loop_result else [],
