@@ -25,9 +25,9 @@ class Progress:
 
     def update(self, n: int = 1, **postfix: Any) -> None:
         if self._bar is not None:
-            self._bar.update(n)
-            if postfix:
+            if postfix:  # before the count moves, so the line drawn for this step shows this step's values
                 self._bar.set_postfix(postfix, refresh=False)
+            self._bar.update(n)
 
     def __enter__(self) -> Progress:
         return self
