@@ -27,6 +27,16 @@ if TYPE_CHECKING:
     from whisper_tune.recipe.progress import Reporter
 
 
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a distribution, without importing it (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
+
+
 def cuda_capabilities() -> Capabilities:
     """What torch sees: CUDA device count, memory of each (GiB) and bf16 support. Never raises."""
     cpus = os.cpu_count() or 1
@@ -61,7 +71,7 @@ class CudaLoraBackend:
         return Probe(True, "", "", cuda_capabilities())
 
     def check(self, config: RunConfig, caps: Capabilities) -> list[Issue]:
-        return check_config(config, caps, bnb_installed=find_spec("bitsandbytes") is not None)
+        return check_config(config, caps, bnb_version=installed_version("bitsandbytes"))
 
     def recipe_needs(self, config: RunConfig) -> RecipeNeeds:
         return RecipeNeeds()
