@@ -91,12 +91,31 @@ def load_base(
         )
         with _peft_on_transformers_5():
             model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
-                model, use_gradient_checkpointing=training.gradient_checkpointing
+                model,
+                use_gradient_checkpointing=training.gradient_checkpointing,
+                # non-reentrant, as in the unquantised mode (the seeds got the then-default reentrant
+                # variant, which torch now warns about on every step)
+                gradient_checkpointing_kwargs={"use_reentrant": False},
             )
+        keep_training_layout(model)
     if training.gradient_checkpointing:
         model.model.encoder.conv1.register_forward_hook(_make_output_require_grad)
         model.config.use_cache = False
     return model
+
+
+def keep_training_layout(model: Any) -> None:
+    """Keep 4-bit weights in the layout they train in, also while evaluating on the CPU.
+
+    bitsandbytes 0.50 repacks a ``Linear4bit``'s weight in place into a CPU inference layout on its first
+    forward in eval mode without gradients (on CPUs with AVX512-BF16), and never back: training after an
+    evaluation then fails in the checkpointed backward ("a view of a leaf Variable that requires grad is
+    being used in an in-place operation"), the double-quantised constants are unpacked to bf16, and the
+    base no longer holds the bytes it was loaded with. With this flag off every forward uses the
+    dequantise-and-matmul path, the same layout as on a GPU."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 @contextlib.contextmanager
