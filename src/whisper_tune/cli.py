@@ -152,9 +152,11 @@ def prepare(
 @click.pass_context
 def plan(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
     """Show what the backend will do: devices, batch per device and global, placement."""
+    from whisper_tune.config.load import resolve_config
     from whisper_tune.pipeline import plan as make_plan
 
-    the_plan = make_plan(build_config(config, overrides, **flags))
+    resolved = resolve_config(config, overrides, **flags)
+    the_plan = make_plan(resolved.config)
     click.echo(f"backend:            {the_plan.backend}")
     click.echo(f"devices:            {the_plan.devices}")
     click.echo(f"processes:          {the_plan.processes}")
@@ -163,8 +165,25 @@ def plan(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], 
     click.echo(f"global batch:       {the_plan.global_batch}")
     for line in the_plan.placement:
         click.echo(f"placement:          {line}")
+    for key, label in (("training.learning_rate", "learning rate"), ("training.precision", "precision")):
+        click.echo(f"{label + ':':20}{_value_and_origin(resolved, key)}")
     for line in the_plan.notes:
         click.echo(f"note:               {line}")
+
+
+def _value_and_origin(resolved: Any, key: str) -> str:
+    """``0.001 (cuda-lora default: why)`` / ``(set in the config)`` / ``(whisper-tune default)``."""
+    section, field = key.split(".")
+    part = getattr(resolved.config, section)
+    value = getattr(part, field)
+    default = resolved.backend_defaults.get(key)
+    if default is not None:
+        origin = f"{resolved.config.backend.name} default: {default.reason}"
+    elif field in part.model_fields_set:
+        origin = "set in the config"
+    else:
+        origin = "whisper-tune default"
+    return f"{value} ({origin})"
 
 
 @cli.command()
@@ -362,10 +381,16 @@ def config_group() -> None:
 @config_group.command("show", epilog=OVERRIDES_HELP)
 @config_options
 def config_show(config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
-    """Print the fully resolved configuration as YAML (every default filled in)."""
-    from whisper_tune.config.load import dump_yaml
+    """Print the fully resolved configuration as YAML (every default filled in; a backend's defaults
+    are marked with a comment)."""
+    from whisper_tune.config.load import dump_yaml, resolve_config
 
-    click.echo(dump_yaml(build_config(config, overrides, require_backend=False, **flags)), nl=False)
+    resolved = resolve_config(config, overrides, require_backend=False, **flags)
+    comments = {
+        key: f"{resolved.config.backend.name} default: {d.reason}"
+        for key, d in resolved.backend_defaults.items()
+    }
+    click.echo(dump_yaml(resolved.config, comments), nl=False)
 
 
 @config_group.command("validate", epilog=OVERRIDES_HELP)

@@ -112,10 +112,41 @@ def test_quantised_modes_run_on_the_cpu_with_a_bitsandbytes_that_has_a_cpu_backe
     assert "fp16 is not supported on the CPU" in fp16.message and "bf16" in fp16.hint
 
 
+def test_lora_defaults_fill_only_the_fields_nobody_set(capsys: pytest.CaptureFixture[str]) -> None:
+    from whisper_tune.cli import main
+    from whisper_tune.config.load import resolve_config
+
+    gpu = config()
+    assert gpu.training.learning_rate == 1e-3 and gpu.training.precision == "bf16"
+    cpu = config("backend.device=cpu")
+    assert cpu.training.learning_rate == 1e-3 and cpu.training.precision == "fp32"
+    mine = config("training.learning_rate=2e-4", "training.precision=fp16")
+    assert mine.training.learning_rate == 2e-4 and mine.training.precision == "fp16"
+    # a preset's values are set values: the quickstart's full fine-tuning rate stays
+    quickstart = load_config("quickstart", ["backend.name=cuda-lora"], registry=BACKEND)
+    assert quickstart.training.learning_rate == 6e-5
+    # only this backend: the reference backend keeps the core's defaults
+    assert load_config(None).training.learning_rate == 1e-5
+    resolved = resolve_config(None, ["backend.device=cpu"], backend="cuda-lora", registry=BACKEND)
+    assert resolved.config == cpu and set(resolved.backend_defaults) == {"training.learning_rate"}
+    assert "LoRA" in resolved.backend_defaults["training.learning_rate"].reason
+
+    assert main(["config", "show", "--backend", "cuda-lora"]) == 0
+    shown = capsys.readouterr().out
+    assert "  learning_rate: 0.001  # cuda-lora default: LoRA's rate" in shown
+    assert "  precision: bf16  # cuda-lora default: bf16 autocast on a GPU" in shown
+    assert main(["plan", "--backend", "cuda-lora", "backend.device=cpu", "training.precision=bf16"]) == 0
+    planned = capsys.readouterr().out
+    assert "learning rate:      0.001 (cuda-lora default: LoRA's rate" in planned
+    assert "precision:          bf16 (set in the config)" in planned
+    assert main(["plan", "--backend", "reference"]) == 0
+    assert "learning rate:      1e-05 (whisper-tune default)" in capsys.readouterr().out
+
+
 def test_precision_checks() -> None:
     (bf16,) = issues(config("training.precision=bf16"), T4)["training.precision"]
     assert bf16.hardware and "bf16" in bf16.message and "fp16" in bf16.hint
-    (fp32,) = issues(config(), H100)["training.precision"]
+    (fp32,) = issues(config("training.precision=fp32"), H100)["training.precision"]
     assert fp32.level == "warning" and "training.precision=bf16" in fp32.hint
     (cpu,) = issues(config("backend.device=cpu", "training.precision=fp16"), NO_GPU)["training.precision"]
     assert cpu.level == "error" and "CPU" in cpu.message

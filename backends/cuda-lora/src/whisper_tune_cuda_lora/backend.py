@@ -17,7 +17,16 @@ from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel
 
-from whisper_tune.backend.protocol import Capabilities, Issue, Plan, Probe, RecipeNeeds, TrainJob, TrainResult
+from whisper_tune.backend.protocol import (
+    BackendDefault,
+    Capabilities,
+    Issue,
+    Plan,
+    Probe,
+    RecipeNeeds,
+    TrainJob,
+    TrainResult,
+)
 from whisper_tune.config.schema import RunConfig
 from whisper_tune_cuda_lora.checks import check_config, memory_estimate
 from whisper_tune_cuda_lora.memory import lora_params, model_shape
@@ -25,6 +34,10 @@ from whisper_tune_cuda_lora.options import CudaLoraOptions
 
 if TYPE_CHECKING:
     from whisper_tune.recipe.progress import Reporter
+
+
+#: the seeds' learning rate (seed 002), this backend's default when the config sets none
+LORA_LEARNING_RATE = 1e-3
 
 
 def installed_version(distribution: str) -> str | None:
@@ -69,6 +82,23 @@ class CudaLoraBackend:
             if find_spec(module) is None:
                 return Probe(False, f"{module} is not installed", hint)
         return Probe(True, "", "", cuda_capabilities())
+
+    def defaults(self, options: BaseModel) -> dict[str, BackendDefault]:
+        """LoRA's learning rate, and bf16 on a GPU, for configs that do not set them."""
+        opts = options if isinstance(options, CudaLoraOptions) else CudaLoraOptions()
+        supplied = {
+            "training.learning_rate": BackendDefault(
+                LORA_LEARNING_RATE,
+                "LoRA's rate, as in the seeds; the core's 1e-5 suits full fine-tuning and barely moves "
+                "fresh adapters",
+            )
+        }
+        if opts.device == "cuda":
+            supplied["training.precision"] = BackendDefault(
+                "bf16",
+                "bf16 autocast on a GPU; fp32 would keep an unquantised base in fp32, twice the memory",
+            )
+        return supplied
 
     def check(self, config: RunConfig, caps: Capabilities) -> list[Issue]:
         return check_config(config, caps, bnb_version=installed_version("bitsandbytes"))
