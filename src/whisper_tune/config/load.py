@@ -330,7 +330,8 @@ def dump_yaml(config: RunConfig, comments: Mapping[str, str] | None = None) -> s
     text: str = yaml.safe_dump(config.to_yaml_dict(), sort_keys=False, allow_unicode=True)
     if not comments:
         return text
-    lines, path = text.splitlines(), []  # path: (indent, key) of the mapping keys enclosing a line
+    lines = text.splitlines()
+    path: list[tuple[int, str]] = []  # (indent, key) of the mapping keys enclosing a line
     for i, line in enumerate(lines):
         key, sep, _ = line.strip().partition(":")
         if not sep or line.lstrip().startswith(("- ", "#")):
