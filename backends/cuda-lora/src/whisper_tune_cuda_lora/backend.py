@@ -1,12 +1,13 @@
 """The ``cuda-lora`` backend: LoRA (peft) on one GPU over an int8 / 4-bit (bitsandbytes) or bf16 base.
 
-The backend builds the LoRA model (``model.py``) and an Accelerator on GPU 0 (or the CPU in dev mode)
-with fp16/bf16 mixed precision; the core's phases (``recipe/phases.py``) do the rest: evaluation before
-and after, the one training loop, adapter-only weights in every checkpoint and in the final model
-directory (``adapter_config.json`` naming the base + ``adapter_model.safetensors`` + the generation
-config; the core adds the processor files). Evaluation is the core's batched ``generate_predictions``
-under the accelerator's autocast, which works under int8/4-bit where ``predict_with_generate`` does
-not. ``whisper-tune merge`` folds the adapter into a plain model.
+The backend builds the LoRA model (``model.py``) and an Accelerator on GPU 0 (or the CPU with
+``device: cpu``, int8 and 4-bit included) with fp16/bf16 mixed precision; the core's phases
+(``recipe/phases.py``) do the rest: evaluation before and after, the one training loop, adapter-only
+weights in every checkpoint and in the final model directory (``adapter_config.json`` naming the base +
+``adapter_model.safetensors`` + the generation config; the core adds the processor files). Evaluation
+is the core's batched ``generate_predictions`` under the accelerator's autocast, which works under
+int8/4-bit where ``predict_with_generate`` does not. ``whisper-tune merge`` folds the adapter into a
+plain model.
 """
 
 from __future__ import annotations
@@ -110,7 +111,7 @@ class CudaLoraBackend:
         opts = _options(config)
         training = config.training
         if opts.device == "cpu":
-            devices = f"CPU ({caps.cpu_count} cores; dev mode)"
+            devices = f"CPU ({caps.cpu_count} cores)"
         elif caps.cuda_devices:
             devices = f"cuda:0 ({caps.cuda_memory_gib[0]:.0f} GiB)" if caps.cuda_memory_gib else "cuda:0"
         else:
