@@ -320,7 +320,12 @@ def load_config(
 
     >>> load_config("quickstart", ["training.max_steps=10"])  # doctest: +SKIP
     """
-    flags = _flag_paths(backend, model, ipus, num_processes)
+    flags = {
+        "backend.name": backend,
+        "model.name": model,
+        "backend.ipus": ipus,
+        "backend.num_processes": num_processes,
+    }
     raw = merge_sources(config, overrides, flags=flags, env=env)
     return validate(raw, registry=registry, require_backend=require_backend)
 
