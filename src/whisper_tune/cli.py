@@ -153,8 +153,10 @@ def prepare(
 def plan(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
     """Show what the backend will do: devices, batch per device and global, placement."""
     from whisper_tune.pipeline import plan as make_plan
+    from whisper_tune.pipeline import run_dir_path
 
-    the_plan = make_plan(build_config(config, overrides, **flags))
+    resolved = build_config(config, overrides, **flags)
+    the_plan = make_plan(resolved)
     click.echo(f"backend:            {the_plan.backend}")
     click.echo(f"devices:            {the_plan.devices}")
     click.echo(f"processes:          {the_plan.processes}")
@@ -165,6 +167,9 @@ def plan(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], 
         click.echo(f"placement:          {line}")
     for line in the_plan.notes:
         click.echo(f"note:               {line}")
+    launch = the_plan.launch.resolved(run_dir_path(resolved))
+    for line in launch.describe():
+        click.echo(f"launch:             {line}")
 
 
 @cli.command()

@@ -78,15 +78,20 @@ def plan(config: RunConfig, registry: Registry | None = None, caps: Capabilities
     return backend.plan(config, caps)
 
 
-def make_run_dir(config: RunConfig) -> Path:
-    """Create the run directory; a clear OutputError if it cannot be created or written."""
-    root = Path(config.output.dir).expanduser()
+def run_dir_path(config: RunConfig) -> Path:
+    """Where a run of ``config`` started now writes (``output.dir`` / ``output.run_name`` or a name made
+    of the time, the backend and the model)."""
     name = config.output.run_name or "{}-{}-{}".format(
         datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"),
         config.backend.name,
         Path(config.model.name.replace("pip:", "")).name.replace("/", "-"),
     )
-    run_dir = root / name
+    return Path(config.output.dir).expanduser() / name
+
+
+def make_run_dir(config: RunConfig) -> Path:
+    """Create the run directory; a clear OutputError if it cannot be created or written."""
+    run_dir = run_dir_path(config)
     resuming = config.training.resume_from is not None
     if (run_dir / METRICS_FILE).exists() and not resuming:
         raise OutputError(
@@ -213,6 +218,7 @@ def run(
             evaluate_before=config.eval.before or not train,
             evaluate_after=config.eval.after and train,
             resume_from=resume,
+            launch=the_plan.launch.resolved(run_dir) if the_plan.launch.mode == "command" else None,
         )
         (run_dir / "job.json").write_text(job.model_dump_json(indent=2), encoding="utf-8")
         result = backend.train(job, reporter)

@@ -4,7 +4,7 @@
 The main run accumulates 2 micro-batches per step and runs 4 steps: 4 x 2 per device x 2 processes x 2 =
 32 samples, two epochs of the 16 clips, with a checkpoint after every step.
 
-The workers write a trace (``WHISPER_TUNE_ACCELERATE_TRACE``): the labels of every batch each rank trained
+The workers write a trace (``WHISPER_TUNE_TRACE``): the labels of every batch each rank trained
 on and a hash of its weights after training. From that and the run directory the tests show that the
 gradients are synchronised (both ranks end with identical weights, which differ from the start although
 each rank saw other data), that the data is sharded (each rank's samples are disjoint and together make the
@@ -25,7 +25,7 @@ from helpers import QUICKSTART_DATA, cli_argv
 
 pytestmark = pytest.mark.usefixtures("installed")
 
-TRACE_ENV = "WHISPER_TUNE_ACCELERATE_TRACE"
+TRACE_ENV = "WHISPER_TUNE_TRACE"
 MAIN_RUN = {"training.gradient_accumulation_steps": 2, "training.save_steps": 1}
 
 
@@ -79,7 +79,8 @@ def logged_steps(run_dir: Path) -> list[dict[str, float]]:
 
 def digest_of(model_dir: Path) -> str:
     from transformers import WhisperForConditionalGeneration
-    from whisper_tune_accelerate.worker import weights_digest
+
+    from whisper_tune.backend.worker import weights_digest
 
     return weights_digest(WhisperForConditionalGeneration.from_pretrained(model_dir).state_dict())
 
@@ -148,7 +149,7 @@ def test_gathered_evaluation_equals_one_process_evaluation(
 
     run_dir = two_process_run / "two"
     config = load_config(run_dir / "config.yaml")
-    result = json.loads((run_dir / "accelerate" / "result-machine0.json").read_text())
+    result = json.loads((run_dir / "launch" / "result-machine0.json").read_text())
     eval_set = PreparedDataset(run_dir / "prepared" / "eval")
     assert len(eval_set) == 5
     processor = load_processor(str(run_dir / "final"), config.model)

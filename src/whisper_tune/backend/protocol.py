@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_chec
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from whisper_tune.backend.launch import Launch
 from whisper_tune.config.schema import RunConfig
 
 if TYPE_CHECKING:
@@ -82,6 +83,8 @@ class Plan:
     gradient_accumulation_steps: int
     placement: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    #: how training starts: in this process, or the exact command ``whisper-tune run`` executes
+    launch: Launch = field(default_factory=Launch)
 
     @property
     def global_batch(self) -> int:
@@ -104,6 +107,9 @@ class TrainJob(BaseModel):
     evaluate_before: bool = True
     evaluate_after: bool = True
     resume_from: Path | None = Field(None, description="Checkpoint directory to resume from.")
+    launch: Launch | None = Field(
+        None, description="The plan's launch, resolved to this run directory (None: in this process)."
+    )
 
 
 class TrainResult(BaseModel):

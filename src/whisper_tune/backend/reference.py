@@ -8,13 +8,16 @@ from __future__ import annotations
 
 import os
 from importlib.util import find_spec
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from whisper_tune.backend.protocol import Capabilities, Issue, Plan, Probe, RecipeNeeds, TrainJob, TrainResult
 from whisper_tune.config.schema import RunConfig
 from whisper_tune.recipe.progress import Reporter
+
+if TYPE_CHECKING:
+    from whisper_tune.recipe.phases import TrainingSetup
 
 
 class ReferenceOptions(BaseModel):
@@ -75,20 +78,23 @@ class ReferenceBackend:
             notes=(f"precision {config.training.precision}",),
         )
 
-    def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
+    def uses_cpu(self, config: RunConfig) -> bool:
+        return True
+
+    def training_setup(self, job: TrainJob, accelerator: Any, reporter: Reporter) -> TrainingSetup:
         import torch
 
-        from whisper_tune.recipe.loop import build_accelerator
         from whisper_tune.recipe.model import build_full_model
-        from whisper_tune.recipe.phases import TrainingSetup, run_phases
+        from whisper_tune.recipe.phases import TrainingSetup
 
-        cfg = job.config
-        opts = cfg.backend.options
+        opts = job.config.backend.options
         assert isinstance(opts, ReferenceOptions)
         if opts.threads:
             torch.set_num_threads(opts.threads)
-        torch.manual_seed(cfg.training.seed)
-        accelerator = build_accelerator(cfg.training, cpu=True)
-        model = build_full_model(job.model_dir, cfg.model, cfg.training)
-        setup = TrainingSetup(accelerator, model, num_workers=opts.num_workers)
-        return run_phases(job, setup, reporter).result
+        model = build_full_model(job.model_dir, job.config.model, job.config.training)
+        return TrainingSetup(accelerator, model, num_workers=opts.num_workers)
+
+    def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
+        from whisper_tune.recipe.phases import train_in_process
+
+        return train_in_process(self, job, reporter)

@@ -17,9 +17,10 @@ import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from whisper_tune.backend.protocol import TrainJob, TrainResult
+from whisper_tune.config.schema import RunConfig
 from whisper_tune.recipe.progress import Reporter
 from whisper_tune.recipe.weights import WeightsFormat, weights_format_of
 
@@ -194,3 +195,34 @@ def peak_memory_bytes(accelerator: Any) -> int:
     else:
         local = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return int(accelerator.reduce(torch.tensor(local, device=accelerator.device), reduction="max"))
+
+
+class InProcessTrainer(Protocol):
+    """What a backend that trains through these phases provides (reference, cuda-lora, accelerate): the
+    rest — accelerator, seeding, the loop, evaluation — is the core's, in one process or in each worker
+    that ``accelerate launch`` starts (``whisper_tune.backend.worker``)."""
+
+    def uses_cpu(self, config: RunConfig) -> bool:
+        """Train on the CPU (gloo between processes) rather than CUDA devices."""
+        ...
+
+    def training_setup(self, job: TrainJob, accelerator: Any, reporter: Reporter) -> TrainingSetup:
+        """Build the model on ``accelerator.device`` (full, LoRA, quantised) and say how it is saved."""
+        ...
+
+
+def start(backend: InProcessTrainer, job: TrainJob) -> Any:
+    """The run's accelerator, with every RNG seeded from ``training.seed`` (each process the same)."""
+    from accelerate.utils import set_seed
+
+    from whisper_tune.recipe.loop import build_accelerator
+
+    accelerator = build_accelerator(job.config.training, cpu=backend.uses_cpu(job.config))
+    set_seed(job.config.training.seed)
+    return accelerator
+
+
+def train_in_process(backend: InProcessTrainer, job: TrainJob, reporter: Reporter) -> TrainResult:
+    """A backend's ``train`` when its plan launches in this process."""
+    accelerator = start(backend, job)
+    return run_phases(job, backend.training_setup(job, accelerator, reporter), reporter).result

@@ -1,8 +1,9 @@
 """The ``accelerate`` backend: full fine-tuning over many GPUs / nodes through HF Accelerate.
 
 ``whisper-tune run --backend accelerate --num-processes N`` prepares the data once in this process, then
-starts N training processes per machine with ``accelerate launch`` (``launch``); each runs the shared
-``TrainLoop`` with an ``Accelerator`` (``worker``). Semantics:
+runs the ``accelerate launch`` its plan returned (the core's ``backend/launch.py``): N training processes
+per machine, each running the core's phases and its one training loop (``whisper_tune.backend.worker``).
+Semantics:
 
 * ``training.batch_size`` is per device; the global batch is batch x processes x machines x accumulation,
   and ``max_steps`` / epochs count steps of that global batch. The learning rate is never rescaled.
@@ -13,26 +14,26 @@ starts N training processes per machine with ``accelerate launch`` (``launch``);
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from importlib.util import find_spec
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ValidationError
 
+from whisper_tune.backend.launch import accelerate_launch
 from whisper_tune.backend.protocol import Capabilities, Issue, Plan, Probe, RecipeNeeds, TrainJob, TrainResult
 from whisper_tune.config.schema import RunConfig
 from whisper_tune.errors import ConfigError
-from whisper_tune_accelerate.launch import launch_command, run_launcher, write_launch_files
 from whisper_tune_accelerate.options import AccelerateOptions, precision_to_mixed
 
 if TYPE_CHECKING:
+    from whisper_tune.recipe.phases import TrainingSetup
     from whisper_tune.recipe.progress import Reporter
 
 CUDA_LORA_HINT = (
-    "LoRA on an int8 / 4-bit base is the cuda-lora backend (--backend cuda-lora, one GPU); this backend "
-    "trains every weight in bf16 / fp16 / fp32"
+    "LoRA on an int8 / 4-bit base is the cuda-lora backend (--backend cuda-lora, one or several "
+    "processes); this backend trains every weight in bf16 / fp16 / fp32"
 )
 
 
@@ -246,21 +247,34 @@ class AccelerateBackend:
             gradient_accumulation_steps=training.gradient_accumulation_steps,
             placement=(placement,),
             notes=tuple(notes),
+            launch=accelerate_launch(
+                opts,
+                training.precision,
+                training.max_grad_norm,
+                training.gradient_accumulation_steps,
+                opts.sharding,
+            ),
         )
 
-    def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
+    def uses_cpu(self, config: RunConfig) -> bool:
+        return accelerate_options(config).cpu
+
+    def training_setup(self, job: TrainJob, accelerator: Any, reporter: Reporter) -> TrainingSetup:
+        from whisper_tune.recipe.model import build_full_model
+        from whisper_tune.recipe.phases import TrainingSetup
+
         opts = accelerate_options(job.config)
-        verbose = any(
-            h.level <= logging.DEBUG
-            for h in reporter.logger.handlers
-            if type(h) is not logging.FileHandler and isinstance(h, logging.StreamHandler)
-        )
-        console = {"quiet": reporter.quiet, "progress": reporter.show_progress, "verbose": verbose}
-        files = write_launch_files(job, opts, console)
+        # whole on every process for the evaluation before training (FSDP / DeepSpeed shard it in prepare)
+        model = build_full_model(job.model_dir, job.config.model, job.config.training).to(accelerator.device)
+        return TrainingSetup(accelerator, model, num_workers=opts.num_workers)
+
+    def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
+        """Run the planned ``accelerate launch``: every process runs the core's phases."""
+        from whisper_tune.backend.launch import run_launch
+
+        opts = accelerate_options(job.config)
         reporter.info(
             f"starting {opts.num_processes} training processes on this machine "
             f"({opts.world_size} in all) with accelerate launch"
         )
-        reporter.debug(" ".join(launch_command(files)))
-        raw = run_launcher(files, job.run_dir / "run.log")
-        return TrainResult.model_validate(raw)
+        return run_launch(job, reporter)

@@ -49,6 +49,25 @@ def _device_issues(opts: CudaLoraOptions, caps: Capabilities) -> list[Issue]:
                 hardware=True,
             )
         ]
+    if opts.device == "cuda" and opts.num_processes > caps.cuda_devices:
+        return [
+            Issue(
+                "backend.num_processes",
+                f"{opts.num_processes} processes asked for; {caps.cuda_devices} CUDA GPUs are visible",
+                hint=f"use --num-processes {caps.cuda_devices} (one process per GPU) or check "
+                "CUDA_VISIBLE_DEVICES",
+                hardware=True,
+            )
+        ]
+    if opts.device == "cpu" and opts.num_processes > caps.cpu_count:
+        return [
+            Issue(
+                "backend.num_processes",
+                f"{opts.num_processes} CPU processes asked for; this machine has {caps.cpu_count} cores",
+                hint=f"use at most --num-processes {caps.cpu_count}",
+                hardware=True,
+            )
+        ]
     return []
 
 

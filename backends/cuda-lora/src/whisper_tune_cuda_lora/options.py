@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from whisper_tune.backend.launch import ProcessOptions
+
 Quantization = Literal["int8", "4bit", "none"]
 
 BNB_INSTALL = "pip install 'whisper-tune-cuda-lora[bnb]' (bitsandbytes, CUDA wheels)"
@@ -30,7 +32,11 @@ class LoraOptions(BaseModel):
     )
 
 
-class CudaLoraOptions(BaseModel):
+class CudaLoraOptions(ProcessOptions):
+    """Options of the ``cuda-lora`` backend. With ``num_processes`` > 1 (or several machines) it trains
+    data-parallel through ``accelerate launch`` like the accelerate backend (the core's ``ProcessOptions``);
+    each process holds its own copy of the (quantised) base on its own device."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     quantization: Quantization = Field(
@@ -42,7 +48,8 @@ class CudaLoraOptions(BaseModel):
     )
     device: Literal["cuda", "cpu"] = Field(
         "cuda",
-        description="'cuda' (GPU 0). 'cpu' is a development mode for quantization 'none' only: it runs "
+        description="'cuda' (GPU 0; with several processes, each process's own GPU). 'cpu' is a development "
+        "mode for quantization 'none' only: it runs "
         "the same LoRA recipe on the CPU so it can be tested and compared without a GPU.",
     )
     lora: LoraOptions = Field(default_factory=LoraOptions, description="The LoRA adapter (peft LoraConfig).")
