@@ -123,7 +123,9 @@ def run(
     from whisper_tune.pipeline import run as run_pipeline
 
     reporter = _reporter(ctx)  # first, so that what --data chose is shown
-    summary = run_pipeline(build_config(config, overrides, data=data, **flags), reporter=reporter, echo_summary=False)
+    summary = run_pipeline(
+        build_config(config, overrides, data=data, **flags), reporter=reporter, echo_summary=False
+    )
     click.echo(f"run directory: {summary.run_dir}")
     for line in summary.lines:
         click.echo(line)

@@ -159,7 +159,8 @@ def check_set(check: SetCheck) -> list[str]:
     others = [s for s in splits if s not in check.exclude]
     field = f"{check.split_field}{check.label}"
     if others:
-        choose = f"set {check.split_field} to {'it' if len(others) == 1 else 'one of ' + ', '.join(others)}{remedy}"
+        target = "it" if len(others) == 1 else "one of " + ", ".join(others)
+        choose = f"set {check.split_field} to {target}{remedy}"
     else:
         choose = check.remedy.removeprefix("or ") or f"set {check.split_field}"
     for part in parts:
@@ -184,7 +185,8 @@ def check_set(check: SetCheck) -> list[str]:
                 )
             elif not any(str(row.get(SPLIT_COLUMN)) == part for row in rows):
                 problems.append(
-                    f"{field}: {root} has no rows with {SPLIT_COLUMN} '{part}' (its splits: {listed}); {choose}"
+                    f"{field}: {root} has no rows with {SPLIT_COLUMN} '{part}' "
+                    f"(its splits: {listed}); {choose}"
                 )
         problems += _column_problems(check, columns, root)
     return problems
@@ -203,7 +205,7 @@ def _column_problems(
         inherited = f" (inherited from {column.inherited})" if column.inherited else ""
         remedy = f", {check.column_remedy}" if check.column_remedy else ""
         problems.append(
-            f"{column.field}{check.label}: {where} has no column '{column.name}'{inherited}; its columns are: "
-            f"{', '.join(columns) or 'none'}; set {column.field} to one of them{remedy}"
+            f"{column.field}{check.label}: {where} has no column '{column.name}'{inherited}; its "
+            f"columns are: {', '.join(columns) or 'none'}; set {column.field} to one of them{remedy}"
         )
     return problems

@@ -204,8 +204,8 @@ def _load_hub_split(spec: SplitSpec, part: str) -> Any:
         if missing_locally(spec.dataset) and (hub_offline() or is_network_error(exc)):
             raise DataError(
                 f"cannot load dataset {spec.dataset}: {NO_LOCAL_DIRECTORY}",
-                hint=f"the hub is not reachable here ({str(exc).splitlines()[0]}); "
-                "give the path of a local copy (audiofolder, CSV/JSONL manifest or parquet), see docs/data.md",
+                hint=f"the hub is not reachable here ({str(exc).splitlines()[0]}); give the path of a "
+                "local copy (audiofolder, CSV/JSONL manifest or parquet), see docs/data.md",
             ) from None
         _raise_hub_error(spec, part, exc)
     columns = list(ds.features or {}) if ds.features is not None else []
