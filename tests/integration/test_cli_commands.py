@@ -73,7 +73,9 @@ def test_eval_command(capsys: pytest.CaptureFixture[str], toy_model_dir: Path, t
         "eval.max_new_tokens=4",
     )
     assert code == 0, err
-    assert "eval: WER" in out and "before training" in out
+    assert "eval: WER" in out and "training" not in out  # nothing was trained: no "before training"
+    run_dir = Path(out.splitlines()[0].removeprefix("run directory: "))
+    assert run_dir.name.endswith("-toy-model0-eval") and run_dir.parent == tmp_path
 
 
 def test_prepare_command(capsys: pytest.CaptureFixture[str], toy_model_dir: Path, tmp_path: Path) -> None:

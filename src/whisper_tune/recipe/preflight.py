@@ -85,6 +85,9 @@ def check_data(data: DataConfig, *, include_train: bool = True) -> list[str]:
                         exclude=train_parts,
                     )
                 )
+    for check in checks:
+        problems += check_set(check)
+    checks = []
     for n, extra in enumerate(data.extra_eval):
         field = f"data.extra_eval.{n}"
         kind = _kind(
@@ -159,8 +162,8 @@ def check_set(check: SetCheck) -> list[str]:
     others = [s for s in splits if s not in check.exclude]
     field = f"{check.split_field}{check.label}"
     if others:
-        target = "it" if len(others) == 1 else "one of " + ", ".join(others)
-        choose = f"set {check.split_field} to {target}{remedy}"
+        target = f"={others[0]}" if len(others) == 1 else " to one of " + ", ".join(others)
+        choose = f"set {check.split_field}{target}{remedy}"
     else:
         choose = check.remedy.removeprefix("or ") or f"set {check.split_field}"
     for part in parts:

@@ -324,7 +324,7 @@ def data_shortcut(dataset: str, current: dict[str, Any]) -> tuple[dict[str, Any]
     holdout = f"holding out {test_size:.0%} of it for evaluation (data.test_size={test_size:g}, seed {seed})"
     if not splits:
         updates.update(eval_split=None, test_size=test_size)
-        return updates, f"data: {dataset} ({kind}, no split column): training on all rows, {holdout}{dropped}"
+        return updates, f"data: {dataset} ({kind}, no split column): train on all rows, {holdout}{dropped}"
     train = "train" if "train" in splits else (splits[0] if len(splits) == 1 else None)
     if train is not None:
         updates["train_split"] = train
@@ -333,8 +333,8 @@ def data_shortcut(dataset: str, current: dict[str, Any]) -> tuple[dict[str, Any]
     evaluation = next((name for name in EVAL_SPLIT_NAMES if name in splits and name != train), None)
     if evaluation is not None:
         updates.update(eval_split=evaluation, test_size=None)
-        chosen = f"training on '{train}', evaluating on '{evaluation}'"
+        chosen = f"train split '{train}', eval split '{evaluation}'"
     else:
         updates.update(eval_split=None, test_size=test_size)
-        chosen = f"training on '{train}', {holdout}"
+        chosen = f"train split '{train}', {holdout}"
     return updates, f"data: {dataset} ({kind}, splits: {', '.join(splits)}): {chosen}{dropped}"
