@@ -84,9 +84,10 @@ def test_the_three_failures_are_reported_at_once_before_the_model_loads(
         f"data.eval_split: audiofolder {audiofolder} has no split 'eval' (its splits: train); "
         "data.eval_split=null data.test_size=0.1"
     )
-    assert problems[1].startswith(
-        "data.extra_eval.0.text_column (extra eval set 'other-voice'): "
-    ) and "has no column 'sentence' (inherited from data.text_column)" in problems[1]
+    assert (
+        problems[1].startswith("data.extra_eval.0.text_column (extra eval set 'other-voice'): ")
+        and "has no column 'sentence' (inherited from data.text_column)" in problems[1]
+    )
     assert "data.extra_eval=[]" in problems[1] and "--data" in err
     assert not (tmp_path / "runs").exists()  # nothing written
     # 3: the manifest's splits are train/test, the preset's eval split is 'eval'

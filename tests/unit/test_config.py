@@ -192,7 +192,9 @@ def test_overrides_index_lists() -> None:
         load_config("quickstart", ["data.extra_eval.3.split=eval"])
 
 
-def test_input_paths_in_a_yaml_file_are_relative_to_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_input_paths_in_a_yaml_file_are_relative_to_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     project = tmp_path / "project"
     (project / "configs").mkdir(parents=True)
     (project / "audio").mkdir()
