@@ -11,7 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import QUICKSTART_DATA, REPO, cli_argv, missing_known_backend, tone, write_audiofolder
+from helpers import (
+    QUICKSTART_DATA,
+    REPO,
+    child_process,
+    cli_argv,
+    missing_known_backend,
+    run_child,
+    tone,
+    write_audiofolder,
+)
 
 from whisper_tune.backend.registry import Registry
 from whisper_tune.errors import EXIT_CODES, BackendUnavailableError
@@ -19,14 +28,7 @@ from whisper_tune.errors import EXIT_CODES, BackendUnavailableError
 
 def cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        cli_argv(*args),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return run_child(cli_argv(*args), cwd=cwd, timeout=timeout, env=env)
 
 
 def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
@@ -141,31 +143,31 @@ def test_debug_shows_the_traceback() -> None:
 @pytest.mark.slow
 def test_interrupt_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        cli_argv(
-            "run",
-            "--config",
-            "quickstart",
-            f"output.dir={tmp_path}",
-            "output.run_name=r",
-            "training.max_steps=200",
-            "data.max_train_samples=32",
-            "data.max_eval_samples=4",
-            "data.extra_eval=[]",
-            "eval.before=false",
-        ),
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+    argv = cli_argv(
+        "run",
+        "--config",
+        "quickstart",
+        f"output.dir={tmp_path}",
+        "output.run_name=r",
+        "training.max_steps=200",
+        "data.max_train_samples=32",
+        "data.max_eval_samples=4",
+        "data.extra_eval=[]",
+        "eval.before=false",
     )
-    log = tmp_path / "r" / "run.log"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (log.exists() and '"step": 2' in log.read_text()):
-        time.sleep(0.5)
-    assert log.exists() and '"step": 2' in log.read_text(), "training did not start in time"
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
+    # the 200-step run is killed when the block ends, whatever happens in it (a timeout, a failure)
+    with child_process(argv, cwd=REPO, stderr=subprocess.PIPE, env=env) as proc:
+        log = tmp_path / "r" / "run.log"
+        deadline = time.time() + 600  # generous: a loaded machine may take long to start training
+        while (
+            time.time() < deadline
+            and proc.poll() is None
+            and not (log.exists() and '"step": 2' in log.read_text())
+        ):
+            time.sleep(0.5)
+        assert log.exists() and '"step": 2' in log.read_text(), "training did not start in time"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "resume with" in stderr
     checkpoints = sorted((tmp_path / "r" / "checkpoints").glob("step-*"))
