@@ -90,6 +90,36 @@ def test_data_error_nothing_usable(tmp_path: Path) -> None:
     assert_clean_error(result, 3, "no usable samples in train", "1 unreadable audio", "1 empty transcript")
 
 
+def test_data_error_every_problem_at_once_before_the_model(tmp_path: Path) -> None:
+    result = cli(
+        "run",
+        "quickstart",  # the config may come first, as a preset name or a YAML path
+        "--model",
+        "./no/such/model",  # not reached: the data is checked first
+        f"data.dataset={QUICKSTART_DATA}",
+        "data.eval_split=dev",
+        "data.extra_eval.0.text_column=sentence",
+        f"output.dir={tmp_path}",
+    )
+    assert_clean_error(result, 3, "the data cannot be used as configured:")
+    assert "\n  data.eval_split: audiofolder" in result.stderr and "has no split 'dev'" in result.stderr
+    assert "\n  data.extra_eval.0.text_column (extra eval set 'other-voice'): " in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_data_error_no_such_local_directory_offline(tmp_path: Path) -> None:
+    # conftest sets HF_HUB_OFFLINE=1; a name that is not a path here can only be a hub dataset
+    result = cli("run", "--config", "quickstart", "data.dataset=my-data/speech", f"output.dir={tmp_path}")
+    assert_clean_error(
+        result, 3, "data.dataset: 'my-data/speech': no such local directory (as a hub id it needs network)"
+    )
+
+
+def test_config_error_two_configs() -> None:
+    result = cli("config", "validate", "--config", "quickstart", "configs/quickstart.yaml")
+    assert_clean_error(result, 2, "two configs given")
+
+
 def test_model_error_missing_directory(tmp_path: Path) -> None:
     result = cli("run", "--config", "quickstart", "--model", "./no/such/model", f"output.dir={tmp_path}")
     assert_clean_error(result, 4, "does not exist")
@@ -98,7 +128,12 @@ def test_model_error_missing_directory(tmp_path: Path) -> None:
 def test_model_error_hub_unreachable(tmp_path: Path) -> None:
     # conftest sets HF_HUB_OFFLINE=1: the hub cannot be reached, as on this project's machines
     result = cli("run", "--config", "quickstart", "--model", "openai/whisper-tiny", f"output.dir={tmp_path}")
-    assert_clean_error(result, 4, "openai/whisper-tiny", "pip:tiny.en")
+    assert_clean_error(
+        result,
+        4,
+        "'openai/whisper-tiny': no such local directory (as a hub id it needs network)",
+        "pip:tiny.en",
+    )
 
 
 def test_model_error_mel_bins(tmp_path: Path, tiny_en_dir: Path) -> None:
