@@ -48,7 +48,7 @@ def time_reference(model_dir: str, train_dir: Path, steps: int, batch: int, work
 
     from whisper_tune.config.schema import ModelConfig, TrainingConfig
     from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-    from whisper_tune.recipe.loop import TrainLoop
+    from whisper_tune.recipe.loop import TrainLoop, build_accelerator
     from whisper_tune.recipe.model import load_model
     from whisper_tune.recipe.prepared import PreparedDataset
     from whisper_tune.recipe.progress import Reporter
@@ -58,9 +58,10 @@ def time_reference(model_dir: str, train_dir: Path, steps: int, batch: int, work
     data = PreparedDataset(train_dir)
     collator = SpeechSeq2SeqCollator(model.config.decoder_start_token_id)
     warm = TrainingConfig(max_steps=1, batch_size=batch, learning_rate=1e-5)
-    TrainLoop(model, data, collator, warm, workdir / "warm", Reporter.silent()).run()
+    accelerator = build_accelerator(warm, cpu=True)
+    TrainLoop(model, data, collator, warm, workdir / "warm", Reporter.silent(), accelerator).run()
     cfg = TrainingConfig(max_steps=steps, batch_size=batch, learning_rate=1e-5)
-    result = TrainLoop(model, data, collator, cfg, workdir / "ref", Reporter.silent()).run()
+    result = TrainLoop(model, data, collator, cfg, workdir / "ref", Reporter.silent(), accelerator).run()
     return result.seconds / steps
 
 

@@ -145,3 +145,26 @@ def toy_overrides(model: Path, out: Path, **extra: object) -> list[str]:
     }
     base.update(extra)
     return [f"{k}={v}" for k, v in base.items()]
+
+
+def real_samples(model_dir: Path, count: int, longest_last: bool = True) -> list[dict[str, Any]]:
+    """``count`` quickstart training clips as model inputs (log-mel features of the real audio, labels
+    from the model's real tokenizer), the shortest transcripts first and the longest last (so batches
+    cut from the front and the back differ a lot in label tokens)."""
+    import soundfile as sf
+    import soxr
+    from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
+
+    rows = list(csv.DictReader((QUICKSTART_DATA / "train" / "metadata.csv").open()))
+    rows.sort(key=lambda r: len(r["text"]))
+    chosen = rows[: count // 2] + rows[-(count - count // 2) :] if longest_last else rows[:count]
+    extractor = WhisperFeatureExtractor.from_pretrained(model_dir)
+    tokenizer = WhisperTokenizerFast.from_pretrained(model_dir)
+    tokenizer.set_prefix_tokens(predict_timestamps=False)
+    out = []
+    for row in chosen:
+        audio, rate = sf.read(QUICKSTART_DATA / "train" / row["file_name"], dtype="float32")
+        audio = soxr.resample(audio, rate, 16_000)
+        features = extractor(audio, sampling_rate=16_000, return_tensors="np")["input_features"][0]
+        out.append({"input_features": features, "labels": tokenizer(row["text"]).input_ids})
+    return out

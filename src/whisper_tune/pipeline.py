@@ -135,7 +135,7 @@ def make_run_dir(config: RunConfig, *, train: bool = True) -> Path:
 
 
 def resolve_resume(config: RunConfig, run_dir: Path) -> Path | None:
-    from whisper_tune.recipe.loop import list_checkpoints
+    from whisper_tune.recipe.checkpoints import list_checkpoints
 
     value = config.training.resume_from
     if value is None:

@@ -75,9 +75,14 @@ def test_int8_and_4bit_are_refused_with_a_pointer_to_cuda_lora() -> None:
         raise_issues(BACKEND.check(config("backend.quantization=int8"), TWO_GPUS))
 
 
-def test_evaluation_during_training_is_refused() -> None:
-    found = issues_at(BACKEND.check(config("eval.steps=10"), TWO_GPUS), "eval.steps")
-    assert len(found) == 1 and found[0].level == "error" and not found[0].hardware
+def test_evaluation_during_training_runs_with_ddp_and_keep_best_is_refused_when_sharded() -> None:
+    ddp = BACKEND.check(config("eval.steps=10"), TWO_GPUS)
+    assert not issues_at(ddp, "eval.steps") and not issues_at(ddp, "eval.keep_best")
+    sharded = config("eval.steps=10", "backend.strategy=fsdp")
+    found = issues_at(BACKEND.check(sharded, TWO_GPUS), "eval.keep_best")
+    assert len(found) == 1 and found[0].level == "error" and "fsdp" in found[0].message
+    last = config("eval.steps=10", "backend.strategy=fsdp", "eval.keep_best=false")
+    assert not issues_at(BACKEND.check(last, TWO_GPUS), "eval.keep_best")
 
 
 def test_more_processes_than_gpus_is_a_hardware_error() -> None:

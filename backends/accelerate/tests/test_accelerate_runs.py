@@ -202,7 +202,8 @@ def test_resume_continues_the_two_process_run(two_process_run: Path, toy_model_d
 
 @pytest.mark.slow
 def test_two_machines_over_loopback(toy_model_dir: Path, tmp_path: Path, free_port: int) -> None:
-    """Two launcher invocations (machine ranks 0 and 1, one process each) meeting at 127.0.0.1."""
+    """Two launcher invocations (machine ranks 0 and 1, one process each) meeting at 127.0.0.1, with
+    evaluation during training (sharded over the machines) keeping the best checkpoint."""
     trace = tmp_path / "trace"
     trace.mkdir()
     env = {**os.environ, TRACE_ENV: str(trace)}
@@ -224,6 +225,8 @@ def test_two_machines_over_loopback(toy_model_dir: Path, tmp_path: Path, free_po
                         "training.max_steps": 2,
                         "training.save_steps": "null",
                         "eval.before": "false",
+                        "eval.steps": 1,
+                        "eval.subset_size": 3,
                     },
                 ),
             ]
@@ -244,6 +247,11 @@ def test_two_machines_over_loopback(toy_model_dir: Path, tmp_path: Path, free_po
     assert plan["processes"] == 2 and plan["global_batch"] == 4
     m0, m1 = (json.loads((tmp_path / f"machine{r}" / "metrics.json").read_text()) for r in (0, 1))
     assert m0["evaluation"] == m1["evaluation"] and m0["train"]["steps"] == m1["train"]["steps"] == 2
+    # evaluation during training: the same decisions on both machines, the best weights on machine 0
+    assert m0["selection"] == m1["selection"] and m0["selection"]["evaluations"] == 2
+    assert m0["selection"]["best_step"] in (1, 2) and m0["selection"]["kept"] == "best"
+    assert (tmp_path / "machine0" / "checkpoints" / "best" / "best.json").is_file()
+    assert not (tmp_path / "machine1" / "checkpoints" / "best").exists()
 
 
 @pytest.mark.slow

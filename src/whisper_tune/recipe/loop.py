@@ -1,55 +1,100 @@
-"""A plain PyTorch training loop with resumable checkpoints, shared by in-process backends.
+"""The one training loop, on Hugging Face Accelerate: one CPU process, one GPU, or many processes.
 
-AdamW, a transformers learning-rate schedule, gradient accumulation and clipping, seeded per-epoch
-shuffling, and checkpoints holding the weights (through a backend-supplied ``save_weights``, so LoRA
-backends save adapters only) plus optimizer, scheduler, RNG state and the loss history. Resuming
-restores all of it and skips the micro-batches already seen, so the loss curve continues.
-A Ctrl-C saves a checkpoint before returning, so no finished step is lost.
+Every backend that trains in this Python environment (reference, cuda-lora, accelerate) runs this loop
+with an ``accelerate.Accelerator``; what differs between them is only the accelerator (device, processes,
+mixed precision, FSDP / DeepSpeed from the launcher's environment), the model they build and its
+``WeightsFormat`` (full or adapter-only). The loop:
 
-With an ``accelerator`` (Hugging Face Accelerate) the same loop runs data-parallel: the model, optimizer
-and data loader go through ``accelerator.prepare`` (every rank gets its own shard of each epoch's batches),
-backward, clipping and mixed precision go through the accelerator, the logged loss is the mean over the
-ranks, and checkpoints keep the same layout, written by the main process (``recipe/accelerated.py``). Steps
-are counted from the global batch (per-device batch x processes x accumulation). Without one, nothing
-changes.
+* prepares model, optimizer (AdamW over the trainable parameters) and the transformers schedule through
+  the accelerator; each epoch's seeded permutation is sharded over the processes (rank ``r`` of ``N`` gets
+  batches ``r, r+N, ...``; the last are filled from the start so every rank runs the same steps).
+* one optimizer step is ``batch_size x processes x gradient_accumulation_steps`` samples; ``total_steps``
+  counts from that global batch, the learning rate is never rescaled. Accumulation carries across epoch
+  boundaries.
+* **token-weighted loss**: the loss of a step is the sum of the cross-entropy over *all* its label
+  tokens (every micro-batch, every process) divided by their count, so a micro-batch with few tokens
+  weighs what its tokens weigh, not as much as a long one (the accumulation pitfall of transformers#36119).
+  The token count of the step is summed over the processes before its backward passes; each micro-batch's
+  summed loss is scaled so that Accelerate's division by the accumulation steps and DDP's mean over
+  processes give exactly ``sum / tokens``.
+* clipping and mixed precision (autocast, fp16 gradient scaler) through the accelerator; gradients are
+  all-reduced only on the last micro-batch of a step.
+* evaluation during training (``eval.steps``: best checkpoint, early stopping) via ``BestCheckpoint``;
+  a Ctrl-C / SIGTERM saves a checkpoint before returning, so no finished step is lost.
+* checkpoints in our own layout (``recipe/checkpoints.py``): exact resume (weights, optimizer, schedule,
+  every process's RNG, data position: the micro-batches already seen are skipped).
+
+The accelerator must be built by ``build_accelerator`` (the schedule is stepped once per global step,
+accumulation is counted by the loop, not by the data loader).
 """
 
 from __future__ import annotations
 
-import contextlib
-import json
 import math
-import random
-import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from whisper_tune.config.schema import TrainingConfig
 from whisper_tune.errors import ConfigError
-from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
+from whisper_tune.recipe.checkpoints import (
+    list_checkpoints,
+    load_tensors_file,
+    optimizer_file,
+    publish_checkpoint,
+    read_state,
+    restore_rng,
+    rng_file,
+    save_rng,
+    write_state,
+)
+from whisper_tune.recipe.collator import LABEL_PAD, SpeechSeq2SeqCollator
 from whisper_tune.recipe.progress import Reporter
 from whisper_tune.recipe.selection import BestCheckpoint
+from whisper_tune.recipe.weights import FULL_WEIGHTS, WeightsFormat
 
-STATE_FILE = "trainer_state.json"
-CHECKPOINT_RE = re.compile(r"^step-(\d+)$")
+#: training.precision -> Accelerate's mixed_precision
+MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
 
 
-@dataclass
-class LoopResult:
-    steps: int = 0
-    samples: int = 0
-    seconds: float = 0.0
-    log_history: list[dict[str, float]] = field(default_factory=list)
-    checkpoints: list[Path] = field(default_factory=list)
-    interrupted: bool = False
-    #: The trained model as the accelerator wrapped it (DDP / FSDP / DeepSpeed); None without one.
-    prepared_model: Any = None
+def build_accelerator(training: TrainingConfig, *, cpu: bool) -> Any:
+    """The Accelerator the loop needs: mixed precision from ``training.precision``, accumulation of
+    ``training.gradient_accumulation_steps`` micro-batches counted by the loop (not the data loader),
+    the schedule stepped once per optimizer step. Distributed settings come from ``accelerate launch``."""
+    from accelerate import Accelerator
+    from accelerate.utils import GradientAccumulationPlugin
+
+    return Accelerator(
+        cpu=cpu,
+        mixed_precision=MIXED_PRECISION[training.precision],
+        gradient_accumulation_plugin=GradientAccumulationPlugin(
+            num_steps=training.gradient_accumulation_steps, sync_with_dataloader=False
+        ),
+        step_scheduler_with_optimizer=False,
+    )
+
+
+def check_accelerator(accelerator: Any, accumulation: int) -> None:
+    """The accelerator settings the loop relies on (a programming error if they are wrong)."""
+    if accelerator.step_scheduler_with_optimizer:
+        raise ValueError("build the Accelerator with step_scheduler_with_optimizer=False")
+    if accelerator.gradient_accumulation_steps != accumulation:
+        raise ValueError(
+            f"the Accelerator accumulates {accelerator.gradient_accumulation_steps} micro-batches, "
+            f"training.gradient_accumulation_steps is {accumulation}"
+        )
+    if accelerator.gradient_state.sync_with_dataloader:
+        raise ValueError("build the Accelerator's GradientAccumulationPlugin with sync_with_dataloader=False")
+
+
+def shards_state(accelerator: Any) -> bool:
+    """FSDP / DeepSpeed: weights and optimizer state are sharded over the processes."""
+    from accelerate.utils import DistributedType
+
+    return bool(accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED))
 
 
 def total_steps(cfg: TrainingConfig, num_samples: int, drop_last: bool = False, world_size: int = 1) -> int:
@@ -64,77 +109,64 @@ def total_steps(cfg: TrainingConfig, num_samples: int, drop_last: bool = False, 
     return max(1, math.ceil(cfg.num_epochs * batches / cfg.gradient_accumulation_steps))
 
 
-def list_checkpoints(checkpoint_dir: Path) -> list[Path]:
-    found = [
-        p for p in checkpoint_dir.glob("step-*") if CHECKPOINT_RE.match(p.name) and (p / STATE_FILE).is_file()
-    ]
-    return sorted(found, key=lambda p: int(p.name.split("-")[1]))
+def label_tokens(batch: dict[str, Any]) -> int:
+    """The label tokens a batch is scored on (padding excluded)."""
+    return int((batch["labels"] != LABEL_PAD).sum())
 
 
-def default_save_weights(model: Any, directory: Path) -> None:
-    model.save_pretrained(directory, safe_serialization=True)
-
-
-def default_load_weights(model: Any, directory: Path) -> None:
-    from safetensors.torch import load_file
-
-    files = sorted(directory.glob("*.safetensors"))
-    if not files:
-        raise ConfigError(f"checkpoint {directory} has no weights (*.safetensors)")
-    state: dict[str, Any] = {}
-    for f in files:
-        state.update(load_file(f))
-    missing, unexpected = model.load_state_dict(state, strict=False)
-    # Tied weights (proj_out = embed_tokens) are stored once and legitimately "missing".
-    real_missing = [k for k in missing if not k.endswith("proj_out.weight")]
-    if real_missing or unexpected:
-        raise ConfigError(
-            f"checkpoint {directory} does not match the model "
-            f"(missing {real_missing[:3]}, unexpected {list(unexpected)[:3]})"
-        )
-
-
-def save_rng(path: Path) -> None:
-    """Python, NumPy and torch RNG states (restored on resume so the run continues identically)."""
+def summed_token_loss(model: Any, batch: dict[str, Any], decoder_start: int, pad: int) -> Any:
+    """Cross-entropy summed over the batch's label tokens (the model's own loss is a per-batch mean,
+    which cannot be weighted by tokens across micro-batches). Decoder inputs are the labels shifted
+    right, exactly as Whisper's forward builds them from ``labels``."""
     import torch
+    from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
-    torch.save(
-        {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.random.get_rng_state()},
-        path,
+    labels = batch["labels"]
+    decoder_input_ids = shift_tokens_right(labels, pad, decoder_start)
+    logits = model(
+        input_features=batch["input_features"], decoder_input_ids=decoder_input_ids, use_cache=False
+    ).logits
+    return torch.nn.functional.cross_entropy(
+        logits.float().reshape(-1, logits.shape[-1]),
+        labels.reshape(-1),
+        ignore_index=LABEL_PAD,
+        reduction="sum",
     )
 
 
-def restore_rng(path: Path) -> None:
+def backward_step(accelerator: Any, model: Any, micro_batches: list[dict[str, Any]]) -> tuple[float, int]:
+    """Forward and backward of one optimizer step's micro-batches with the token-weighted loss.
+
+    Leaves the step's gradient ``d(sum of token losses over all processes) / d(theta) / tokens`` in the
+    parameters (all-reduced on the last micro-batch). Returns (this process's summed loss, the step's
+    token count over all processes). A collective call."""
     import torch
 
-    rng = torch.load(path, weights_only=False)
-    random.setstate(rng["python"])
-    np.random.set_state(rng["numpy"])
-    torch.random.set_rng_state(rng["torch"])
+    config = accelerator.unwrap_model(model).config
+    local = sum(label_tokens(b) for b in micro_batches)
+    tokens = int(accelerator.reduce(torch.tensor(local, device=accelerator.device), reduction="sum"))
+    # backward divides by the accumulation steps and DDP averages over the processes: undo both
+    scale = accelerator.gradient_accumulation_steps * accelerator.num_processes / max(tokens, 1)
+    loss_sum = 0.0
+    for batch in micro_batches:
+        with accelerator.accumulate(model):
+            loss = summed_token_loss(model, batch, config.decoder_start_token_id, config.pad_token_id)
+            accelerator.backward(loss * scale)
+        loss_sum += float(loss.detach())
+    return loss_sum, tokens
 
 
-def write_state(directory: Path, step: int, history: list[dict[str, float]], **extra: Any) -> None:
-    (directory / STATE_FILE).write_text(
-        json.dumps({"step": step, "log_history": history, **extra}, indent=1), encoding="utf-8"
-    )
-
-
-def read_state(checkpoint: Path) -> tuple[int, list[dict[str, float]]]:
-    """(step, log history) of a checkpoint; a ConfigError if it cannot be read."""
-    try:
-        state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ConfigError(f"cannot resume from {checkpoint}: {exc}") from None
-    return int(state["step"]), list(state["log_history"])
-
-
-def publish_checkpoint(tmp: Path, target: Path, keep: int) -> list[Path]:
-    """Move a finished ``.partial`` checkpoint into place and prune all but the newest ``keep``."""
-    shutil.rmtree(target, ignore_errors=True)
-    tmp.rename(target)
-    for old in list_checkpoints(target.parent)[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-    return list_checkpoints(target.parent)
+@dataclass
+class LoopResult:
+    steps: int = 0
+    #: training samples seen, all processes together (this run's part only when resumed)
+    samples: int = 0
+    seconds: float = 0.0
+    log_history: list[dict[str, float]] = field(default_factory=list)
+    checkpoints: list[Path] = field(default_factory=list)
+    interrupted: bool = False
+    #: the trained model as the accelerator wrapped it (DDP / FSDP / DeepSpeed)
+    model: Any = None
 
 
 @dataclass
@@ -145,30 +177,28 @@ class TrainLoop:
     cfg: TrainingConfig
     checkpoint_dir: Path
     reporter: Reporter
-    device: Any = "cpu"
-    autocast: Callable[[], Any] = contextlib.nullcontext
+    accelerator: Any
+    weights: WeightsFormat = FULL_WEIGHTS
     drop_last: bool = False
-    save_weights: Callable[[Any, Path], None] = default_save_weights
-    load_weights: Callable[[Any, Path], None] = default_load_weights
     num_workers: int = 0
-    #: evaluation during training (eval.steps): best-checkpoint keeping and early stopping (plain loop)
+    #: evaluation during training (eval.steps): best-checkpoint keeping and early stopping
     best: BestCheckpoint | None = None
-    #: An ``accelerate.Accelerator``: data-parallel training through it (see the module docstring).
-    accelerator: Any = None
-    #: Called with every training batch before its forward pass (a diagnostics hook; accelerator path).
+    #: called with every training micro-batch before its forward pass (a diagnostics hook)
     on_batch: Callable[[dict[str, Any]], None] | None = None
 
     def run(self, resume_from: Path | None = None) -> LoopResult:
-        if self.accelerator is not None:
-            from whisper_tune.recipe.accelerated import run_accelerated
-
-            return run_accelerated(self, resume_from)
         import torch
-        from torch.utils.data import DataLoader, RandomSampler
         from transformers import get_scheduler
 
-        cfg = self.cfg
-        steps = total_steps(cfg, len(self.dataset), self.drop_last)
+        acc, cfg = self.accelerator, self.cfg
+        check_accelerator(acc, cfg.gradient_accumulation_steps)
+        steps = total_steps(cfg, len(self.dataset), self.drop_last, acc.num_processes)
+        result = LoopResult()
+        step = 0
+        if resume_from is not None:
+            step, result.log_history = read_state(resume_from)
+            # into the plain model before prepare: FSDP / DeepSpeed then shard the restored weights
+            self.weights.load(self.model, resume_from / "weights")
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("no trainable parameters: nothing would be learnt")
@@ -176,122 +206,175 @@ class TrainLoop:
         scheduler = get_scheduler(
             cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=steps
         )
-        result = LoopResult()
-        step = 0
+        model, optimizer, scheduler = acc.prepare(self.model, optimizer, scheduler)
+        result.model = model
         if resume_from is not None:
-            step, result.log_history = self._restore(resume_from, optimizer, scheduler)
+            self._restore(resume_from, optimizer, scheduler)
             self.reporter.info(f"resumed from {resume_from} at step {step}")
-        batches_per_epoch = (
-            len(self.dataset) // cfg.batch_size
-            if self.drop_last
-            else math.ceil(len(self.dataset) / cfg.batch_size)
-        )
+        if self.best is not None:
+            self.best.bind(save=lambda d: self._save_weights(model, d), load=self._load_best)
+        batches_per_epoch = len(self._epoch_loader(0))  # per process
         if batches_per_epoch == 0:
             raise ConfigError(
-                f"training.batch_size {cfg.batch_size} is larger than the {len(self.dataset)} "
-                "training samples with drop_last"
+                f"training.batch_size {cfg.batch_size} x {acc.num_processes} processes is larger than the "
+                f"{len(self.dataset)} training samples with drop_last"
             )
         micro = step * cfg.gradient_accumulation_steps
-        self.model.train()
-        window: list[float] = []
+        stream = self._micro_batches(micro, batches_per_epoch)
+        model.train()
+        window: list[tuple[float, int]] = []  # (local loss sum, global tokens) per step since the last log
+        local_samples = 0
         start = time.perf_counter()
         bar = self.reporter.progress("train", total=steps, unit="step")
         bar.update(step)
         stop = False
-        last_loss: float | None = None
         try:
             with bar:
                 while step < steps and not stop:
-                    epoch, skip = divmod(micro, batches_per_epoch)
-                    generator = torch.Generator().manual_seed(cfg.seed + epoch)
-                    loader = DataLoader(
-                        self.dataset,
-                        batch_size=cfg.batch_size,
-                        sampler=RandomSampler(self.dataset, generator=generator),
-                        collate_fn=self.collator,
-                        drop_last=self.drop_last,
-                        num_workers=self.num_workers,
-                        # its own generator for the workers' base seed, which would otherwise be drawn from
-                        # the global RNG and shift dropout after a mid-epoch resume
-                        generator=torch.Generator().manual_seed(cfg.seed + epoch),
-                    )
-                    for index, batch in enumerate(loader):
-                        if index < skip:
-                            continue
-                        batch = {k: v.to(self.device) for k, v in batch.items()}
-                        with self.autocast():
-                            loss = self.model(**batch).loss / cfg.gradient_accumulation_steps
-                        loss.backward()
-                        window.append(float(loss.detach()) * cfg.gradient_accumulation_steps)
-                        result.samples += int(batch["labels"].shape[0])
-                        micro += 1
-                        if micro % cfg.gradient_accumulation_steps:
-                            continue  # accumulation carries across an epoch boundary
-                        if cfg.max_grad_norm is not None:
-                            torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
-                        optimizer.step()
-                        scheduler.step()
-                        optimizer.zero_grad(set_to_none=True)
-                        step += 1
-                        if step % cfg.logging_steps == 0 or step == steps:
-                            record = {
-                                "step": step,
-                                "epoch": round(micro / batches_per_epoch, 4),
-                                "loss": round(sum(window) / len(window), 5),
-                                "learning_rate": scheduler.get_last_lr()[0],
-                            }
+                    group = [next(stream) for _ in range(cfg.gradient_accumulation_steps)]
+                    loss_sum, tokens = backward_step(acc, model, group)
+                    local_samples += sum(int(b["labels"].shape[0]) for b in group)
+                    micro += len(group)
+                    if cfg.max_grad_norm is not None:
+                        acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+                    optimizer.step()
+                    scheduler.step()
+                    optimizer.zero_grad(set_to_none=True)
+                    step += 1
+                    window.append((loss_sum, tokens))
+                    if step % cfg.logging_steps == 0 or step == steps:
+                        record = self._log(step, micro / batches_per_epoch, window, scheduler)
+                        result.log_history.append(record)
+                        window = []
+                    bar.update(1, loss=result.log_history[-1]["loss"] if result.log_history else None)
+                    if cfg.save_steps and step % cfg.save_steps == 0 and step < steps:
+                        result.checkpoints = self._save(model, optimizer, scheduler, step, result.log_history)
+                    if self.best is not None:
+                        seen = len(self.best.history)
+                        stop = self.best.after_step(step, steps)
+                        for record in self.best.history[seen:]:
                             result.log_history.append(record)
                             self.reporter.log_metrics(record)
-                            window = []
-                            last_loss = record["loss"]
-                        bar.update(1, loss=last_loss)
-                        if cfg.save_steps and step % cfg.save_steps == 0 and step < steps:
-                            result.checkpoints = self._save(step, optimizer, scheduler, result.log_history)
-                        if self.best is not None:
-                            seen = len(self.best.history)
-                            stop = self.best.after_step(self.model, step, steps)
-                            for record in self.best.history[seen:]:
-                                result.log_history.append(record)
-                                self.reporter.log_metrics(record)
-                            self.model.train()
-                        if step >= steps or stop:
-                            break
+                        model.train()
         except KeyboardInterrupt:
             result.interrupted = True
             self.reporter.warning(f"interrupted at step {step}; saving a checkpoint to resume from")
         result.seconds = time.perf_counter() - start
         result.steps = step
+        result.samples = int(acc.reduce(torch.tensor(local_samples, device=acc.device), reduction="sum"))
         if step > 0 and (result.interrupted or cfg.save_steps):
-            result.checkpoints = self._save(step, optimizer, scheduler, result.log_history)
+            result.checkpoints = self._save(model, optimizer, scheduler, step, result.log_history)
         if self.best is not None and not result.interrupted:
-            self.best.restore_best(self.model, step)
-        self.model.eval()
+            acc.wait_for_everyone()  # the best weights are on disk for every process
+            self.best.restore_best(step)
+        model.eval()
         return result
 
-    def _save(self, step: int, optimizer: Any, scheduler: Any, history: list[dict[str, float]]) -> list[Path]:
+    # --- data ------------------------------------------------------------------------------------
+
+    def _epoch_loader(self, epoch: int) -> Any:
+        """Epoch ``epoch``'s batches for this process: a permutation seeded by ``seed + epoch``, sharded."""
+        import torch
+        from torch.utils.data import DataLoader, RandomSampler
+
+        seed = self.cfg.seed + epoch
+        loader = DataLoader(
+            self.dataset,
+            batch_size=self.cfg.batch_size,
+            sampler=RandomSampler(self.dataset, generator=torch.Generator().manual_seed(seed)),
+            collate_fn=self.collator,
+            drop_last=self.drop_last,
+            num_workers=self.num_workers,
+            # the workers' base seed from its own generator, not the global RNG (which would shift
+            # dropout after a mid-epoch resume)
+            generator=torch.Generator().manual_seed(seed),
+        )
+        return self.accelerator.prepare_data_loader(loader)
+
+    def _micro_batches(self, micro: int, batches_per_epoch: int) -> Iterator[dict[str, Any]]:
+        """This process's micro-batches from position ``micro`` on, epoch after epoch."""
+        while True:
+            epoch, skip = divmod(micro, batches_per_epoch)
+            loader = self._epoch_loader(epoch)
+            if skip:
+                loader = self.accelerator.skip_first_batches(loader, skip)
+            for batch in loader:
+                if self.on_batch is not None:
+                    self.on_batch(batch)
+                micro += 1
+                yield batch
+
+    def _log(
+        self, step: int, epoch: float, window: list[tuple[float, int]], scheduler: Any
+    ) -> dict[str, float]:
+        """The token-weighted mean loss of the steps since the last record, over all processes."""
         import torch
 
+        acc = self.accelerator
+        local = torch.tensor(sum(loss for loss, _ in window), dtype=torch.float64, device=acc.device)
+        tokens = sum(t for _, t in window)  # already global
+        total = float(acc.reduce(local, reduction="sum"))
+        record = {
+            "step": step,
+            "epoch": round(epoch, 4),
+            "loss": round(total / max(tokens, 1), 5),
+            "learning_rate": scheduler.get_last_lr()[0],
+        }
+        self.reporter.log_metrics(record)
+        return record
+
+    # --- checkpoints -----------------------------------------------------------------------------
+
+    def _save_weights(self, model: Any, directory: Path) -> None:
+        """Write the weights in the backend's format (a collective call: FSDP / ZeRO-3 gather shards on
+        every process; the main process writes)."""
+        acc = self.accelerator
+        state = acc.get_state_dict(model) if shards_state(acc) else None
+        if acc.is_main_process:
+            self.weights.save(acc.unwrap_model(model), directory, state)
+        acc.wait_for_everyone()
+
+    def _load_best(self, directory: Path) -> None:
+        self.weights.load(self.accelerator.unwrap_model(self.model), directory)
+
+    def _save(
+        self, model: Any, optimizer: Any, scheduler: Any, step: int, history: list[dict[str, float]]
+    ) -> list[Path]:
+        """Write ``step-NNNNNN`` (a collective call: every process makes it at the same step)."""
+        import torch
+
+        acc = self.accelerator
         target = self.checkpoint_dir / f"step-{step:06d}"
         tmp = self.checkpoint_dir / f".step-{step:06d}.partial"
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.save_weights(self.model, tmp / "weights")
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        save_rng(tmp / "rng.pt")
-        write_state(tmp, step, history)
-        kept = publish_checkpoint(tmp, target, self.cfg.save_total_limit)
-        self.reporter.debug(f"saved checkpoint {target}")
-        return kept
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self._save_weights(model, tmp / "weights")
+        if shards_state(acc):
+            torch.save(optimizer.state_dict(), tmp / optimizer_file(acc.process_index))
+        elif acc.is_main_process:
+            torch.save(optimizer.state_dict(), tmp / optimizer_file(None))
+        save_rng(tmp / rng_file(acc.process_index))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
+            write_state(tmp, step, history, processes=acc.num_processes)
+            publish_checkpoint(tmp, target, self.cfg.save_total_limit)
+            self.reporter.debug(f"saved checkpoint {target}")
+        acc.wait_for_everyone()
+        return list_checkpoints(self.checkpoint_dir)
 
-    def _restore(
-        self, checkpoint: Path, optimizer: Any, scheduler: Any
-    ) -> tuple[int, list[dict[str, float]]]:
-        import torch
-
-        step, history = read_state(checkpoint)
-        self.load_weights(self.model, checkpoint / "weights")
-        optimizer.load_state_dict(torch.load(checkpoint / "optimizer.pt", weights_only=True))
-        scheduler.load_state_dict(torch.load(checkpoint / "scheduler.pt", weights_only=True))
-        restore_rng(checkpoint / "rng.pt")
-        return step, history
+    def _restore(self, checkpoint: Path, optimizer: Any, scheduler: Any) -> None:
+        acc = self.accelerator
+        if shards_state(acc):
+            name = optimizer_file(acc.process_index)
+            if not (checkpoint / name).is_file():
+                raise ConfigError(
+                    f"cannot resume from {checkpoint}: no optimizer state for process {acc.process_index}",
+                    hint="FSDP / DeepSpeed checkpoints resume with the number of processes that wrote them",
+                )
+        else:
+            name = optimizer_file(None)
+        optimizer.load_state_dict(load_tensors_file(checkpoint, name))
+        scheduler.load_state_dict(load_tensors_file(checkpoint, "scheduler.pt"))
+        restore_rng(checkpoint, acc.process_index)

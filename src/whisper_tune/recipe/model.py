@@ -138,3 +138,27 @@ def generate_kwargs(model: Any, cfg: ModelConfig) -> dict[str, Any]:
     if is_multilingual(model.config.vocab_size):
         return {"language": cfg.language, "task": cfg.task} if cfg.language else {"task": cfg.task}
     return {}
+
+
+def enable_activation_checkpointing(model: Any) -> None:
+    """Recompute activations in the backward pass (transformers 5.24 names it ``activation_checkpointing``;
+    earlier 5.x ``gradient_checkpointing``); non-reentrant, the variant that needs no input grads."""
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    model.config.use_cache = False
+
+
+def build_full_model(source: str, cfg: ModelConfig, training: Any) -> Any:
+    """The model for full fine-tuning in fp32 (mixed precision is autocast): every weight trains, except
+    the encoder with ``training.freeze_encoder``."""
+    import torch
+
+    model = load_model(source, cfg, dtype=torch.float32)
+    if training.freeze_encoder:
+        model.model.encoder.requires_grad_(False)
+    if training.gradient_checkpointing:
+        enable_activation_checkpointing(model)
+    return model

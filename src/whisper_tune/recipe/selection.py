@@ -18,7 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from whisper_tune.backend.protocol import TrainJob
 from whisper_tune.config.schema import RunConfig
 from whisper_tune.errors import ConfigError
 from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
@@ -30,13 +29,15 @@ BEST_FILE = "best.json"
 
 @dataclass
 class BestCheckpoint:
-    """Tracks eval WER during training; saves and restores the best weights."""
+    r"""Tracks eval WER during training; saves and restores the best weights.
+
+    The training loop ``bind``\ s how weights are saved (a collective call in which the main process
+    writes, in the backend's weights format) and loaded; ``evaluate`` is collective too (every process
+    generates its share of the subset), so all processes take the same early-stopping decision."""
 
     evaluate: Callable[[], float]
     every: int
     directory: Path
-    save_weights: Callable[[Any, Path], None]
-    load_weights: Callable[[Any, Path], None]
     reporter: Reporter
     keep_best: bool = True
     patience: int | None = None
@@ -47,8 +48,13 @@ class BestCheckpoint:
     best_step: int | None = None
     stale: int = 0
     stopped_early: bool = False
+    save_weights: Callable[[Path], None] | None = None
+    load_weights: Callable[[Path], None] | None = None
 
-    def after_step(self, model: Any, step: int, total: int) -> bool:
+    def bind(self, save: Callable[[Path], None], load: Callable[[Path], None]) -> None:
+        self.save_weights, self.load_weights = save, load
+
+    def after_step(self, step: int, total: int) -> bool:
         """Evaluate when due; returns True when training should stop early."""
         if step % self.every and step != total:
             return False
@@ -56,8 +62,7 @@ class BestCheckpoint:
         self.history.append({"step": step, "eval_wer": round(wer, 3)})
         if wer < self.best_wer:
             self.best_wer, self.best_step, self.stale = wer, step, 0
-            if self.writes:
-                self._save(model, step, wer)
+            self._save(step, wer)
             self.reporter.info(f"step {step}: eval WER {wer:.2f}% (best so far)")
         else:
             self.stale += 1
@@ -70,20 +75,24 @@ class BestCheckpoint:
             return True
         return False
 
-    def _save(self, model: Any, step: int, wer: float) -> None:
+    def _save(self, step: int, wer: float) -> None:
+        assert self.save_weights is not None, "bind() the tracker to the training loop first"
         tmp = self.directory.with_name(f".{self.directory.name}.partial")
-        shutil.rmtree(tmp, ignore_errors=True)
-        tmp.mkdir(parents=True)
-        self.save_weights(model, tmp / "weights")
-        (tmp / BEST_FILE).write_text(json.dumps({"step": step, "eval_wer": wer}) + "\n", encoding="utf-8")
-        shutil.rmtree(self.directory, ignore_errors=True)
-        tmp.rename(self.directory)
+        if self.writes:
+            shutil.rmtree(tmp, ignore_errors=True)
+            tmp.mkdir(parents=True)
+        self.save_weights(tmp / "weights")  # collective; the main process writes
+        if self.writes:
+            (tmp / BEST_FILE).write_text(json.dumps({"step": step, "eval_wer": wer}) + "\n", encoding="utf-8")
+            shutil.rmtree(self.directory, ignore_errors=True)
+            tmp.rename(self.directory)
 
-    def restore_best(self, model: Any, last_step: int) -> None:
+    def restore_best(self, last_step: int) -> None:
         """Load the best weights back (when keep_best and the best is not the current weights)."""
         if not self.keep_best or self.best_step is None or self.best_step == last_step:
             return
-        self.load_weights(model, self.directory / "weights")
+        assert self.load_weights is not None, "bind() the tracker to the training loop first"
+        self.load_weights(self.directory / "weights")
         self.reporter.info(
             f"keeping the best checkpoint: step {self.best_step}, eval WER {self.best_wer:.2f}%"
         )
@@ -105,11 +114,11 @@ def subset_wer_evaluator(
     config: RunConfig,
     tokenizer: Any,
     *,
-    device: Any = "cpu",
-    autocast: Callable[[], Any] | None = None,
+    accelerator: Any = None,
     reporter: Reporter | None = None,
 ) -> Callable[[], float]:
-    """A callable measuring normalised WER on the first ``eval.subset_size`` samples of ``dataset``."""
+    """A callable measuring normalised WER on the first ``eval.subset_size`` samples of ``dataset``
+    (generated over every process of ``accelerator``, scored on each)."""
     from whisper_tune.recipe.evaluation import generate_predictions, score_predictions
 
     size = min(len(dataset), config.eval.subset_size or len(dataset))
@@ -123,8 +132,7 @@ def subset_wer_evaluator(
             collator,
             model_cfg=config.model,
             eval_cfg=config.eval,
-            device=device,
-            autocast=autocast() if autocast is not None else None,
+            accelerator=accelerator,
             reporter=reporter,
             name="eval (during training)",
         )
@@ -134,57 +142,52 @@ def subset_wer_evaluator(
     return evaluate
 
 
-def best_checkpoint_for_job(
-    job: TrainJob,
+def best_checkpoint_tracker(
+    config: RunConfig,
+    *,
+    model_dir: str,
+    eval_data: dict[str, Path],
+    checkpoint_dir: Path,
+    resuming: bool,
     model: Any,
     collator: SpeechSeq2SeqCollator,
     reporter: Reporter,
-    *,
-    device: Any = "cpu",
-    autocast: Callable[[], Any] | None = None,
-    save_weights: Callable[[Any, Path], None] | None = None,
-    load_weights: Callable[[Any, Path], None] | None = None,
-    writes: bool = True,
+    accelerator: Any = None,
 ) -> BestCheckpoint | None:
-    """The tracker ``eval.steps`` asks for, evaluating on the job's eval set (None when it is off).
+    """The tracker ``eval.steps`` asks for, evaluating on the run's eval set (None when it is off).
     A resumed run picks up the best so far from ``checkpoints/best/best.json``."""
-    from whisper_tune.recipe.loop import default_load_weights, default_save_weights
     from whisper_tune.recipe.model import load_processor
     from whisper_tune.recipe.prepared import PreparedDataset
     from whisper_tune.recipe.sets import EVAL
 
-    config = job.config
-    if config.eval.steps is None or not job.train:
+    if config.eval.steps is None:
         return None
-    if EVAL not in job.eval_data:
+    if EVAL not in eval_data:
         raise ConfigError(
             "eval.steps needs an eval set to evaluate on during training",
             hint="set data.eval_split or data.test_size, or unset eval.steps",
         )
-    tokenizer = load_processor(job.model_dir, config.model).tokenizer
+    tokenizer = load_processor(model_dir, config.model).tokenizer
     evaluate = subset_wer_evaluator(
         model,
-        PreparedDataset(job.eval_data[EVAL]),
+        PreparedDataset(eval_data[EVAL]),
         collator,
         config,
         tokenizer,
-        device=device,
-        autocast=autocast,
+        accelerator=accelerator,
         reporter=reporter,
     )
     tracker = BestCheckpoint(
         evaluate=evaluate,
         every=config.eval.steps,
-        directory=job.run_dir / "checkpoints" / BEST_DIR,
-        save_weights=save_weights or default_save_weights,
-        load_weights=load_weights or default_load_weights,
+        directory=checkpoint_dir / BEST_DIR,
         reporter=reporter,
         keep_best=config.eval.keep_best,
         patience=config.eval.early_stopping_patience,
-        writes=writes,
+        writes=accelerator is None or bool(accelerator.is_main_process),
     )
     best_file = tracker.directory / BEST_FILE
-    if job.resume_from is not None and best_file.is_file():
+    if resuming and best_file.is_file():
         saved = json.loads(best_file.read_text(encoding="utf-8"))
         tracker.best_step, tracker.best_wer = int(saved["step"]), float(saved["eval_wer"])
     return tracker

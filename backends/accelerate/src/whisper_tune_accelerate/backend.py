@@ -99,13 +99,13 @@ class AccelerateBackend:
         opts = accelerate_options(config)
         precision = config.training.precision
         issues: list[Issue] = []
-        if config.eval.steps is not None:
+        if config.eval.steps is not None and config.eval.keep_best and opts.strategy != "ddp":
             issues.append(
                 Issue(
-                    "eval.steps",
-                    "the accelerate backend does not evaluate during training yet (no best-checkpoint "
-                    "keeping or early stopping over several processes): it evaluates before and after",
-                    hint="unset eval.steps, or use the reference / cuda-lora backend for it",
+                    "eval.keep_best",
+                    f"restoring the best checkpoint into a model sharded by {opts.strategy} is not supported",
+                    hint="set eval.keep_best=false (the best weights stay in checkpoints/best/), or use "
+                    "backend.strategy=ddp",
                 )
             )
         if opts.quantization != "none":

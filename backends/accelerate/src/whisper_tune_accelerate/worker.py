@@ -1,10 +1,11 @@
 """One training process: ``python -m whisper_tune_accelerate.worker worker-machine<R>.json``.
 
-Started by ``accelerate launch`` (see ``launch``), never by hand. Every rank loads the model, takes part in
-evaluation (before / after) and training through ``TrainLoop(accelerator=...)``; the main process writes
-checkpoints and the final model; the local main process of each machine writes the result file its parent
-reads. A failure is written to ``failure-rank<N>.json`` (and an unexpected one's traceback next to it), so
-the parent reports one error instead of every rank's traceback.
+Started by ``accelerate launch`` (see ``launch``), never by hand. Every rank builds the Accelerator and the
+model and runs the core's phases (``recipe/phases.py``: evaluate before, the one training loop, save,
+evaluate after); the main process writes checkpoints and the final model; the local main process of each
+machine writes the result file its parent reads. A failure is written to ``failure-rank<N>.json`` (and
+an unexpected one's traceback next to it), so the parent reports one error instead of every rank's
+traceback.
 
 Diagnostics: with ``WHISPER_TUNE_ACCELERATE_TRACE=<dir>`` every rank writes ``<dir>/trace-rank<N>.json``
 with the labels of every batch it trained on and a SHA-256 of its weights after training (the tests use
@@ -16,9 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import resource
 import sys
-import time
 import traceback
 from pathlib import Path
 from typing import Any
@@ -28,7 +27,7 @@ from whisper_tune.errors import HardwareError, WhisperTuneError
 from whisper_tune.recipe.collator import LABEL_PAD
 from whisper_tune.recipe.progress import Reporter
 from whisper_tune_accelerate.launch import LaunchFiles
-from whisper_tune_accelerate.options import AccelerateOptions, precision_to_mixed
+from whisper_tune_accelerate.options import AccelerateOptions
 
 TRACE_ENV = "WHISPER_TUNE_ACCELERATE_TRACE"
 
@@ -52,38 +51,17 @@ def weights_digest(state: dict[str, Any]) -> str:
     return digest.hexdigest()
 
 
-def peak_memory_bytes(accelerator: Any) -> int:
-    import torch
-
-    if accelerator.device.type == "cuda":
-        local = torch.cuda.max_memory_allocated(accelerator.device)
-    else:
-        local = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-    return int(accelerator.reduce(torch.tensor(local, device=accelerator.device), reduction="max"))
-
-
 def train(job: TrainJob, console: dict[str, bool], result_path: Path) -> None:
-    import torch
-    from accelerate import Accelerator
-    from accelerate.utils import GradientAccumulationPlugin, broadcast_object_list, set_seed
+    from accelerate.utils import set_seed
 
-    from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-    from whisper_tune.recipe.loop import TrainLoop
-    from whisper_tune.recipe.model import load_model
-    from whisper_tune.recipe.prepared import PreparedDataset
-    from whisper_tune_accelerate.evaluate import gathered_predictions
+    from whisper_tune.recipe.loop import build_accelerator
+    from whisper_tune.recipe.model import build_full_model
+    from whisper_tune.recipe.phases import TrainingSetup, run_phases
 
     cfg = job.config
     opts = cfg.backend.options
     assert isinstance(opts, AccelerateOptions)
-    accelerator = Accelerator(
-        cpu=opts.cpu,
-        mixed_precision=precision_to_mixed(cfg.training.precision),
-        gradient_accumulation_plugin=GradientAccumulationPlugin(
-            num_steps=cfg.training.gradient_accumulation_steps, sync_with_dataloader=False
-        ),
-        step_scheduler_with_optimizer=False,
-    )
+    accelerator = build_accelerator(cfg.training, cpu=opts.cpu)
     if accelerator.state.deepspeed_plugin is not None:
         # DeepSpeed reads the micro-batch from the data loaders given to prepare(); ours come later.
         ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
@@ -102,102 +80,29 @@ def train(job: TrainJob, console: dict[str, bool], result_path: Path) -> None:
         f"learning rate {cfg.training.learning_rate} (not rescaled)"
     )
     set_seed(cfg.training.seed)
-    model = load_model(job.model_dir, cfg.model, dtype=torch.float32)
-    if cfg.training.freeze_encoder:
-        model.model.encoder.requires_grad_(False)
-    if cfg.training.gradient_checkpointing:
-        model.gradient_checkpointing_enable()
-        model.config.use_cache = False
-    collator = SpeechSeq2SeqCollator(model.config.decoder_start_token_id)
-    eval_sets = {name: PreparedDataset(path) for name, path in job.eval_data.items()}
-    predictions: dict[str, dict[str, list[list[int]]]] = {}
-    eval_seconds: dict[str, float] = {}
+    # whole on every process for the evaluation before training (FSDP / DeepSpeed shard it in prepare)
+    model = build_full_model(job.model_dir, cfg.model, cfg.training).to(accelerator.device)
     trace_dir = os.environ.get(TRACE_ENV)
     seen: list[list[int]] = []
-
-    def evaluate(phase: str, prepared: Any) -> None:
-        t0 = time.perf_counter()
-        predictions[phase] = {
-            name: gathered_predictions(
-                accelerator,
-                prepared,
-                ds,
-                collator,
-                model_cfg=cfg.model,
-                eval_cfg=cfg.eval,
-                reporter=reporter,
-                name=f"{name} ({phase})",
-            )
-            for name, ds in eval_sets.items()
-        }
-        eval_seconds[phase] = round(time.perf_counter() - t0, 2)
 
     def record(batch: dict[str, Any]) -> None:
         seen.extend([t for t in row if t != LABEL_PAD] for row in batch["labels"].tolist())
 
-    loop = loop_result = None
-    trained = model
-    if job.train and job.train_data is not None:
-        # Machine 0's checkpoint folder for every rank: with several machines each has its own run
-        # directory, and sharded optimizer state is written by every rank into the main one's checkpoint.
-        checkpoints = [str(Path(job.run_dir) / "checkpoints")]
-        broadcast_object_list(checkpoints, from_process=0)
-        loop = TrainLoop(
-            model,
-            PreparedDataset(job.train_data),
-            collator,
-            cfg.training,
-            Path(checkpoints[0]),
-            reporter,
-            num_workers=opts.num_workers,
-            accelerator=accelerator,
-            on_batch=record if trace_dir else None,
-        )
-    if job.evaluate_before and eval_sets:
-        # The starting weights, whole on every process (before FSDP / DeepSpeed shard them for training).
-        evaluate("before", model.to(accelerator.device))
-    if loop is not None:
-        loop_result = loop.run(resume_from=Path(job.resume_from) if job.resume_from else None)
-        trained = loop_result.prepared_model
-    final_dir = None
-    finished = loop_result is not None and not loop_result.interrupted
-    state = None
-    if finished and (cfg.output.save_final_model or trace_dir):
-        state = accelerator.get_state_dict(trained)  # all ranks: gathers FSDP / ZeRO-3 shards
-    if finished and cfg.output.save_final_model:
-        final_dir = Path(cfg.output.model_dir) if cfg.output.model_dir else Path(job.run_dir) / "final"
-        if accelerator.is_main_process:
-            accelerator.unwrap_model(trained).save_pretrained(
-                final_dir, state_dict=state, safe_serialization=True
-            )
-        accelerator.wait_for_everyone()
+    setup = TrainingSetup(
+        accelerator, model, num_workers=opts.num_workers, on_batch=record if trace_dir else None
+    )
+    outcome = run_phases(job, setup, reporter)
     if trace_dir:
-        local = accelerator.unwrap_model(trained).state_dict()
         trace = {
             "rank": accelerator.process_index,
             "world": world,
-            "weights_sha256": weights_digest(local),
+            "weights_sha256": weights_digest(accelerator.unwrap_model(outcome.model).state_dict()),
             "seen_labels": seen,
         }
         Path(trace_dir, f"trace-rank{accelerator.process_index}.json").write_text(json.dumps(trace))
-    if job.evaluate_after and eval_sets and finished:
-        evaluate("after", trained)
-    peak = peak_memory_bytes(accelerator)
     if accelerator.is_local_main_process:
-        result = {
-            "predictions": predictions,
-            "log_history": loop_result.log_history if loop_result else [],
-            "steps": loop_result.steps if loop_result else 0,
-            "train_samples": loop_result.samples if loop_result else 0,
-            "train_seconds": round(loop_result.seconds, 3) if loop_result else 0.0,
-            "eval_seconds": eval_seconds,
-            "peak_memory_bytes": peak,
-            "final_model_dir": str(final_dir) if final_dir and accelerator.is_main_process else None,
-            "checkpoints": [str(p) for p in loop_result.checkpoints] if loop_result else [],
-            "interrupted": bool(loop_result and loop_result.interrupted),
-        }
         tmp = result_path.with_suffix(".partial")
-        tmp.write_text(json.dumps(result), encoding="utf-8")
+        tmp.write_text(outcome.result.model_dump_json(), encoding="utf-8")
         tmp.rename(result_path)
     accelerator.wait_for_everyone()
     accelerator.end_training()

@@ -1,18 +1,18 @@
 """The ``cuda-lora`` backend: LoRA (peft) on one GPU over an int8 / 4-bit (bitsandbytes) or bf16 base.
 
-Training is the core's ``TrainLoop`` (AdamW, schedule, accumulation, clipping, resumable checkpoints) on
-GPU 0 under fp16/bf16 autocast, with adapter-only weights in every checkpoint and in the final model
-directory (``adapter_config.json`` naming the base + ``adapter_model.safetensors``; the core adds the
-processor files, this backend the generation config). Evaluation is the core's batched
-``generate_predictions`` under the same autocast, which works under int8/4-bit where
-``predict_with_generate`` does not. ``whisper-tune merge`` folds the adapter into a plain model.
+The backend builds the LoRA model (``model.py``) and an Accelerator on GPU 0 (or the CPU in dev mode)
+with fp16/bf16 mixed precision; the core's phases (``recipe/phases.py``) do the rest: evaluation before
+and after, the one training loop, adapter-only weights in every checkpoint and in the final model
+directory (``adapter_config.json`` naming the base + ``adapter_model.safetensors`` + the generation
+config; the core adds the processor files). Evaluation is the core's batched ``generate_predictions``
+under the accelerator's autocast, which works under int8/4-bit where ``predict_with_generate`` does
+not. ``whisper-tune merge`` folds the adapter into a plain model.
 """
 
 from __future__ import annotations
 
 import os
 from importlib.util import find_spec
-from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
 from pydantic import BaseModel
@@ -123,120 +123,27 @@ class CudaLoraBackend:
     def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
         import torch
 
-        from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-        from whisper_tune.recipe.evaluation import PhaseOutput, evaluate_sets, result_fields
-        from whisper_tune.recipe.loop import TrainLoop
-        from whisper_tune.recipe.model import load_model
-        from whisper_tune.recipe.prepared import PreparedDataset
-        from whisper_tune.recipe.selection import best_checkpoint_for_job
-        from whisper_tune_cuda_lora.model import (
-            autocast_factory,
-            build_lora_model,
-            load_adapter,
-            save_adapter,
-            torch_dtype,
-            trainable_parameters,
-        )
+        from whisper_tune.recipe.loop import build_accelerator
+        from whisper_tune.recipe.phases import TrainingSetup, run_phases
+        from whisper_tune_cuda_lora.model import build_lora_model, load_base, trainable_parameters
 
         cfg = job.config
         opts = _options(cfg)
-        device = "cpu" if opts.device == "cpu" else "cuda:0"
-        cuda = device != "cpu"
         torch.manual_seed(cfg.training.seed)
-        if cuda:
+        accelerator = build_accelerator(cfg.training, cpu=opts.device == "cpu")
+        if accelerator.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats()
         if job.train:
-            model = build_lora_model(job.model_dir, cfg.model, cfg.training, opts)
+            model = build_lora_model(job.model_dir, cfg.model, cfg.training, opts, accelerator.device)
             trainable, total = trainable_parameters(model)
             reporter.info(
                 f"LoRA: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.2f} %), "
                 f"base {opts.quantization}"
             )
         else:  # evaluation only: the base itself (a fresh adapter would change nothing)
-            if opts.quantization == "none":
-                model = load_model(job.model_dir, cfg.model, dtype=torch_dtype(cfg.training.precision)).to(
-                    device
-                )
-            else:
-                from whisper_tune_cuda_lora.model import load_base
-
-                model = load_base(job.model_dir, cfg.model, cfg.training, opts)
-        autocast = autocast_factory("cuda" if cuda else "cpu", cfg.training.precision)
-        collator = SpeechSeq2SeqCollator(model.config.decoder_start_token_id)
-        eval_sets = {name: PreparedDataset(path) for name, path in job.eval_data.items()}
-        phases: dict[str, PhaseOutput] = {}
-
-        def evaluate(phase: str) -> None:
-            phases[phase] = evaluate_sets(
-                model,
-                eval_sets,
-                collator,
-                model_cfg=cfg.model,
-                eval_cfg=cfg.eval,
-                phase=phase,
-                device=device,
-                autocast=autocast(),
-                reporter=reporter,
-            )
-
-        if job.evaluate_before and eval_sets:
-            evaluate("before")
-        loop_result = None
-        if job.train and job.train_data is not None:
-            loop = TrainLoop(
-                model,
-                PreparedDataset(job.train_data),
-                collator,
-                cfg.training,
-                job.run_dir / "checkpoints",
-                reporter,
-                device=device,
-                autocast=autocast,
-                save_weights=save_adapter,
-                load_weights=load_adapter,
-                num_workers=opts.num_workers,
-                best=best_checkpoint_for_job(
-                    job,
-                    model,
-                    collator,
-                    reporter,
-                    device=device,
-                    autocast=autocast,
-                    save_weights=save_adapter,
-                    load_weights=load_adapter,
-                ),
-            )
-            loop_result = loop.run(resume_from=Path(job.resume_from) if job.resume_from else None)
-        final_dir = None
-        if loop_result is not None and cfg.output.save_final_model and not loop_result.interrupted:
-            final_dir = Path(cfg.output.model_dir) if cfg.output.model_dir else job.run_dir / "final"
-            save_adapter(model, final_dir)
-            model.generation_config.save_pretrained(final_dir)  # language/task, for merge and inference
-        if job.evaluate_after and eval_sets and loop_result is not None and not loop_result.interrupted:
-            evaluate("after")
-        return TrainResult(
-            **result_fields(phases),
-            log_history=loop_result.log_history if loop_result else [],
-            steps=loop_result.steps if loop_result else 0,
-            train_samples=loop_result.samples if loop_result else 0,
-            train_seconds=round(loop_result.seconds, 3) if loop_result else 0.0,
-            peak_memory_bytes=_peak_memory_bytes(cuda),
-            final_model_dir=final_dir,
-            checkpoints=loop_result.checkpoints if loop_result else [],
-            interrupted=bool(loop_result and loop_result.interrupted),
-            selection=loop.best.summary() if loop_result and loop.best else {},
-        )
-
-
-def _peak_memory_bytes(cuda: bool) -> int:
-    """Peak GPU memory allocated by torch (cuda), else the process's peak resident memory."""
-    if cuda:
-        import torch
-
-        return int(torch.cuda.max_memory_allocated())
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+            model = load_base(job.model_dir, cfg.model, cfg.training, opts, accelerator.device)
+        setup = TrainingSetup(accelerator, model, num_workers=opts.num_workers)
+        return run_phases(job, setup, reporter).result
 
 
 def _options(config: RunConfig) -> CudaLoraOptions:

@@ -6,7 +6,7 @@ fp32, turns on gradient checkpointing when asked). none: the base is loaded in t
 with training.precision=bf16) onto the device. Then, with gradient checkpointing, the seeds' forward hook
 on the encoder's conv1 makes its output require grad (the encoder's input is audio features, not
 embeddings, so otherwise no gradient reaches the checkpointed layers), and ``get_peft_model`` adds the
-adapters. Checkpoints and the final model hold the adapter only (``save_adapter``/``load_adapter``).
+adapters. Checkpoints and the final model hold the adapter only (the core's ``recipe.weights.ADAPTER_ONLY``).
 """
 
 from __future__ import annotations
@@ -18,9 +18,8 @@ from typing import Any
 
 from whisper_tune.config.schema import ModelConfig, TrainingConfig
 from whisper_tune.errors import BackendUnavailableError, ConfigError
+from whisper_tune.recipe.weights import ADAPTER_ONLY
 from whisper_tune_cuda_lora.options import BNB_INSTALL, CudaLoraOptions
-
-ADAPTER_WEIGHTS = "adapter_model.safetensors"
 
 
 def torch_dtype(precision: str) -> Any:
@@ -52,16 +51,24 @@ def quantization_config(opts: CudaLoraOptions, precision: str) -> Any:
     )
 
 
-def load_base(model_dir: str, model_cfg: ModelConfig, training: TrainingConfig, opts: CudaLoraOptions) -> Any:
-    """The frozen base on its device, quantised as configured and ready for adapters."""
-    from whisper_tune.recipe.model import load_model
+def load_base(
+    model_dir: str,
+    model_cfg: ModelConfig,
+    training: TrainingConfig,
+    opts: CudaLoraOptions,
+    device: Any = None,
+) -> Any:
+    """The frozen base on ``device`` (the accelerator's; default: the CPU in dev mode, else GPU 0),
+    quantised as configured, ready for adapters."""
+    from whisper_tune.recipe.model import enable_activation_checkpointing, load_model
 
+    device = device if device is not None else ("cpu" if opts.device == "cpu" else "cuda:0")
     if opts.quantization == "none":
         model = load_model(model_dir, model_cfg, dtype=torch_dtype(training.precision))
-        model.to(opts.device)
+        model.to(device)
         model.requires_grad_(False)
         if training.gradient_checkpointing:
-            model.gradient_checkpointing_enable()
+            enable_activation_checkpointing(model)
     else:
         try:
             import bitsandbytes  # noqa: F401
@@ -78,7 +85,7 @@ def load_base(model_dir: str, model_cfg: ModelConfig, training: TrainingConfig, 
             # casts them to fp32)
             dtype=torch_dtype("fp16" if training.precision == "fp16" else "bf16"),
             quantization_config=quantization_config(opts, training.precision),
-            device_map={"": 0},
+            device_map={"": device},
         )
         model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
             model, use_gradient_checkpointing=training.gradient_checkpointing
@@ -121,9 +128,13 @@ def add_lora(model: Any, opts: CudaLoraOptions, training: TrainingConfig) -> Any
 
 
 def build_lora_model(
-    model_dir: str, model_cfg: ModelConfig, training: TrainingConfig, opts: CudaLoraOptions
+    model_dir: str,
+    model_cfg: ModelConfig,
+    training: TrainingConfig,
+    opts: CudaLoraOptions,
+    device: Any = None,
 ) -> Any:
-    return add_lora(load_base(model_dir, model_cfg, training, opts), opts, training)
+    return add_lora(load_base(model_dir, model_cfg, training, opts, device), opts, training)
 
 
 def trainable_parameters(model: Any) -> tuple[int, int]:
@@ -133,22 +144,10 @@ def trainable_parameters(model: Any) -> tuple[int, int]:
 
 
 def save_adapter(model: Any, directory: Path) -> None:
-    """adapter_config.json + adapter_model.safetensors: the adapter only, never the base."""
-    model.save_pretrained(directory, safe_serialization=True)
+    """adapter_config.json + adapter_model.safetensors (+ generation config): never the base."""
+    ADAPTER_ONLY.save(model, directory)
 
 
 def load_adapter(model: Any, directory: Path) -> None:
     """Put the adapter weights saved by ``save_adapter`` back into ``model`` (a PeftModel)."""
-    from peft import load_peft_weights, set_peft_model_state_dict
-
-    if not (directory / ADAPTER_WEIGHTS).is_file():
-        raise ConfigError(f"checkpoint {directory} has no LoRA adapter ({ADAPTER_WEIGHTS})")
-    device = next(p.device for p in model.parameters() if p.requires_grad)
-    weights = load_peft_weights(str(directory), device=str(device))
-    result = set_peft_model_state_dict(model, weights)
-    unexpected = list(getattr(result, "unexpected_keys", []))
-    if unexpected:
-        raise ConfigError(
-            f"checkpoint {directory} does not match this LoRA configuration (unexpected {unexpected[:3]})",
-            hint="resume with the same backend.lora settings the checkpoint was trained with",
-        )
+    ADAPTER_ONLY.load(model, directory)

@@ -1,0 +1,196 @@
+"""A run's phases, named once for every backend that trains in this Python environment:
+
+1. **evaluate before** — generation-based predictions on every eval set (sharded over the processes);
+2. **fit** — the training loop (``recipe/loop.py``), with evaluation during training when asked;
+3. **save** — the final weights in the backend's format (full model, or the adapter only);
+4. **evaluate after** — the same sets with the trained (or best) weights;
+5. **result** — a ``TrainResult`` (predictions as token ids; the core scores them).
+
+A backend supplies only what differs, as a ``TrainingSetup``: the accelerator (device, processes, mixed
+precision), the model it built (full, LoRA, quantised) and how its weights are saved and loaded. The IPU
+worker runs under its own pinned stack and stays apart.
+"""
+
+from __future__ import annotations
+
+import resource
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from whisper_tune.backend.protocol import TrainJob, TrainResult
+from whisper_tune.recipe.progress import Reporter
+from whisper_tune.recipe.weights import WeightsFormat, weights_format_of
+
+
+@dataclass(frozen=True)
+class TrainingSetup:
+    """What a backend hands the shared lifecycle."""
+
+    #: built by ``recipe.loop.build_accelerator`` (inside ``accelerate launch`` for several processes)
+    accelerator: Any
+    #: the model to evaluate and train, already on the accelerator's device (or placed by its
+    #: quantisation device map); with ``job.train`` its trainable parameters are what trains
+    model: Any
+    #: how weights are written and read; default: adapter-only for a peft model, else the full model
+    weights: WeightsFormat | None = None
+    #: DataLoader worker processes
+    num_workers: int = 0
+    #: a diagnostics hook called with every training micro-batch
+    on_batch: Callable[[dict[str, Any]], None] | None = None
+
+
+@dataclass(frozen=True)
+class Outcome:
+    result: TrainResult
+    #: the model after the run (as the accelerator wrapped it when it trained)
+    model: Any
+
+
+def run_phases(job: TrainJob, setup: TrainingSetup, reporter: Reporter) -> Outcome:
+    """Evaluate before -> fit -> save -> evaluate after -> result. On several processes every one of
+    them calls this; the main process writes files, and every process returns the same result."""
+    from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
+    from whisper_tune.recipe.evaluation import PhaseOutput, evaluate_sets, result_fields
+    from whisper_tune.recipe.prepared import PreparedDataset
+
+    acc, cfg = setup.accelerator, job.config
+    weights = setup.weights or weights_format_of(setup.model)
+    model = setup.model
+    collator = SpeechSeq2SeqCollator(acc.unwrap_model(model).config.decoder_start_token_id)
+    eval_sets = {name: PreparedDataset(path) for name, path in job.eval_data.items()}
+    phases: dict[str, PhaseOutput] = {}
+
+    def evaluate(phase: str) -> None:
+        phases[phase] = evaluate_sets(
+            model,
+            eval_sets,
+            collator,
+            model_cfg=cfg.model,
+            eval_cfg=cfg.eval,
+            phase=phase,
+            accelerator=acc,
+            reporter=reporter,
+        )
+
+    if job.evaluate_before and eval_sets:
+        evaluate("before")
+    fitted = None
+    if job.train and job.train_data is not None:
+        fitted = fit(job, setup, weights, collator, reporter)
+        model = fitted.model
+    finished = fitted is not None and not fitted.interrupted
+    final_dir = save_final(job, acc, model, weights) if finished and cfg.output.save_final_model else None
+    if job.evaluate_after and eval_sets and finished:
+        evaluate("after")
+    result = TrainResult(
+        **result_fields(phases),
+        log_history=fitted.log_history if fitted else [],
+        steps=fitted.steps if fitted else 0,
+        train_samples=fitted.samples if fitted else 0,
+        train_seconds=round(fitted.seconds, 3) if fitted else 0.0,
+        peak_memory_bytes=peak_memory_bytes(acc),
+        final_model_dir=final_dir if acc.is_main_process else None,
+        checkpoints=fitted.checkpoints if fitted else [],
+        interrupted=bool(fitted and fitted.interrupted),
+        selection=fitted.selection if fitted else {},
+    )
+    return Outcome(result, model)
+
+
+@dataclass
+class Fitted:
+    model: Any
+    steps: int
+    samples: int
+    seconds: float
+    log_history: list[dict[str, float]]
+    checkpoints: list[Path]
+    interrupted: bool
+    selection: dict[str, Any]
+
+
+def fit(
+    job: TrainJob, setup: TrainingSetup, weights: WeightsFormat, collator: Any, reporter: Reporter
+) -> Fitted:
+    """The training loop over the job's prepared training set, from its checkpoint when resuming."""
+    from whisper_tune.recipe.loop import TrainLoop
+    from whisper_tune.recipe.prepared import PreparedDataset
+    from whisper_tune.recipe.selection import best_checkpoint_tracker
+
+    acc = setup.accelerator
+    assert job.train_data is not None
+    checkpoint_dir = machine_zero_path(acc, Path(job.run_dir) / "checkpoints")
+    best = best_checkpoint_tracker(
+        job.config,
+        model_dir=job.model_dir,
+        eval_data=job.eval_data,
+        checkpoint_dir=checkpoint_dir,
+        resuming=job.resume_from is not None,
+        model=setup.model,
+        collator=collator,
+        reporter=reporter,
+        accelerator=acc,
+    )
+    loop = TrainLoop(
+        setup.model,
+        PreparedDataset(job.train_data),
+        collator,
+        job.config.training,
+        checkpoint_dir,
+        reporter,
+        accelerator=acc,
+        weights=weights,
+        num_workers=setup.num_workers,
+        best=best,
+        on_batch=setup.on_batch,
+    )
+    out = loop.run(resume_from=Path(job.resume_from) if job.resume_from else None)
+    return Fitted(
+        model=out.model,
+        steps=out.steps,
+        samples=out.samples,
+        seconds=out.seconds,
+        log_history=out.log_history,
+        checkpoints=out.checkpoints,
+        interrupted=out.interrupted,
+        selection=best.summary() if best is not None else {},
+    )
+
+
+def machine_zero_path(accelerator: Any, path: Path) -> Path:
+    """Machine 0's ``path`` on every process: with several machines each has its own run directory, and
+    every process writes its share of a checkpoint into the main process's (a collective call)."""
+    if accelerator.num_processes == 1:
+        return path
+    from accelerate.utils import broadcast_object_list
+
+    holder = [str(path)]
+    broadcast_object_list(holder, from_process=0)
+    return Path(holder[0])
+
+
+def save_final(job: TrainJob, accelerator: Any, model: Any, weights: WeightsFormat) -> Path:
+    """``final/`` (or ``output.model_dir``) in the weights format, written by the main process (a
+    collective call: FSDP / ZeRO-3 gather the shards on every process)."""
+    from whisper_tune.recipe.loop import shards_state
+
+    cfg = job.config
+    final_dir = Path(cfg.output.model_dir) if cfg.output.model_dir else Path(job.run_dir) / "final"
+    state = accelerator.get_state_dict(model) if shards_state(accelerator) else None
+    if accelerator.is_main_process:
+        weights.save(accelerator.unwrap_model(model), final_dir, state)
+    accelerator.wait_for_everyone()
+    return final_dir
+
+
+def peak_memory_bytes(accelerator: Any) -> int:
+    """Peak GPU memory torch allocated (CUDA), else peak resident memory; the maximum over processes."""
+    import torch
+
+    if accelerator.device.type == "cuda":
+        local = torch.cuda.max_memory_allocated(accelerator.device)
+    else:
+        local = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+    return int(accelerator.reduce(torch.tensor(local, device=accelerator.device), reduction="max"))
