@@ -385,7 +385,7 @@ def backends() -> None:
             backend = registry.get(name)
             probe = backend.probe()
             if probe.available:
-                status = "available" + (f": {probe.mode}" if getattr(probe, "mode", "") else "")
+                status = "available" + (f": {probe.mode}" if probe.mode else "")
             else:
                 status = f"unavailable: {probe.reason}"
             if probe.install_hint and not probe.available:
