@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
+import signal
+import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -74,6 +78,30 @@ def missing_known_backend() -> str | None:
 def cli_argv(*args: str) -> list[str]:
     """The whisper-tune command line, run as a module of this interpreter, quiet (no progress bars)."""
     return [sys.executable, "-m", "whisper_tune", "-q", *args]
+
+
+@contextlib.contextmanager
+def child_process(argv: Sequence[str | Path], **popen: Any) -> Iterator[subprocess.Popen[str]]:
+    """A subprocess in its own process group that is killed, with everything it started (accelerate's
+    workers, ...), when the block ends: on success, failure, timeout or Ctrl-C alike. A test that fails
+    or times out never leaves a training run behind."""
+    proc = subprocess.Popen([str(a) for a in argv], start_new_session=True, text=True, **popen)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the group outlives its leader while members remain
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=30)
+
+
+def run_child(
+    argv: Sequence[str | Path], *, timeout: float, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(..., capture_output=True, text=True, timeout=...)`` through ``child_process``."""
+    with child_process(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
 
 
 def quiet_reporter() -> Any:

@@ -20,12 +20,15 @@ from whisper_tune.errors import InterruptedRun, WhisperTuneError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-OVERRIDES_HELP = "Trailing KEY=VALUE items override any config field, e.g. training.max_steps=100."
+OVERRIDES_HELP = (
+    "CONFIG (a preset name or YAML file) may come first instead of --config. Trailing KEY=VALUE items "
+    "override any config field, e.g. training.max_steps=100 or data.extra_eval.0.split=test."
+)
 
 
 def config_options(func: F) -> F:
-    """--config / --backend / --model / --ipus / --num-processes plus trailing key=value overrides."""
-    func = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")(func)
+    """[CONFIG] / --config / --backend / --model / --ipus / --num-processes plus key=value overrides."""
+    func = click.argument("overrides", nargs=-1, metavar="[CONFIG] [KEY=VALUE]...")(func)
     func = click.option(
         "--num-processes",
         type=click.IntRange(min=1),
@@ -55,12 +58,29 @@ def config_options(func: F) -> F:
     return func
 
 
+def split_config_argument(config: str | None, overrides: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``run configs/x.yaml k=v`` is ``run --config configs/x.yaml k=v``: a first item without '=' is
+    the config (a YAML path or preset name)."""
+    items = list(overrides)
+    if items and "=" not in items[0]:
+        if config is not None:
+            from whisper_tune.errors import ConfigError
+
+            raise ConfigError(
+                f"two configs given: --config {config} and '{items[0]}'",
+                hint="give the preset or YAML file once, as the first argument or with --config",
+            )
+        return items[0], items[1:]
+    return config, items
+
+
 def build_config(
     config: str | None, overrides: Sequence[str], *, require_backend: bool = True, **flags: Any
 ) -> Any:
     from whisper_tune.config.load import load_config
 
-    return load_config(config, overrides, require_backend=require_backend, **flags)
+    config, items = split_config_argument(config, overrides)
+    return load_config(config, items, require_backend=require_backend, **flags)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -85,14 +105,27 @@ def _reporter(ctx: click.Context) -> Any:
     return Reporter(quiet=ctx.obj["quiet"], verbose=ctx.obj["debug"])
 
 
+DATA_HELP = (
+    "Your data: an audiofolder, a CSV/JSONL manifest or a prepared directory. Sets data.dataset, trains on "
+    "its 'train' split, evaluates on the first of eval/test/validation/valid/dev it has (else holds out "
+    "a seeded 10%, data.test_size), and drops the config's own extra eval sets. KEY=VALUE overrides win."
+)
+
+
 @cli.command(epilog=OVERRIDES_HELP)
 @config_options
+@click.option("--data", "data", default=None, metavar="DIR_OR_MANIFEST", help=DATA_HELP)
 @click.pass_context
-def run(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
+def run(
+    ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], data: str | None, **flags: Any
+) -> None:
     """Fine-tune: evaluate before, train, evaluate after, write the run directory."""
     from whisper_tune.pipeline import run as run_pipeline
 
-    summary = run_pipeline(build_config(config, overrides, **flags), reporter=_reporter(ctx))
+    reporter = _reporter(ctx)  # first, so that what --data chose is shown
+    summary = run_pipeline(
+        build_config(config, overrides, data=data, **flags), reporter=reporter, echo_summary=False
+    )
     click.echo(f"run directory: {summary.run_dir}")
     for line in summary.lines:
         click.echo(line)
@@ -100,7 +133,14 @@ def run(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], *
 
 @cli.command("eval", epilog=OVERRIDES_HELP)
 @config_options
-@click.option("--data", "data", default=None, help="Dataset to evaluate (sets data.dataset).")
+@click.option(
+    "--data",
+    "data",
+    default=None,
+    metavar="DIR_OR_MANIFEST",
+    help="Dataset to evaluate (sets data.dataset; a local one is evaluated on the first of "
+    "eval/test/validation/valid/dev it has, without the config's extra eval sets).",
+)
 @click.option("--split", default=None, help="Split to evaluate (sets data.eval_split).")
 @click.pass_context
 def eval_cmd(
@@ -115,10 +155,13 @@ def eval_cmd(
     """Evaluate a model (WER/CER raw and normalised) without training."""
     from whisper_tune.pipeline import run as run_pipeline
 
-    extra = [f"data.dataset={data}"] if data else []
-    extra += [f"data.eval_split={split}"] if split else []
+    reporter = _reporter(ctx)
+    extra = [f"data.eval_split={split}"] if split else []
     summary = run_pipeline(
-        build_config(config, [*overrides, *extra], **flags), reporter=_reporter(ctx), train=False
+        build_config(config, [*overrides, *extra], data=data, **flags),
+        reporter=reporter,
+        train=False,
+        echo_summary=False,
     )
     click.echo(f"run directory: {summary.run_dir}")
     for line in summary.lines:
@@ -346,12 +389,17 @@ def backends() -> None:
         try:
             backend = registry.get(name)
             probe = backend.probe()
-            status = "available" if probe.available else f"unavailable: {probe.reason}"
+            if probe.available:
+                status = "available" + (f": {probe.mode}" if probe.mode else "")
+            else:
+                status = f"unavailable: {probe.reason}"
             if probe.install_hint and not probe.available:
                 status += f" ({probe.install_hint})"
             description = backend.description
         except WhisperTuneError as exc:
             status, description = f"broken: {exc.message}", ""
+        except ImportError as exc:  # registered, but its module cannot be imported
+            status, description = f"broken: cannot import it ({exc})", ""
         origin = f"{info.distribution} {info.version}" if info else "in-process"
         click.echo(f"{name:12} {status}\n{'':12} {description} [{origin}]")
     for name, known in KNOWN_BACKENDS.items():

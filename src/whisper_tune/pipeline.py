@@ -16,7 +16,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from whisper_tune.backend.protocol import Backend, Capabilities, Plan, TrainJob, TrainResult
+from whisper_tune.backend.protocol import Backend, Capabilities, Issue, Plan, TrainJob, TrainResult
 from whisper_tune.backend.registry import Registry
 from whisper_tune.config.load import dump_yaml
 from whisper_tune.config.schema import DataConfig, RunConfig
@@ -78,20 +78,46 @@ def plan(config: RunConfig, registry: Registry | None = None, caps: Capabilities
     return backend.plan(config, caps)
 
 
-def run_dir_path(config: RunConfig) -> Path:
-    """Where a run of ``config`` started now writes (``output.dir`` / ``output.run_name`` or a name made
-    of the time, the backend and the model)."""
-    name = config.output.run_name or "{}-{}-{}".format(
+def warmup_issues(config: RunConfig, steps: int | None) -> list[Issue]:
+    """A warning when the warm-up is not shorter than the training (``steps``; None: not known yet)."""
+    warmup = config.training.warmup_steps
+    if steps is None or not warmup or warmup < steps:
+        return []
+    return [
+        Issue(
+            "training.warmup_steps",
+            f"{warmup} warm-up steps for {steps} training step{'s' if steps != 1 else ''}: the learning "
+            f"rate is still rising when training ends and never reaches training.learning_rate "
+            f"({config.training.learning_rate:g})",
+            level="warning",
+            hint="use fewer warm-up steps than training steps",
+        )
+    ]
+
+
+def model_label(name: str) -> str:
+    """The model's part of a run directory name: its last path part, or for a run's ``final/`` (or a
+    checkpoint) the run's name."""
+    path = Path(name.replace("pip:", "").rstrip("/"))
+    parts = [p for p in path.parts if p not in ("final", "best", "checkpoints") and not p.startswith("step-")]
+    return (parts[-1] if parts else path.name).replace("/", "-")
+
+
+def run_dir_path(config: RunConfig, *, train: bool = True) -> Path:
+    """Where a run of ``config`` started now writes: ``output.dir`` / ``output.run_name``, or
+    ``<UTC time>-<backend>-<model>`` (with ``-eval`` for an evaluation-only run)."""
+    name = config.output.run_name or "{}-{}-{}{}".format(
         datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"),
         config.backend.name,
-        Path(config.model.name.replace("pip:", "")).name.replace("/", "-"),
+        model_label(config.model.name),
+        "" if train else "-eval",
     )
     return Path(config.output.dir).expanduser() / name
 
 
-def make_run_dir(config: RunConfig) -> Path:
+def make_run_dir(config: RunConfig, *, train: bool = True) -> Path:
     """Create the run directory; a clear OutputError if it cannot be created or written."""
-    run_dir = run_dir_path(config)
+    run_dir = run_dir_path(config, train=train)
     resuming = config.training.resume_from is not None
     if (run_dir / METRICS_FILE).exists() and not resuming:
         raise OutputError(
@@ -164,8 +190,13 @@ def prepare(
     include_train: bool = True,
 ) -> Any:
     """Prepare the configured data for the configured model into ``out_dir`` (``whisper-tune prepare``)."""
+    from whisper_tune.recipe.model import require_reachable
+    from whisper_tune.recipe.preflight import require_usable_data
+
     reporter = reporter or Reporter()
     backend = (registry or Registry()).get(config.backend.name)
+    require_usable_data(config.data, include_train=include_train)
+    require_reachable(config.model.name)
     _, processor = _load_processor_for(config, reporter)
     return _prepare_sets(config, out_dir, processor, backend, reporter, include_train)
 
@@ -176,23 +207,30 @@ def run(
     registry: Registry | None = None,
     reporter: Reporter | None = None,
     train: bool = True,
+    echo_summary: bool = True,
 ) -> RunSummary:
-    """Fine-tune (or with ``train=False`` only evaluate) as configured; returns the summary."""
+    """Fine-tune (or with ``train=False`` only evaluate) as configured; returns the summary.
+
+    The WER lines (``RunSummary.lines``) go to run.log and, with ``echo_summary``, to the console; the
+    CLI prints them itself (to stdout), so it passes False.
+    """
     from whisper_tune.guards import language_share, normalizer_override, with_regression_set
     from whisper_tune.recipe.evaluation import row_languages_of, score_predictions
-    from whisper_tune.recipe.model import is_multilingual, save_processor
+    from whisper_tune.recipe.model import is_multilingual, require_reachable, save_processor
+    from whisper_tune.recipe.preflight import require_usable_data
     from whisper_tune.recipe.prepared import PreparedDataset
-    from whisper_tune.recipe.sources import resolve_kind, train_and_eval_specs
     from whisper_tune.trackers import evaluation_scalars, open_trackers
 
     reporter = reporter or Reporter()
     started = time.perf_counter()
     backend, caps = select_backend(config, registry)
-    train_and_eval_specs(config.data)  # a missing dataset fails before anything is loaded or written
-    for extra in config.data.extra_eval:
-        resolve_kind(extra.dataset, "auto")
-    run_dir = make_run_dir(config)
+    # every data set and the model name are checked before anything is loaded or written
+    require_usable_data(config.data, include_train=train)
+    require_reachable(config.model.name)
+    run_dir = make_run_dir(config, train=train)
     reporter.log_to(run_dir / "run.log")
+    if train:
+        raise_issues(warmup_issues(config, config.training.max_steps))
     try:
         (run_dir / CONFIG_FILE).write_text(dump_yaml(config), encoding="utf-8")
         reporter.attach_trackers(open_trackers(config.training.report_to, run_dir, config.to_yaml_dict()))
@@ -208,6 +246,8 @@ def run(
         multilingual = is_multilingual(len(processor.tokenizer))
         data = with_regression_set(config, multilingual) if train else config.data
         sets = _prepare_sets(config, run_dir / "prepared", processor, backend, reporter, train, data)
+        if train and sets.train is not None and config.training.max_steps is None:
+            raise_issues(warmup_issues(config, _epoch_steps(config, backend, the_plan, sets.train)))
         job = TrainJob(
             config=config,
             run_dir=run_dir,
@@ -249,7 +289,7 @@ def run(
                 ] * len(detected)
                 if phase in evaluation and name in evaluation[phase]:
                     evaluation[phase][name]["metrics"]["language_share"] = language_share(detected, expected)
-        _write_predictions(run_dir, evaluation, references)
+        _write_predictions(run_dir, evaluation, eval_sets)
         metrics = _metrics(config, result, evaluation, sets.report(), time.perf_counter() - started)
         write_json_atomic(run_dir / METRICS_FILE, metrics)
         if config.output.plot:
@@ -257,16 +297,16 @@ def run(
                 run_dir / "plot.png",
                 result.log_history,
                 metrics["evaluation"],
-                f"{config.model.name} · {backend.name}",
+                f"{config.model.name} · {backend.name}" + ("" if train else " · evaluation only"),
             )
         for tracker in reporter.trackers:
             tracker.log(evaluation_scalars(metrics["evaluation"]), step=result.steps)
-        lines = wer_lines(metrics["evaluation"])
+        lines = wer_lines(metrics["evaluation"], trained=train)
         for line in lines:
-            reporter.info(line)
+            (reporter.info if echo_summary else reporter.log_only)(line)
         for warning in metrics["guard"]["warnings"]:
-            reporter.warning(f"guard rail: {warning}")
-            lines.append(f"warning: {warning}")
+            (reporter.warning if echo_summary else reporter.log_only)(f"guard rail: {warning}")
+            lines.append(f"warning: guard rail: {warning}")
         if result.interrupted:
             raise InterruptedRun(
                 f"interrupted after {result.steps} steps; checkpoint and metrics are in {run_dir}",
@@ -311,14 +351,33 @@ def _prepare_sets(
     )
 
 
-def _write_predictions(run_dir: Path, evaluation: dict[str, Any], references: dict[str, list[str]]) -> None:
+def _epoch_steps(config: RunConfig, backend: Backend, the_plan: Plan, train_dir: Path) -> int:
+    """Optimizer steps of an epoch-bounded run, counted as the training loop counts them."""
+    from whisper_tune.recipe.loop import total_steps
+    from whisper_tune.recipe.prepared import PreparedDataset
+
+    samples = len(PreparedDataset(train_dir))
+    drop_last = backend.recipe_needs(config).drop_last
+    return total_steps(config.training, samples, drop_last, the_plan.processes)
+
+
+def _write_predictions(run_dir: Path, evaluation: dict[str, Any], eval_sets: dict[str, Any]) -> None:
+    """One JSON line per clip: its id (as the source names it: ``eval/0001.ogg``, ``x.csv:12``), the
+    audio file when it came from one, the reference and the prediction."""
     out = run_dir / "predictions"
     out.mkdir(exist_ok=True)
     for phase, by_set in evaluation.items():
         for name, scored in by_set.items():
+            samples = eval_sets[name].samples
             with (out / f"{name}-{phase}.jsonl").open("w", encoding="utf-8") as fh:
-                for ref, hyp in zip(references[name], scored["texts"], strict=True):
-                    fh.write(json.dumps({"reference": ref, "prediction": hyp}, ensure_ascii=False) + "\n")
+                for sample, hyp in zip(samples, scored["texts"], strict=True):
+                    row = {
+                        "id": sample.get("key"),
+                        "audio": sample.get("audio"),
+                        "reference": sample["text"],
+                        "prediction": hyp,
+                    }
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _metrics(

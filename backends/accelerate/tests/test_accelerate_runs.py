@@ -14,6 +14,7 @@ weights (5 eval clips in batches of 2: three batches over two ranks, so the padd
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -21,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import QUICKSTART_DATA, cli_argv
+from helpers import QUICKSTART_DATA, child_process, cli_argv, run_child
 
 pytestmark = pytest.mark.usefixtures("installed")
 
@@ -59,12 +60,9 @@ def run_cli(
     if trace is not None:
         trace.mkdir(parents=True, exist_ok=True)
         env[TRACE_ENV] = str(trace)
-    return subprocess.run(
-        cli_argv("run", "--config", "quickstart", "--backend", "accelerate", *args),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
+    # in its own process group, killed with accelerate's workers if it fails or times out
+    return run_child(
+        cli_argv("run", "--config", "quickstart", "--backend", "accelerate", *args), env=env, timeout=timeout
     )
 
 
@@ -210,33 +208,34 @@ def test_two_machines_over_loopback(toy_model_dir: Path, tmp_path: Path, free_po
     trace = tmp_path / "trace"
     trace.mkdir()
     env = {**os.environ, TRACE_ENV: str(trace)}
-    processes = []
-    for rank in (0, 1):
-        args = [
-            "--num-processes",
-            "1",
-            *overrides(
-                toy_model_dir,
-                tmp_path,
-                f"machine{rank}",
-                **{
-                    "backend.num_machines": 2,
-                    "backend.machine_rank": rank,
-                    "backend.main_process_ip": "127.0.0.1",
-                    "backend.main_process_port": free_port,
-                    "training.max_steps": 2,
-                    "training.save_steps": "null",
-                    "eval.before": "false",
-                    "eval.steps": 1,
-                    "eval.subset_size": 3,
-                },
-            ),
-        ]
-        command = cli_argv("run", "--config", "quickstart", "--backend", "accelerate", *args)
-        processes.append(subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env))
-    for process in processes:
-        _, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err[-3000:]
+    with contextlib.ExitStack() as stack:
+        processes = []
+        for rank in (0, 1):
+            args = [
+                "--num-processes",
+                "1",
+                *overrides(
+                    toy_model_dir,
+                    tmp_path,
+                    f"machine{rank}",
+                    **{
+                        "backend.num_machines": 2,
+                        "backend.machine_rank": rank,
+                        "backend.main_process_ip": "127.0.0.1",
+                        "backend.main_process_port": free_port,
+                        "training.max_steps": 2,
+                        "training.save_steps": "null",
+                        "eval.before": "false",
+                        "eval.steps": 1,
+                        "eval.subset_size": 3,
+                    },
+                ),
+            ]
+            command = cli_argv("run", "--config", "quickstart", "--backend", "accelerate", *args)
+            processes.append(stack.enter_context(child_process(command, stderr=subprocess.PIPE, env=env)))
+        for process in processes:  # both "machines" are killed when the block ends, also on a failure
+            _, err = process.communicate(timeout=300)
+            assert process.returncode == 0, err[-3000:]
     rank0, rank1 = traces(trace)
     assert rank0["world"] == rank1["world"] == 2
     assert rank0["weights_sha256"] == rank1["weights_sha256"]

@@ -44,6 +44,9 @@ class Probe:
     reason: str = ""
     install_hint: str = ""
     capabilities: Capabilities = field(default_factory=Capabilities)
+    #: when available: how it can run on this machine, e.g. "1 CUDA GPU (80 GiB)" or
+    #: "CPU dev mode only (no CUDA GPU here; set backend.device=cpu)" ('whisper-tune backends' shows it)
+    mode: str = ""
 
 
 @dataclass(frozen=True)

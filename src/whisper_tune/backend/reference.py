@@ -38,7 +38,7 @@ class ReferenceBackend:
         caps = Capabilities(cpu_count=os.cpu_count() or 1)
         if find_spec("torch") is None:
             return Probe(False, "torch is not installed", "pip install torch", caps)
-        return Probe(True, "", "", caps)
+        return Probe(True, "", "", caps, mode=f"CPU, {caps.cpu_count} cores")
 
     def check(self, config: RunConfig, caps: Capabilities) -> list[Issue]:
         issues = []

@@ -56,7 +56,8 @@ class ModelConfig(Section):
         description=(
             "Which Whisper to fine-tune: a Hugging Face hub id (openai/whisper-small), a local Hugging Face "
             "model directory, a CTranslate2 / faster-whisper directory (imported to Hugging Face weights on "
-            "first use), or 'pip:tiny.en' / 'pip:base' for pretrained weights installed from a pip package."
+            "first use), or 'pip:tiny.en' / 'pip:base' for pretrained weights installed from a pip package. "
+            "A relative directory in a YAML file is relative to that file's folder (see data.dataset)."
         ),
     )
     language: str | None = Field(
@@ -101,7 +102,10 @@ class EvalSetConfig(Section):
     """A further dataset evaluated before and after training but never trained on."""
 
     name: str = Field(description="Name of the set in reports (metrics.json, plots).")
-    dataset: str = Field(description="Dataset for this set; same forms as data.dataset.")
+    dataset: str = Field(
+        description="Dataset for this set; same forms as data.dataset (relative paths in a YAML file are "
+        "relative to that file's folder)."
+    )
     subset: str | None = Field(None, description="Dataset configuration name (e.g. a language code).")
     split: str = Field("test", description="Split to evaluate; audiofolders use sub-folder names.")
     audio_column: str | None = Field(None, description="Audio column; defaults to data.audio_column.")
@@ -121,7 +125,10 @@ class DataConfig(Section):
         description=(
             "Where the data is: a Hugging Face dataset name, a local audiofolder (audio files + "
             "metadata.csv, one sub-folder per split), a CSV or JSONL manifest, or a directory written by "
-            "'whisper-tune prepare'. Inside a SageMaker job it defaults to the 'train' channel."
+            "'whisper-tune prepare'. In a YAML file a relative path is relative to that file's folder "
+            "('./x', '../x' and 'x.csv' always; 'x/y' when it exists there, else it is a hub name); on the "
+            "command line it is relative to the working directory. 'whisper-tune run --data PATH' sets it "
+            "and picks the splits the data has. Inside a SageMaker job it defaults to the 'train' channel."
         ),
     )
     kind: DatasetKind = Field(
@@ -199,7 +206,12 @@ class TrainingConfig(Section):
         None, gt=0, description="Optimizer steps to run; overrides num_epochs when set."
     )
     num_epochs: float = Field(1.0, gt=0, description="Passes over the training data when max_steps is unset.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="Linear warm-up steps. A run warns when they are not fewer than its training steps "
+        "(the learning rate would never reach learning_rate).",
+    )
     lr_scheduler: Literal["linear", "constant", "cosine"] = Field(
         "linear", description="Learning-rate schedule after warm-up."
     )
@@ -219,7 +231,9 @@ class TrainingConfig(Section):
         2, gt=0, description="Keep at most this many checkpoints; older are pruned."
     )
     resume_from: str | None = Field(
-        None, description="Resume from a checkpoint directory, or 'latest' for the newest in output.dir."
+        None,
+        description="Resume from a checkpoint directory (relative to the working directory, like "
+        "output.dir), or 'latest' for the newest in output.dir.",
     )
     report_to: tuple[TrackerName, ...] = Field(
         ("auto",),
@@ -227,12 +241,6 @@ class TrainingConfig(Section):
         "when the tensorboard package is installed), 'none', or Accelerate tracker names (tensorboard, "
         "wandb, mlflow, comet_ml, clearml, dvclive, aim, swanlab, trackio).",
     )
-
-    @model_validator(mode="after")
-    def _warmup_fits(self) -> TrainingConfig:
-        if self.max_steps is not None and self.warmup_steps > self.max_steps:
-            raise ValueError("training.warmup_steps is larger than training.max_steps")
-        return self
 
 
 class EvalConfig(Section):
@@ -295,7 +303,8 @@ class EvalConfig(Section):
 class OutputConfig(Section):
     dir: str = Field(
         "runs",
-        description="Parent directory of run directories. Inside a SageMaker job it defaults to "
+        description="Parent directory of run directories, relative to the working directory (also in a "
+        "YAML file: outputs never go next to a preset). Inside a SageMaker job it defaults to "
         "SM_OUTPUT_DATA_DIR.",
     )
     run_name: str | None = Field(

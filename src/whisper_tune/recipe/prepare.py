@@ -7,6 +7,7 @@ the run report. Only an empty result is an error.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
@@ -86,6 +87,11 @@ def prepare_samples(
         raise
     if writer.count == 0:
         writer.abort()
+        if writer.drops.total == 0:
+            raise DataError(
+                f"{name} is empty: its split has no samples",
+                hint="check the split names (data.train_split / data.eval_split / data.extra_eval.N.split)",
+            )
         raise DataError(
             f"no usable samples in {name}: {writer.drops.summary()}",
             hint="check the audio/text columns and the duration and label-length filters",
@@ -133,7 +139,20 @@ def _prepare_one(
     features = feature_extractor(
         audio.samples, sampling_rate=SAMPLING_RATE, return_tensors="np"
     ).input_features[0]
-    writer.add(features, labels, text, sample.key, audio.seconds, language=language)
+    writer.add(
+        features, labels, text, sample.key, audio.seconds, language=language, audio=audio_file(sample.audio)
+    )
+
+
+def audio_file(audio: Any) -> str | None:
+    """The absolute path of the file a sample's audio came from, when it came from a local file."""
+    if isinstance(audio, dict):
+        audio = audio.get("path")
+    if isinstance(audio, (str, os.PathLike)) and str(audio):
+        path = Path(audio).expanduser()
+        if path.is_file():
+            return os.path.abspath(path)
+    return None
 
 
 def with_language(labels: list[int], tokenizer: Any, language: str) -> list[int]:

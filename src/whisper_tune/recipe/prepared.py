@@ -5,7 +5,9 @@ It depends on nothing but NumPy and JSON, so any worker can read it whatever its
 
     <dir>/manifest.json          format, version, counts, mel bins, dtype, shards, drop report
     <dir>/features-00000.npy     float16/float32 array (n, num_mel_bins, 3000), memory-mapped on read
-    <dir>/samples.jsonl          one line per sample: {"key", "text", "seconds", "labels": [ids]}
+    <dir>/samples.jsonl          one line per sample: {"key", "text", "seconds", "labels": [ids]}, plus
+                             "audio" (the source file's absolute path, when the sample came from a file)
+                             and "language" (data.language_column) where they apply
 
 The manifest is written last and the directory is built under a temporary name then renamed, so a
 directory with a manifest is always complete.
@@ -97,6 +99,7 @@ class PreparedWriter:
         seconds: float,
         *,
         language: str | None = None,
+        audio: str | None = None,
     ) -> None:
         if features.shape[0] != self.num_mel_bins:
             raise ValueError(f"features have {features.shape[0]} mel bins, expected {self.num_mel_bins}")
@@ -104,6 +107,8 @@ class PreparedWriter:
         record: dict[str, Any] = {"key": key, "text": text, "seconds": round(seconds, 3), "labels": labels}
         if language is not None:
             record["language"] = language
+        if audio is not None:
+            record["audio"] = audio
         self._samples.write(json.dumps(record) + "\n")
         self.count += 1
         self.seconds += seconds

@@ -90,7 +90,11 @@ class AccelerateBackend:
                 return Probe(False, f"{module} is not installed", hint, Capabilities(cpu_count=cpu))
         count, memory, bf16 = cuda_capabilities()
         caps = Capabilities(cpu_count=cpu, cuda_devices=count, cuda_memory_gib=memory, cuda_bf16=bf16)
-        return Probe(True, "", "", caps)
+        if count:
+            mode = f"GPU: {count} CUDA device(s), up to {count} processes here (more over several machines)"
+        else:
+            mode = f"CPU dev mode only (no CUDA GPU here; runs need backend.cpu=true, {cpu} cores)"
+        return Probe(True, "", "", caps, mode=mode)
 
     def check(self, config: RunConfig, caps: Capabilities) -> list[Issue]:
         opts = accelerate_options(config)

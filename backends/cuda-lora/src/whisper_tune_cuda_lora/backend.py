@@ -62,7 +62,13 @@ class CudaLoraBackend:
         for module, hint in (("torch", "pip install torch"), ("peft", "pip install peft")):
             if find_spec(module) is None:
                 return Probe(False, f"{module} is not installed", hint)
-        return Probe(True, "", "", cuda_capabilities())
+        caps = cuda_capabilities()
+        if caps.cuda_devices:
+            memory = f" ({caps.cuda_memory_gib[0]:.0f} GiB)" if caps.cuda_memory_gib else ""
+            mode = f"GPU: cuda:0 of {caps.cuda_devices} CUDA device(s){memory}"
+        else:
+            mode = "CPU dev mode only (no CUDA GPU here; runs need backend.device=cpu)"
+        return Probe(True, "", "", caps, mode=mode)
 
     def check(self, config: RunConfig, caps: Capabilities) -> list[Issue]:
         return check_config(config, caps, bnb_installed=find_spec("bitsandbytes") is not None)

@@ -215,7 +215,8 @@ class IpuBackend:
                 )
             if not Path(python).expanduser().is_file():
                 return Probe(False, f"{SDK_PYTHON_ENV}={python} does not exist", SDK_STEPS, caps)
-            return Probe(True, "", "", caps)
+            mode = f"through the Poplar SDK Python {python} (IPUs are counted when a run starts)"
+            return Probe(True, "", "", caps, mode=mode)
         except Exception as exc:  # a probe never raises
             return Probe(False, f"cannot check the Poplar SDK: {exc}", SDK_STEPS, caps)
 
