@@ -81,6 +81,8 @@ class Launch:
     result_file: str | None = None
     #: the key holding the TrainResult in the result file (None: the file is the TrainResult)
     result_key: str | None = None
+    #: "<format>/<version>" the result file must declare in its "format" and "version" keys
+    result_format: str | None = None
     #: folder where workers write failure-rank<N>.json (and traceback-rank<N>.txt)
     failure_dir: str | None = None
     #: how the worker reports a known problem on its output: "<prefix>: error[<kind>]: <message>"
@@ -345,7 +347,13 @@ def run_launch(job: TrainJob, reporter: Reporter, backend_job: dict[str, Any] | 
     output = _Output()
     code, interrupted = _run(launch, env, reporter, output)
     if code == 0 and result_file.is_file():
-        return TrainResult.model_validate(read_result(result_file, launch.result_key))
+        raw = read_result(result_file, launch)
+        try:
+            return TrainResult.model_validate(raw)
+        except ValueError as exc:
+            raise WhisperTuneError(
+                f"the training command's result {result_file} is malformed: {exc}"
+            ) from None
     if interrupted:
         raise InterruptedRun(f"interrupted; the training processes were stopped (see {run_dir / 'run.log'})")
     raise launch_failure(launch, code, list(output.tail), run_dir / "run.log")
@@ -411,14 +419,26 @@ def _wait(process: subprocess.Popen[Any]) -> tuple[int, bool]:
             return process.wait(), True
 
 
-def read_result(path: Path, key: str | None) -> dict[str, Any]:
+def read_result(path: Path, launch: Launch) -> dict[str, Any]:
     try:
         raw: dict[str, Any] = json.loads(path.read_text(encoding="utf-8"))
-        return raw if key is None else raw[key]
-    except (OSError, ValueError, KeyError) as exc:
+    except (OSError, ValueError) as exc:
         raise WhisperTuneError(
             f"the training command finished without a readable result {path}: {exc}"
         ) from None
+    if launch.result_format is not None:
+        name, version = launch.result_format.rsplit("/", 1)
+        if raw.get("format") != name or str(raw.get("version")) != version:
+            raise WhisperTuneError(
+                f"{path} is not a {name} v{version} file: the backend and its worker come from different "
+                "whisper-tune versions"
+            )
+    if launch.result_key is None:
+        return raw
+    if launch.result_key not in raw:
+        raise WhisperTuneError(f"the training command's result {path} has no '{launch.result_key}'")
+    result: dict[str, Any] = raw[launch.result_key]
+    return result
 
 
 def launch_failure(launch: Launch, code: int, tail: list[str], run_log: Path) -> WhisperTuneError:
@@ -436,6 +456,12 @@ def launch_failure(launch: Launch, code: int, tail: list[str], run_log: Path) ->
                 hint = f"the traceback is in {traceback}; the run log is {run_log}"
                 return WorkerFailed(message, hint=hint)
             return cls(message, hint=failure.get("hint") or launch.failure_hint)
+    if len(launch.argv) > 2 and launch.argv[1] == "-m":
+        module = launch.argv[2]
+        if any(f"No module named {module}" in line or f"No module named '{module}'" in line for line in tail):
+            return BackendUnavailableError(
+                f"{launch.argv[0]} cannot import the worker ({module})", hint=launch.failure_hint
+            )
     if launch.error_prefix:
         pattern = re.compile(rf"^{re.escape(launch.error_prefix)}: error\[(\w+)\]: (.*)$")
         kinds = dict(launch.error_kinds)

@@ -39,6 +39,7 @@ from whisper_tune.backend.protocol import (
 )
 from whisper_tune.config.schema import RunConfig
 from whisper_tune.errors import BackendUnavailableError, ConfigError, ModelError
+from whisper_tune_ipu.launch import ipu_launch
 from whisper_tune_ipu.models import WhisperArch, resolve_model
 from whisper_tune_ipu.options import SDK_PYTHON_ENV, IpuOptions
 from whisper_tune_ipu.planner import IpuPlan, PlanError, PlanRequest, plan_ipu
@@ -292,12 +293,14 @@ class IpuBackend:
             batch_per_device=config.training.batch_size,
             gradient_accumulation_steps=config.training.gradient_accumulation_steps,
             placement=plan.placement(),
+            launch=ipu_launch(ipu_options(config), failure_hint=SDK_STEPS),
             notes=tuple(notes),
         )
 
     def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
-        """Run the IPU worker under the SDK's Python on ``job`` and return its result."""
-        from whisper_tune_ipu.launch import run_worker
+        """Run the planned IPU worker under the SDK's Python on ``job`` and return its result."""
+        from whisper_tune.backend.launch import run_launch
+        from whisper_tune_ipu.launch import worker_job
 
         options = ipu_options(job.config)
         python = options.sdk_python
@@ -308,5 +311,8 @@ class IpuBackend:
             )
         if not Path(python).expanduser().is_file():
             raise BackendUnavailableError(f"the Poplar SDK Python {python} does not exist", hint=SDK_STEPS)
+        assert job.launch is not None, "the IPU worker runs as a planned command"
         _, plan = make_plan(job.config)
-        return run_worker(python, job, plan, options, reporter, SDK_STEPS)
+        trainer = "stand-in: Seq2SeqTrainer on the CPU" if options.stand_in else "IPUSeq2SeqTrainer"
+        reporter.info(f"IPU worker ({trainer}): {job.launch.command_line()}")
+        return run_launch(job, reporter, backend_job=worker_job(job, plan, options))
