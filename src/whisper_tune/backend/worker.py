@@ -143,5 +143,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
+def exit_now(code: int) -> None:
+    """Leave without tearing the interpreter down: everything is written and flushed by then, and a DDP
+    model garbage-collected at shutdown can deadlock (its gloo process group joins a thread that waits for
+    the GIL the dying main thread holds; seen with torch 2.13)."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    exit_now(main())
