@@ -344,7 +344,6 @@ def _prepare_sets(
         out_dir,
         feature_extractor=processor.feature_extractor,
         tokenizer=processor.tokenizer,
-        feature_dtype=backend.recipe_needs(config).feature_dtype,
         reporter=reporter,
         include_train=include_train,
         meta=meta,

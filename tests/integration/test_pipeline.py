@@ -177,8 +177,10 @@ def test_prepare_once_then_train_from_prepared(toy_model_dir: Path, tmp_path: Pa
     sets = prepare(load_config("quickstart", overrides), tmp_path / "prepared", reporter=QUIET)
     assert sets.train is not None and (sets.train / "manifest.json").is_file()
     train = PreparedDataset(sets.train)
-    assert len(train) == 16 and train[0]["input_features"].shape == (80, 3000)
-    assert train[0]["input_features"].dtype.name == "float32"
+    assert len(train) == 16 and train.num_mel_bins == 80 and train.manifest["version"] == 2
+    clip = train[0]["audio"]  # 16 kHz audio, features are made at batch time
+    assert clip.dtype.name == "float32" and len(clip) == train.samples[0]["length"]
+    assert abs(len(clip) / 16_000 - train.samples[0]["seconds"]) < 1e-3
     summary = run(
         load_config(
             "quickstart",

@@ -9,15 +9,9 @@ from pathlib import Path
 
 import pytest
 
-from whisper_tune.backend.launch import (
-    Launch,
-    ProcessOptions,
-    WorkerFailed,
-    accelerate_launch,
-    launch_failure,
-    run_launch,
-)
+from whisper_tune.backend.launch import Launch, ProcessOptions, accelerate_launch
 from whisper_tune.backend.protocol import TrainJob
+from whisper_tune.backend.runner import WorkerFailed, launch_failure, run_launch
 from whisper_tune.config.load import load_config
 from whisper_tune.errors import BackendUnavailableError, ConfigError, DataError, ModelError, WhisperTuneError
 

@@ -12,15 +12,10 @@ from pydantic import ValidationError
 from whisper_tune_accelerate.backend import AccelerateBackend
 from whisper_tune_accelerate.options import AccelerateOptions
 
-from whisper_tune.backend.launch import (
-    Launch,
-    WorkerFailed,
-    accelerate_config,
-    last_error_line,
-    launch_failure,
-)
+from whisper_tune.backend.launch import Launch, accelerate_config
 from whisper_tune.backend.protocol import Capabilities, Issue
 from whisper_tune.backend.registry import Registry
+from whisper_tune.backend.runner import WorkerFailed, last_error_line, launch_failure
 from whisper_tune.config.load import load_config
 from whisper_tune.config.schema import RunConfig, TrainingConfig
 from whisper_tune.errors import ConfigError, HardwareError

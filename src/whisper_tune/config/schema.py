@@ -180,6 +180,12 @@ class DataConfig(Section):
         le=MAX_LABEL_TOKENS,
         description="Drop samples whose tokenised transcript (with prefix tokens) is longer than this.",
     )
+    num_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Processes that decode, resample and tokenise while preparing data (null: one per CPU "
+        "core; 1: in the main process). The output and its order do not depend on it.",
+    )
     extra_eval: tuple[EvalSetConfig, ...] = Field(
         (),
         description="More datasets evaluated before and after training and never trained on, to see "

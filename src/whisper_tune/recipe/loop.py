@@ -114,18 +114,20 @@ def label_tokens(batch: dict[str, Any]) -> int:
     return int((batch["labels"] != LABEL_PAD).sum())
 
 
-def summed_token_loss(model: Any, batch: dict[str, Any], decoder_start: int, pad: int) -> Any:
+def summed_token_loss(model: Any, batch: dict[str, Any], config: Any) -> Any:
     """Cross-entropy summed over the batch's label tokens (the model's own loss is a per-batch mean,
-    which cannot be weighted by tokens across micro-batches). Decoder inputs are the labels shifted
-    right, exactly as Whisper's forward builds them from ``labels``."""
+    which cannot be weighted by tokens across micro-batches). The log-mel features are computed here, on
+    the batch's device, from its audio; decoder inputs are the labels shifted right, exactly as Whisper's
+    forward builds them from ``labels``."""
     import torch
     from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
+    from whisper_tune.recipe.features import model_inputs
+
     labels = batch["labels"]
-    decoder_input_ids = shift_tokens_right(labels, pad, decoder_start)
-    logits = model(
-        input_features=batch["input_features"], decoder_input_ids=decoder_input_ids, use_cache=False
-    ).logits
+    decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
+    features = model_inputs(batch, config.num_mel_bins, device=labels.device)
+    logits = model(input_features=features, decoder_input_ids=decoder_input_ids, use_cache=False).logits
     return torch.nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]),
         labels.reshape(-1),
@@ -150,7 +152,7 @@ def backward_step(accelerator: Any, model: Any, micro_batches: list[dict[str, An
     loss_sum = 0.0
     for batch in micro_batches:
         with accelerator.accumulate(model):
-            loss = summed_token_loss(model, batch, config.decoder_start_token_id, config.pad_token_id)
+            loss = summed_token_loss(model, batch, config)
             accelerator.backward(loss * scale)
         loss_sum += float(loss.detach())
     return loss_sum, tokens

@@ -11,7 +11,7 @@ from typing import Any
 
 from whisper_tune.config.schema import DataConfig, EvalSetConfig
 from whisper_tune.errors import DataError
-from whisper_tune.recipe.prepare import Filters, prepare_samples
+from whisper_tune.recipe.prepare import Filters, Workers, prepare_samples
 from whisper_tune.recipe.prepared import PreparedDataset
 from whisper_tune.recipe.progress import Reporter
 from whisper_tune.recipe.sources import (
@@ -64,21 +64,33 @@ def prepare_all(
     *,
     feature_extractor: Any,
     tokenizer: Any,
-    feature_dtype: str,
     reporter: Reporter,
     include_train: bool = True,
     meta: dict[str, Any] | None = None,
 ) -> PreparedSets:
-    """Prepare train + eval (+ extra eval sets) into ``out_dir/<name>``; reuse prepared input as is."""
+    """Prepare train + eval (+ extra eval sets) into ``out_dir/<name>``; reuse prepared input as is.
+    Every set is prepared by the same worker processes (``data.num_workers``)."""
     filters = Filters.from_config(data)
-    common = dict(
-        feature_extractor=feature_extractor,
-        tokenizer=tokenizer,
-        filters=filters,
-        feature_dtype=feature_dtype,
-        reporter=reporter,
-        meta=meta,
-    )
+    with Workers(data.num_workers, tokenizer, filters) as workers:
+        common = dict(
+            feature_extractor=feature_extractor,
+            tokenizer=tokenizer,
+            filters=filters,
+            reporter=reporter,
+            meta=meta,
+            workers=workers,
+        )
+        return _prepare_all(data, out_dir, feature_extractor, include_train, reporter, common)
+
+
+def _prepare_all(
+    data: DataConfig,
+    out_dir: Path,
+    feature_extractor: Any,
+    include_train: bool,
+    reporter: Reporter,
+    common: dict[str, Any],
+) -> PreparedSets:
     train_dir: Path | None = None
     evals: dict[str, Path] = {}
     if data.dataset is not None and resolve_kind(data.dataset, data.kind) == "prepared":

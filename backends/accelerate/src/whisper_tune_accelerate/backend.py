@@ -274,7 +274,7 @@ class AccelerateBackend:
 
     def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
         """Run the planned ``accelerate launch``: every process runs the core's phases."""
-        from whisper_tune.backend.launch import run_launch
+        from whisper_tune.backend.runner import run_launch
 
         opts = accelerate_options(job.config)
         reporter.info(

@@ -174,7 +174,7 @@ class CudaLoraBackend:
 
     def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
         """In this process (one process), or the planned ``accelerate launch`` (several)."""
-        from whisper_tune.backend.launch import run_launch
+        from whisper_tune.backend.runner import run_launch
         from whisper_tune.recipe.phases import train_in_process
 
         if job.launch is not None and job.launch.mode == "command":

@@ -299,7 +299,7 @@ class IpuBackend:
 
     def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
         """Run the planned IPU worker under the SDK's Python on ``job`` and return its result."""
-        from whisper_tune.backend.launch import run_launch
+        from whisper_tune.backend.runner import run_launch
         from whisper_tune_ipu.launch import worker_job
 
         options = ipu_options(job.config)
