@@ -227,6 +227,7 @@ def run(
     # every data set and the model name are checked before anything is loaded or written
     require_usable_data(config.data, include_train=train)
     require_reachable(config.model.name)
+    stream = train_stream_spec(config) if train else None
     run_dir = make_run_dir(config, train=train)
     reporter.log_to(run_dir / "run.log")
     if train:
@@ -245,7 +246,9 @@ def run(
         source, processor = _load_processor_for(config, reporter)
         multilingual = is_multilingual(len(processor.tokenizer))
         data = with_regression_set(config, multilingual) if train else config.data
-        sets = _prepare_sets(config, run_dir / "prepared", processor, backend, reporter, train, data)
+        sets = _prepare_sets(
+            config, run_dir / "prepared", processor, backend, reporter, train and stream is None, data
+        )
         if train and sets.train is not None and config.training.max_steps is None:
             raise_issues(warmup_issues(config, _epoch_steps(config, backend, the_plan, sets.train)))
         job = TrainJob(
@@ -253,6 +256,7 @@ def run(
             run_dir=run_dir,
             model_dir=source,
             train_data=sets.train,
+            train_stream=stream,
             eval_data=sets.evals,
             train=train,
             evaluate_before=config.eval.before or not train,
@@ -290,7 +294,8 @@ def run(
                 if phase in evaluation and name in evaluation[phase]:
                     evaluation[phase][name]["metrics"]["language_share"] = language_share(detected, expected)
         _write_predictions(run_dir, evaluation, eval_sets)
-        metrics = _metrics(config, result, evaluation, sets.report(), time.perf_counter() - started)
+        report = {**({"train": result.stream} if result.stream else {}), **sets.report()}
+        metrics = _metrics(config, result, evaluation, report, time.perf_counter() - started)
         write_json_atomic(run_dir / METRICS_FILE, metrics)
         if config.output.plot:
             write_plot(
@@ -320,6 +325,26 @@ def run(
             tracker.finish()
         reporter.attach_trackers([])
         reporter.close()
+
+
+def train_stream_spec(config: RunConfig) -> dict[str, Any] | None:
+    """With ``data.streaming`` the training split read as training goes (no prepared directory);
+    None otherwise. A stream has no length: it needs ``training.max_steps`` and no ``test_size``."""
+    from whisper_tune.recipe.sources import resolve_kind, train_and_eval_specs
+    from whisper_tune.recipe.streaming import stream_spec
+
+    data = config.data
+    if not data.streaming or resolve_kind(data.dataset or "", data.kind) == "prepared":
+        return None
+    problems = []
+    if config.training.max_steps is None:
+        problems.append("training.max_steps: a streamed training set has no length; set the number of steps")
+    if data.test_size is not None:
+        problems.append("data.test_size: holding out a fraction needs the whole split; set data.eval_split")
+    if problems:
+        raise ConfigError("data.streaming:\n  " + "\n  ".join(problems))
+    train, _ = train_and_eval_specs(data)
+    return stream_spec(train)
 
 
 def _prepare_sets(

@@ -105,6 +105,11 @@ class TrainJob(BaseModel):
     train_data: Path | None = Field(
         description="Prepared training data (whisper_tune.recipe.prepared format); None when only evaluating."
     )
+    train_stream: dict[str, Any] | None = Field(
+        None,
+        description="data.streaming: the training split to read as training goes (recipe.sources.SplitSpec "
+        "fields); train_data is then None.",
+    )
     eval_data: dict[str, Path] = Field(default_factory=dict, description="Prepared eval sets by name.")
     train: bool = Field(True, description="False for evaluation only ('whisper-tune eval').")
     evaluate_before: bool = True
@@ -136,6 +141,8 @@ class TrainResult(BaseModel):
     interrupted: bool = False
     #: evaluation during training (eval.steps): recipe.selection.BestCheckpoint.summary(); empty if off
     selection: dict[str, Any] = Field(default_factory=dict)
+    #: data.streaming: what the training stream read, kept and dropped (recipe.streaming); empty if off
+    stream: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def samples_per_second(self) -> float:

@@ -187,6 +187,7 @@ class TrainLoop:
     best: BestCheckpoint | None = None
     #: called with every training micro-batch before its forward pass (a diagnostics hook)
     on_batch: Callable[[dict[str, Any]], None] | None = None
+    _passes: int = 0
 
     def run(self, resume_from: Path | None = None) -> LoopResult:
         import torch
@@ -194,7 +195,10 @@ class TrainLoop:
 
         acc, cfg = self.accelerator, self.cfg
         check_accelerator(acc, cfg.gradient_accumulation_steps)
-        steps = total_steps(cfg, len(self.dataset), self.drop_last, acc.num_processes)
+        if self.streaming and cfg.max_steps is None:
+            raise ConfigError("a streamed training set needs training.max_steps (its length is unknown)")
+        size = 0 if self.streaming else len(self.dataset)
+        steps = total_steps(cfg, size, self.drop_last, acc.num_processes)
         result = LoopResult()
         step = 0
         if resume_from is not None:
@@ -215,7 +219,8 @@ class TrainLoop:
             self.reporter.info(f"resumed from {resume_from} at step {step}")
         if self.best is not None:
             self.best.bind(save=lambda d: self._save_weights(model, d), load=self._load_best)
-        batches_per_epoch = len(self._epoch_loader(0))  # per process
+        # per process; a stream's length is unknown (None): its passes are counted as it restarts
+        batches_per_epoch = None if self.streaming else len(self._epoch_loader(0))
         if batches_per_epoch == 0:
             raise ConfigError(
                 f"training.batch_size {cfg.batch_size} x {acc.num_processes} processes is larger than the "
@@ -245,7 +250,8 @@ class TrainLoop:
                     step += 1
                     window.append((loss_sum, tokens))
                     if step % cfg.logging_steps == 0 or step == steps:
-                        record = self._log(step, micro / batches_per_epoch, window, scheduler)
+                        epoch = micro / batches_per_epoch if batches_per_epoch else self._passes
+                        record = self._log(step, epoch, window, scheduler)
                         result.log_history.append(record)
                         window = []
                     bar.update(1, loss=result.log_history[-1]["loss"] if result.log_history else None)
@@ -274,11 +280,21 @@ class TrainLoop:
 
     # --- data ------------------------------------------------------------------------------------
 
+    @property
+    def streaming(self) -> bool:
+        from torch.utils.data import IterableDataset
+
+        return isinstance(self.dataset, IterableDataset)
+
     def _epoch_loader(self, epoch: int) -> Any:
-        """Epoch ``epoch``'s batches for this process: a permutation seeded by ``seed + epoch``, sharded."""
+        """Epoch ``epoch``'s batches for this process: a permutation seeded by ``seed + epoch``, sharded
+        (a stream: its batches in order, dispatched to the processes by Accelerate)."""
         import torch
         from torch.utils.data import DataLoader, RandomSampler
 
+        if self.streaming:
+            stream = DataLoader(self.dataset, batch_size=self.cfg.batch_size, collate_fn=self.collator)
+            return self.accelerator.prepare_data_loader(stream)
         seed = self.cfg.seed + epoch
         loader = DataLoader(
             self.dataset,
@@ -293,8 +309,24 @@ class TrainLoop:
         )
         return self.accelerator.prepare_data_loader(loader)
 
-    def _micro_batches(self, micro: int, batches_per_epoch: int) -> Iterator[dict[str, Any]]:
-        """This process's micro-batches from position ``micro`` on, epoch after epoch."""
+    def _micro_batches(self, micro: int, batches_per_epoch: int | None) -> Iterator[dict[str, Any]]:
+        """This process's micro-batches from position ``micro`` on, epoch after epoch (a stream: pass
+        after pass, the first ``micro`` batches read and skipped)."""
+        if batches_per_epoch is None:
+            skip = micro
+            while True:
+                self._passes += 1
+                empty = True
+                for batch in self._epoch_loader(self._passes - 1):
+                    empty = False
+                    if skip:
+                        skip -= 1
+                        continue
+                    if self.on_batch is not None:
+                        self.on_batch(batch)
+                    yield batch
+                if empty:
+                    raise ConfigError("the training stream yielded no usable sample")
         while True:
             epoch, skip = divmod(micro, batches_per_epoch)
             loader = self._epoch_loader(epoch)

@@ -78,7 +78,7 @@ def run_phases(job: TrainJob, setup: TrainingSetup, reporter: Reporter) -> Outco
     if job.evaluate_before and eval_sets:
         evaluate("before")
     fitted = None
-    if job.train and job.train_data is not None:
+    if job.train and (job.train_data is not None or job.train_stream is not None):
         fitted = fit(job, setup, weights, collator, reporter)
         model = fitted.model
     finished = fitted is not None and not fitted.interrupted
@@ -96,6 +96,7 @@ def run_phases(job: TrainJob, setup: TrainingSetup, reporter: Reporter) -> Outco
         checkpoints=fitted.checkpoints if fitted else [],
         interrupted=bool(fitted and fitted.interrupted),
         selection=fitted.selection if fitted else {},
+        stream=fitted.stream if fitted else {},
     )
     return Outcome(result, model)
 
@@ -110,6 +111,7 @@ class Fitted:
     checkpoints: list[Path]
     interrupted: bool
     selection: dict[str, Any]
+    stream: dict[str, Any]
 
 
 def fit(
@@ -121,7 +123,15 @@ def fit(
     from whisper_tune.recipe.selection import best_checkpoint_tracker
 
     acc = setup.accelerator
-    assert job.train_data is not None
+    if job.train_data is not None:
+        dataset: Any = PreparedDataset(job.train_data)
+    else:
+        from whisper_tune.recipe.model import load_processor
+        from whisper_tune.recipe.streaming import open_stream
+
+        assert job.train_stream is not None
+        tokenizer = load_processor(job.model_dir, job.config.model).tokenizer
+        dataset = open_stream(job.train_stream, job.config.data, tokenizer)
     checkpoint_dir = machine_zero_path(acc, Path(job.run_dir) / "checkpoints")
     best = best_checkpoint_tracker(
         job.config,
@@ -136,7 +146,7 @@ def fit(
     )
     loop = TrainLoop(
         setup.model,
-        PreparedDataset(job.train_data),
+        dataset,
         collator,
         job.config.training,
         checkpoint_dir,
@@ -157,6 +167,7 @@ def fit(
         checkpoints=out.checkpoints,
         interrupted=out.interrupted,
         selection=best.summary() if best is not None else {},
+        stream=dataset.report() if hasattr(dataset, "report") else {},
     )
 
 
