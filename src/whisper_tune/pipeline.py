@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
@@ -23,8 +24,10 @@ from whisper_tune.config.schema import DataConfig, RunConfig
 from whisper_tune.errors import (
     BackendUnavailableError,
     ConfigError,
+    DataError,
     HardwareError,
     InterruptedRun,
+    ModelError,
     OutputError,
 )
 from whisper_tune.recipe.progress import LOGGER_NAME, Reporter
@@ -160,12 +163,13 @@ def resolve_resume(config: RunConfig, run_dir: Path) -> Path | None:
 def _load_processor_for(config: RunConfig, reporter: Reporter) -> tuple[str, Any]:
     from transformers import WhisperConfig
 
-    from whisper_tune.recipe.model import check_mel_bins, load_processor, resolve_source
+    from whisper_tune.recipe.model import check_mel_bins, load_processor, require_whisper, resolve_source
 
     source = resolve_source(config.model.name)
     reporter.info(
         f"model: {config.model.name}" + (f" (from {source})" if source != config.model.name else "")
     )
+    require_whisper(source, config.model.name)
     processor = load_processor(source, config.model)
     try:
         model_config = WhisperConfig.from_pretrained(source)
@@ -228,7 +232,9 @@ def run(
     require_usable_data(config.data, include_train=train)
     require_reachable(config.model.name)
     stream = train_stream_spec(config) if train else None
+    created = not run_dir_path(config, train=train).exists() if config.output.run_name else True
     run_dir = make_run_dir(config, train=train)
+    discard = False
     reporter.log_to(run_dir / "run.log")
     if train:
         raise_issues(warmup_issues(config, config.training.max_steps))
@@ -268,8 +274,9 @@ def run(
         result = backend.train(job, reporter)
         for record in result.log_history:  # what a backend in another process could not send live
             reporter.track(record)
-        if result.final_model_dir is not None:
-            save_processor(processor, result.final_model_dir)
+        final = result.final_model_dir
+        if final is not None and not (final / "tokenizer_config.json").exists():
+            save_processor(processor, final)  # a backend that did not write them (the IPU worker)
         eval_sets = {name: PreparedDataset(path) for name, path in sets.evals.items()}
         references = {name: ds.texts for name, ds in eval_sets.items()}
         evaluation = {
@@ -320,11 +327,18 @@ def run(
         return RunSummary(run_dir, metrics, lines)
     except KeyboardInterrupt:
         raise InterruptedRun(f"interrupted; what was written so far is in {run_dir}") from None
+    except (ConfigError, DataError, ModelError):
+        # a model or data set that cannot be used: nothing was trained, so the new run directory holds
+        # nothing worth keeping (the message is on the console)
+        discard = created and not any((run_dir / n).exists() for n in ("checkpoints", "final", METRICS_FILE))
+        raise
     finally:
         for tracker in reporter.trackers:
             tracker.finish()
         reporter.attach_trackers([])
         reporter.close()
+        if discard:
+            shutil.rmtree(run_dir, ignore_errors=True)
 
 
 def train_stream_spec(config: RunConfig) -> dict[str, Any] | None:

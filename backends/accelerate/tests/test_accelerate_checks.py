@@ -130,7 +130,9 @@ def test_cpu_rules() -> None:
     many = issues_at(
         BACKEND.check(config("backend.cpu=true", "backend.num_processes=8"), CPU), "backend.num_processes"
     )
-    assert many and many[0].level == "warning"
+    assert many and many[0].level == "error" and many[0].hardware and "--num-processes 2" in many[0].hint
+    with pytest.raises(HardwareError, match="99 CPU processes asked for; this machine has 2 cores"):
+        raise_issues(BACKEND.check(config("backend.cpu=true", "backend.num_processes=99"), CPU))
 
 
 def test_mixed_precision_must_agree_with_training_precision() -> None:

@@ -39,7 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from whisper_tune.config.schema import TrainingConfig
-from whisper_tune.errors import ConfigError
+from whisper_tune.errors import ConfigError, OutputError
 from whisper_tune.recipe.checkpoints import (
     list_checkpoints,
     load_tensors_file,
@@ -107,6 +107,16 @@ def total_steps(cfg: TrainingConfig, num_samples: int, drop_last: bool = False, 
     per_batch = cfg.batch_size * world_size
     batches = num_samples // per_batch if drop_last else math.ceil(num_samples / per_batch)
     return max(1, math.ceil(cfg.num_epochs * batches / cfg.gradient_accumulation_steps))
+
+
+def disk_full(exc: BaseException) -> bool:
+    """A write failed for lack of space (``torch.save`` reports it as a RuntimeError from its zip writer)."""
+    import errno
+
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(exc)
+    return "unexpected pos" in text or "No space left" in text or "failed writing" in text
 
 
 def label_tokens(batch: dict[str, Any]) -> int:
@@ -188,6 +198,8 @@ class TrainLoop:
     #: called with every training micro-batch before its forward pass (a diagnostics hook)
     on_batch: Callable[[dict[str, Any]], None] | None = None
     _passes: int = 0
+    #: the newest complete checkpoint (the one resumed from, until this run writes one)
+    _last_checkpoint: Path | None = None
 
     def run(self, resume_from: Path | None = None) -> LoopResult:
         import torch
@@ -202,6 +214,7 @@ class TrainLoop:
         result = LoopResult()
         step = 0
         if resume_from is not None:
+            self._last_checkpoint = resume_from
             step, result.log_history = read_state(resume_from)
             # into the plain model before prepare: FSDP / DeepSpeed then shard the restored weights
             self.weights.load(self.model, resume_from / "weights")
@@ -374,12 +387,42 @@ class TrainLoop:
     def _save(
         self, model: Any, optimizer: Any, scheduler: Any, step: int, history: list[dict[str, float]]
     ) -> list[Path]:
-        """Write ``step-NNNNNN`` (a collective call: every process makes it at the same step)."""
+        """Write ``step-NNNNNN`` (a collective call: every process makes it at the same step). A full disk
+        removes the partial checkpoint and stops the run with how much space it needs; the previous
+        checkpoint is untouched (checkpoints are written aside and renamed when complete)."""
+        tmp = self.checkpoint_dir / f".step-{step:06d}.partial"
+        try:
+            kept_checkpoints = self._write_checkpoint(model, optimizer, scheduler, step, history, tmp)
+        except (OSError, RuntimeError) as exc:
+            if not disk_full(exc):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            previous = self._last_checkpoint
+            size = sum(f.stat().st_size for f in previous.rglob("*") if f.is_file()) if previous else 0
+            kept = f"; {previous} is intact" if previous else ""
+            raise OutputError(
+                f"no space left on the device to write checkpoint step-{step:06d} in {self.checkpoint_dir}"
+                + (f" (it needs about {size / 1e6:.0f} MB, the size of the last one)" if size else "")
+                + kept,
+                hint="free space there (or lower training.save_total_limit), then resume with "
+                "training.resume_from=latest",
+            ) from None
+        self._last_checkpoint = kept_checkpoints[-1] if kept_checkpoints else None
+        return kept_checkpoints
+
+    def _write_checkpoint(
+        self,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        step: int,
+        history: list[dict[str, float]],
+        tmp: Path,
+    ) -> list[Path]:
         import torch
 
         acc = self.accelerator
         target = self.checkpoint_dir / f"step-{step:06d}"
-        tmp = self.checkpoint_dir / f".step-{step:06d}.partial"
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)

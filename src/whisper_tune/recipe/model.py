@@ -162,3 +162,32 @@ def build_full_model(source: str, cfg: ModelConfig, training: Any) -> Any:
     if training.gradient_checkpointing:
         enable_activation_checkpointing(model)
     return model
+
+
+def require_whisper(source: str, name: str) -> None:
+    """Refuse a local model directory that is not a Whisper model before anything loads its weights or
+    tokenizer (a wav2vec2 or a broken config otherwise fails deep inside transformers)."""
+    import json
+    from pathlib import Path
+
+    path = Path(source).expanduser()
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        return  # a hub id (loading says what is wrong) or not a Hugging Face directory
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"'{name}': cannot read {config_file}: {exc}") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != "whisper":
+        raise ModelError(
+            f"'{name}' is not a Whisper model (model_type {model_type!r} in {config_file})",
+            hint="whisper-tune fine-tunes Whisper checkpoints: a hub id such as openai/whisper-small, a "
+            "local Whisper directory, a CTranslate2 Whisper directory or pip:tiny.en",
+        )
+    vocab, pad = config.get("vocab_size"), config.get("pad_token_id")
+    if isinstance(vocab, int) and isinstance(pad, int) and not 0 <= pad < vocab:
+        raise ModelError(
+            f"'{name}' has an unusable Whisper config: pad_token_id {pad} is outside the vocabulary "
+            f"({vocab} tokens) in {config_file}"
+        )

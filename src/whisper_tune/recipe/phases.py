@@ -184,15 +184,24 @@ def machine_zero_path(accelerator: Any, path: Path) -> Path:
 
 
 def save_final(job: TrainJob, accelerator: Any, model: Any, weights: WeightsFormat) -> Path:
-    """``final/`` (or ``output.model_dir``) in the weights format, written by the main process (a
-    collective call: FSDP / ZeRO-3 gather the shards on every process)."""
+    """``final/`` (or ``output.model_dir``): the weights in the backend's format and the processor files,
+    written by the main process under a temporary name and renamed when complete (a collective call:
+    FSDP / ZeRO-3 gather the shards on every process)."""
+    import shutil
+
     from whisper_tune.recipe.loop import shards_state
+    from whisper_tune.recipe.model import load_processor, save_processor
 
     cfg = job.config
     final_dir = Path(cfg.output.model_dir) if cfg.output.model_dir else Path(job.run_dir) / "final"
     state = accelerator.get_state_dict(model) if shards_state(accelerator) else None
     if accelerator.is_main_process:
-        weights.save(accelerator.unwrap_model(model), final_dir, state)
+        tmp = final_dir.with_name(f".{final_dir.name}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        weights.save(accelerator.unwrap_model(model), tmp, state)
+        save_processor(load_processor(job.model_dir, cfg.model), tmp)
+        shutil.rmtree(final_dir, ignore_errors=True)
+        tmp.rename(final_dir)
     accelerator.wait_for_everyone()
     return final_dir
 

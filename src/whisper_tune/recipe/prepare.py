@@ -11,6 +11,7 @@ the run report. Only an empty result is an error.
 
 from __future__ import annotations
 
+import errno
 import os
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from whisper_tune.config.schema import SAMPLING_RATE, DataConfig
-from whisper_tune.errors import ConfigError, DataError
+from whisper_tune.errors import ConfigError, DataError, OutputError
 from whisper_tune.languages import language_code
 from whisper_tune.recipe.audio import BadAudio, decode, from_array
 from whisper_tune.recipe.prepared import PreparedWriter, to_pcm
@@ -181,6 +182,8 @@ def prepare_samples(
                         item.pcm, item.labels, item.text, item.key, language=item.language, audio=item.audio
                     )
                 progress.update(1, kept=writer.count, dropped=writer.drops.total)
+    except OSError as exc:
+        raise _disk_full(exc, writer, name, out_dir) from None
     except BaseException:
         writer.abort()
         raise
@@ -204,7 +207,24 @@ def prepare_samples(
         reporter.info(f"{name}: {writer.count} samples ({minutes}); {writer.drops.summary()}{parallel}")
         for reason, keys in writer.drops.examples.items():
             reporter.debug(f"{name}: {reason} e.g. {', '.join(keys)}")
-    return writer.close()
+    try:
+        return writer.close()
+    except OSError as exc:
+        raise _disk_full(exc, writer, name, out_dir) from None
+
+
+def _disk_full(exc: OSError, writer: PreparedWriter, name: str, out_dir: Path) -> Exception:
+    """A full disk while writing a prepared set: the partial set is removed and the run stops with one
+    error saying how much was written (any other OSError is returned as it is)."""
+    written = sum(f.stat().st_size for f in writer.tmp_dir.glob("*") if f.is_file()) / 1e6
+    writer.abort()
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return exc
+    return OutputError(
+        f"no space left on the device while writing the prepared {name} set to {out_dir} "
+        f"({written:.0f} MB written for {writer.count} clips; prepared audio takes about 115 MB per hour)",
+        hint="free space there or set output.dir to a larger disk; nothing partial was kept",
+    )
 
 
 def prepare_one(sample: RawSample, tokenizer: Any, filters: Filters) -> Prepared | Dropped:

@@ -174,9 +174,11 @@ class AccelerateBackend:
             issues.append(
                 Issue(
                     "backend.num_processes",
-                    f"{opts.num_processes} CPU processes asked for; this machine has {caps.cpu_count} cores",
+                    f"{opts.num_processes} CPU processes asked for; this machine has {caps.cpu_count} cores "
+                    "(each process holds a copy of the model: more processes than cores only run out of "
+                    "memory)",
                     hint=f"use at most --num-processes {caps.cpu_count}",
-                    level="warning",
+                    hardware=True,
                 )
             )
         return issues
