@@ -140,6 +140,12 @@ def make_run_dir(config: RunConfig, *, train: bool = True) -> Path:
     return run_dir
 
 
+def read_state(checkpoint: Path) -> tuple[int, list[dict[str, float]]]:
+    from whisper_tune.recipe.checkpoints import read_state as read
+
+    return read(checkpoint)
+
+
 def resolve_resume(config: RunConfig, run_dir: Path) -> Path | None:
     from whisper_tune.recipe.checkpoints import list_checkpoints
 
@@ -249,6 +255,7 @@ def run(
             f"global {the_plan.global_batch}"
         )
         resume = resolve_resume(config, run_dir)
+        resumed_at = read_state(resume)[0] if resume is not None else 0  # before training prunes it
         source, processor = _load_processor_for(config, reporter)
         multilingual = is_multilingual(len(processor.tokenizer))
         data = with_regression_set(config, multilingual) if train else config.data
@@ -272,8 +279,11 @@ def run(
         )
         (run_dir / "job.json").write_text(job.model_dump_json(indent=2), encoding="utf-8")
         result = backend.train(job, reporter)
-        for record in result.log_history:  # what a backend in another process could not send live
-            reporter.track(record)
+        # what a backend in another process could not send live; a resumed run's earlier records were
+        # sent by the run that wrote the checkpoint
+        for record in result.log_history:
+            if record["step"] > resumed_at:
+                reporter.track(record)
         final = result.final_model_dir
         if final is not None and not (final / "tokenizer_config.json").exists():
             save_processor(processor, final)  # a backend that did not write them (the IPU worker)

@@ -46,6 +46,7 @@ from whisper_tune.recipe.checkpoints import (
     optimizer_file,
     publish_checkpoint,
     read_state,
+    read_totals,
     restore_rng,
     rng_file,
     save_rng,
@@ -200,6 +201,9 @@ class TrainLoop:
     _passes: int = 0
     #: the newest complete checkpoint (the one resumed from, until this run writes one)
     _last_checkpoint: Path | None = None
+    _prior: tuple[int, float] = (0, 0.0)
+    _local_samples: int = 0
+    _start: float = 0.0
 
     def run(self, resume_from: Path | None = None) -> LoopResult:
         import torch
@@ -213,11 +217,14 @@ class TrainLoop:
         steps = total_steps(cfg, size, self.drop_last, acc.num_processes)
         result = LoopResult()
         step = 0
+        prior_samples, prior_seconds = 0, 0.0
         if resume_from is not None:
             self._last_checkpoint = resume_from
             step, result.log_history = read_state(resume_from)
+            prior_samples, prior_seconds = read_totals(resume_from)
             # into the plain model before prepare: FSDP / DeepSpeed then shard the restored weights
             self.weights.load(self.model, resume_from / "weights")
+        self._prior = (prior_samples, prior_seconds)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("no trainable parameters: nothing would be learnt")
@@ -243,8 +250,8 @@ class TrainLoop:
         stream = self._micro_batches(micro, batches_per_epoch)
         model.train()
         window: list[tuple[float, int]] = []  # (local loss sum, global tokens) per step since the last log
-        local_samples = 0
-        start = time.perf_counter()
+        self._local_samples = 0
+        self._start = start = time.perf_counter()
         bar = self.reporter.progress("train", total=steps, unit="step")
         bar.update(step)
         stop = False
@@ -253,7 +260,7 @@ class TrainLoop:
                 while step < steps and not stop:
                     group = [next(stream) for _ in range(cfg.gradient_accumulation_steps)]
                     loss_sum, tokens = backward_step(acc, model, group)
-                    local_samples += sum(int(b["labels"].shape[0]) for b in group)
+                    self._local_samples += sum(int(b["labels"].shape[0]) for b in group)
                     micro += len(group)
                     if cfg.max_grad_norm is not None:
                         acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -280,9 +287,10 @@ class TrainLoop:
         except KeyboardInterrupt:
             result.interrupted = True
             self.reporter.warning(f"interrupted at step {step}; saving a checkpoint to resume from")
-        result.seconds = time.perf_counter() - start
+        # every session's samples and seconds (a resumed run adds to what its checkpoint had seen)
+        result.seconds = prior_seconds + time.perf_counter() - start
         result.steps = step
-        result.samples = int(acc.reduce(torch.tensor(local_samples, device=acc.device), reduction="sum"))
+        result.samples = prior_samples + self._global_samples()
         if step > 0 and (result.interrupted or cfg.save_steps):
             result.checkpoints = self._save(model, optimizer, scheduler, step, result.log_history)
         if self.best is not None and not result.interrupted:
@@ -290,6 +298,13 @@ class TrainLoop:
             self.best.restore_best(step)
         model.eval()
         return result
+
+    def _global_samples(self) -> int:
+        """Training samples this session has seen, all processes together (a collective call)."""
+        import torch
+
+        acc = self.accelerator
+        return int(acc.reduce(torch.tensor(self._local_samples, device=acc.device), reduction="sum"))
 
     # --- data ------------------------------------------------------------------------------------
 
@@ -423,6 +438,8 @@ class TrainLoop:
 
         acc = self.accelerator
         target = self.checkpoint_dir / f"step-{step:06d}"
+        samples = self._prior[0] + self._global_samples()  # collective
+        seconds = self._prior[1] + time.perf_counter() - self._start
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -435,7 +452,9 @@ class TrainLoop:
         acc.wait_for_everyone()
         if acc.is_main_process:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            write_state(tmp, step, history, processes=acc.num_processes)
+            write_state(
+                tmp, step, history, processes=acc.num_processes, samples=samples, seconds=round(seconds, 3)
+            )
             publish_checkpoint(tmp, target, self.cfg.save_total_limit)
             self.reporter.debug(f"saved checkpoint {target}")
         acc.wait_for_everyone()

@@ -155,16 +155,25 @@ def prepare_samples(
     name: str = "data",
     meta: dict[str, Any] | None = None,
     workers: Workers | None = None,
+    fingerprint: str | None = None,
 ) -> Path:
     """Prepare samples into ``out_dir`` (see ``prepared``); returns the directory.
 
     Decoding, resampling and tokenising run in ``workers`` (default: one process per core); the output is
     the same, in the same order, whatever their number. ``tokenizer`` must already carry the
     language/task prefix (``set_prefix_tokens``); ``feature_extractor`` gives the model's mel bins,
-    recorded in the manifest (features are computed at batch time).
+    recorded in the manifest (features are computed at batch time). With a ``fingerprint``
+    (``recipe/fingerprint.py``) an existing ``out_dir`` prepared with the same one is reused as it is.
     """
+    if fingerprint is not None and reusable(out_dir, fingerprint, int(feature_extractor.feature_size)):
+        if reporter is not None:
+            reporter.info(f"{name}: reusing {out_dir} (prepared earlier from the same data and settings)")
+        return out_dir
+    extra = {"fingerprint": fingerprint} if fingerprint else {}
     writer = PreparedWriter(
-        out_dir, num_mel_bins=int(feature_extractor.feature_size), meta={"name": name, **(meta or {})}
+        out_dir,
+        num_mel_bins=int(feature_extractor.feature_size),
+        meta={"name": name, **(meta or {}), **extra},
     )
     progress = (reporter or Reporter.silent()).progress(f"prepare {name}", total=limit or total, unit="clip")
     pool = workers if workers is not None else Workers(None, tokenizer, filters)
@@ -224,6 +233,23 @@ def _disk_full(exc: OSError, writer: PreparedWriter, name: str, out_dir: Path) -
         f"no space left on the device while writing the prepared {name} set to {out_dir} "
         f"({written:.0f} MB written for {writer.count} clips; prepared audio takes about 115 MB per hour)",
         hint="free space there or set output.dir to a larger disk; nothing partial was kept",
+    )
+
+
+def reusable(out_dir: Path, fingerprint: str, num_mel_bins: int) -> bool:
+    """A complete prepared set in ``out_dir`` made from the same data and settings."""
+    import json
+
+    from whisper_tune.recipe.prepared import MANIFEST, VERSION
+
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(
+        manifest.get("fingerprint") == fingerprint
+        and manifest.get("version") == VERSION
+        and manifest.get("num_mel_bins") == num_mel_bins
     )
 
 
