@@ -231,7 +231,11 @@ class TrainingConfig(Section):
     seed: int = Field(42, description="Seed for weights of new layers, shuffling and dropout.")
     logging_steps: int = Field(1, gt=0, description="Log the loss every this many optimizer steps.")
     save_steps: int | None = Field(
-        None, gt=0, description="Save a resumable checkpoint every this many steps (and always at the end)."
+        None,
+        gt=0,
+        description="Save a resumable checkpoint every this many steps and at the last step. Unset: no "
+        "checkpoint is written (final/ still holds the trained weights) except when the run is interrupted "
+        "(Ctrl-C / SIGTERM), which always saves one to resume from.",
     )
     save_total_limit: int = Field(
         2, gt=0, description="Keep at most this many checkpoints; older are pruned."
