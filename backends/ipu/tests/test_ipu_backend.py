@@ -133,7 +133,7 @@ def test_run_only_problems_do_not_block_the_plan() -> None:
 
 
 def test_large_v3_is_planned_but_run_refuses_it() -> None:
-    cfg = config(preset=None, backend="ipu", model="openai/whisper-large-v3", ipus=32)
+    cfg = config(preset=None, backend="ipu", model="openai/whisper-large-v3", backend_flags={"--ipus": 32})
     found = issues(cfg)
     assert found["model.name"][1] and "transformers 4.29.2" in found["model.name"][0]
     plan = IpuBackend().plan(cfg, Capabilities())

@@ -64,6 +64,23 @@ class Issue:
 
 
 @dataclass(frozen=True)
+class Flag:
+    """A command-line flag a backend adds to ``run``, ``eval``, ``prepare``, ``plan`` and ``config``
+    (``whisper-tune run --help`` lists those of every installed backend). Its value sets ``key``, a
+    dotted config path, with the precedence of first-class flags (above ``key=value`` overrides)."""
+
+    #: the flag as typed, e.g. "--num-processes"
+    name: str
+    #: the config key it sets, e.g. "backend.num_processes"
+    key: str
+    help: str
+    type: Literal["int", "float", "str"] = "int"
+    #: the smallest value accepted (numbers only)
+    min: float | None = None
+    metavar: str | None = None
+
+
+@dataclass(frozen=True)
 class RecipeNeeds:
     """What the shared recipe must do for this backend."""
 
@@ -149,6 +166,8 @@ class Backend(Protocol):
     name: ClassVar[str]
     description: ClassVar[str]
     Options: ClassVar[type[BaseModel]]
+    #: the backend's own command-line flags (may be empty)
+    flags: ClassVar[tuple[Flag, ...]]
 
     def probe(self) -> Probe:
         """Is this backend usable here, and what hardware does it see? Cheap; never raises."""

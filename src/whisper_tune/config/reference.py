@@ -33,8 +33,9 @@ A run is configured by one YAML file (or a preset, see `whisper-tune config list
 with the sections below, then `key=value` overrides on the command line, e.g.
 `whisper-tune run --config quickstart training.max_steps=10 data.max_train_samples=64`.
 Precedence, lowest first: these defaults, the backend's option defaults, SageMaker job defaults,
-the YAML file, `key=value` overrides, first-class flags (`--backend`, `--model`, `--ipus`,
-`--num-processes`). Unknown keys are errors. `whisper-tune config show` prints the resolved
+the YAML file, `key=value` overrides, first-class flags (`--backend`, `--model`, and the flags the
+installed backends declare, such as `--num-processes` or `--ipus`: `whisper-tune run --help` lists
+them). Unknown keys are errors. `whisper-tune config show` prints the resolved
 configuration with every default filled in; `whisper-tune config validate` checks one.
 
 Values are YAML: `null` unsets an optional key, lists are `[a, b]`."""
