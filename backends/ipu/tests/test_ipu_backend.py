@@ -32,6 +32,11 @@ needs_entry_point = pytest.mark.skipif(
 )
 
 
+@pytest.fixture()
+def no_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WHISPER_TUNE_IPU_PYTHON", raising=False)
+
+
 def registry() -> Registry:
     return Registry(instances={"ipu": IpuBackend()})
 
