@@ -507,11 +507,42 @@ def config_list() -> None:
 
 
 @config_group.command("docs")
-def config_docs() -> None:
+@click.option(
+    "--backend",
+    "-b",
+    "backend_name",
+    default=None,
+    help="Print this installed backend's option table instead (generated from its Options model).",
+)
+@click.option(
+    "--into",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="With --backend: rewrite the generated options block of this file (the backend's README) "
+    "instead of printing it.",
+)
+def config_docs(backend_name: str | None, into: Path | None) -> None:
     """Print the configuration reference (Markdown), generated from the field descriptions."""
-    from whisper_tune.config.reference import config_reference_markdown
+    from whisper_tune.config.reference import (
+        backend_options_markdown,
+        config_reference_markdown,
+        with_options_block,
+    )
 
-    click.echo(config_reference_markdown(), nl=False)
+    if backend_name is None:
+        if into is not None:
+            raise click.UsageError("--into needs --backend")
+        click.echo(config_reference_markdown(), nl=False)
+        return
+    from whisper_tune.backend.registry import Registry
+
+    block = backend_options_markdown(Registry().get(backend_name))
+    if into is None:
+        click.echo(block, nl=False)
+        return
+    text = with_options_block(into.read_text(encoding="utf-8"), block, str(into))
+    into.write_text(text, encoding="utf-8")
+    click.echo(f"wrote the {backend_name} options into {into}")
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

@@ -20,16 +20,18 @@ from __future__ import annotations
 import json
 import os
 import re
-import shlex
 import subprocess
 import sys
 from collections import deque
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from whisper_tune.backend.protocol import RUN_DIR as RUN_DIR
+from whisper_tune.backend.protocol import Launch as Launch
+from whisper_tune.backend.protocol import TrainJob, TrainResult
 from whisper_tune.errors import (
     BackendUnavailableError,
     ConfigError,
@@ -42,10 +44,8 @@ from whisper_tune.errors import (
 )
 
 if TYPE_CHECKING:
-    from whisper_tune.backend.protocol import TrainJob, TrainResult
     from whisper_tune.recipe.progress import Reporter
 
-RUN_DIR = "{run_dir}"
 #: The core's worker for backends launched through ``accelerate launch``.
 WORKER_MODULE = "whisper_tune.backend.worker"
 #: WhisperTuneError classes a worker's failure is re-raised as, by class name or by ``kind``.
@@ -62,74 +62,6 @@ class WorkerFailed(WhisperTuneError):
 
     exit_code = 1
     kind = "worker"
-
-
-@dataclass(frozen=True)
-class Launch:
-    """How training starts. Pure data (JSON-serialisable); paths may hold ``{run_dir}``."""
-
-    mode: Literal["in-process", "command"] = "in-process"
-    argv: tuple[str, ...] = ()
-    #: variables set for the command on top of the inherited environment
-    env: tuple[tuple[str, str], ...] = ()
-    cwd: str | None = None
-    #: files written before the command starts: (path, content)
-    files: tuple[tuple[str, str], ...] = ()
-    #: where the job file is written ("whisper-tune": the core's job document; "backend": the backend's)
-    job_file: str | None = None
-    job_format: Literal["whisper-tune", "backend"] = "whisper-tune"
-    result_file: str | None = None
-    #: the key holding the TrainResult in the result file (None: the file is the TrainResult)
-    result_key: str | None = None
-    #: "<format>/<version>" the result file must declare in its "format" and "version" keys
-    result_format: str | None = None
-    #: folder where workers write failure-rank<N>.json (and traceback-rank<N>.txt)
-    failure_dir: str | None = None
-    #: how the worker reports a known problem on its output: "<prefix>: error[<kind>]: <message>"
-    error_prefix: str | None = None
-    #: worker error kinds -> whisper-tune error class names (beyond the classes' own kinds)
-    error_kinds: tuple[tuple[str, str], ...] = ()
-    #: a hint added to every failure (how to set the stack up, say)
-    failure_hint: str | None = None
-    #: "console": the command's output goes to this process's stderr; "reporter": line by line to the log
-    output: Literal["console", "reporter"] = "console"
-    #: the launcher's own output, when the command's stdout goes to the console (relative to the run dir)
-    launcher_log: str | None = None
-
-    def resolved(self, run_dir: Path | str) -> Launch:
-        """This launch with ``{run_dir}`` replaced by ``run_dir``."""
-
-        def sub(value: str | None) -> Any:
-            return None if value is None else value.replace(RUN_DIR, str(run_dir))
-
-        return replace(
-            self,
-            argv=tuple(sub(a) for a in self.argv),
-            env=tuple((k, sub(v)) for k, v in self.env),
-            cwd=sub(self.cwd),
-            files=tuple((sub(p), c) for p, c in self.files),
-            job_file=sub(self.job_file),
-            result_file=sub(self.result_file),
-            failure_dir=sub(self.failure_dir),
-            launcher_log=sub(self.launcher_log),
-        )
-
-    def command_line(self) -> str:
-        """The command as one shell line, environment first (what ``whisper-tune plan`` prints)."""
-        env = " ".join(f"{k}={shlex.quote(v)}" for k, v in self.env)
-        cd = f"cd {shlex.quote(self.cwd)} && " if self.cwd else ""
-        return cd + (env + " " if env else "") + shlex.join(self.argv)
-
-    def describe(self) -> list[str]:
-        if self.mode == "in-process":
-            return ["in this process (no command is started)"]
-        lines = [self.command_line()]
-        lines += [f"writes {path}" for path, _ in self.files]
-        if self.job_file:
-            lines.append(f"job file {self.job_file}")
-        if self.result_file:
-            lines.append(f"result file {self.result_file}")
-        return lines
 
 
 # --- planning: accelerate launch ------------------------------------------------------------------
@@ -321,8 +253,6 @@ class _Output:
 def run_launch(job: TrainJob, reporter: Reporter, backend_job: dict[str, Any] | None = None) -> TrainResult:
     """Run ``job.launch`` (a resolved command launch) to the end and return the worker's result, or
     raise one clear error. ``backend_job`` is the job file's content for ``job_format: backend``."""
-    from whisper_tune.backend.protocol import TrainResult
-
     launch = job.launch
     assert launch is not None and launch.mode == "command" and launch.result_file is not None
     run_dir = Path(job.run_dir)
