@@ -14,7 +14,7 @@ import os
 import socket
 import sys
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -171,6 +171,20 @@ def toy_train_data(toy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory
 
 
 # --- processes ----------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def fresh_accelerator_state() -> Iterator[None]:
+    """Accelerate's process-wide state reset before and after the test (as accelerate's own
+    ``AccelerateTestCase`` does): a test whose in-process run uses another mixed precision than the
+    other tests' (fp32) cannot then clash with them."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
 
 
 @pytest.fixture()

@@ -124,6 +124,7 @@ def test_two_processes_with_one_micro_batch_each_give_the_gradient_of_one_batch(
     assert_same(grads, whole)
 
 
+@pytest.mark.slow
 def test_accumulation_and_batch_size_train_the_same_weights_and_log_the_same_loss(
     toy_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -246,6 +247,7 @@ def test_a_damaged_checkpoint_file_is_named_with_the_previous_checkpoint_as_the_
     assert caught.value.hint == f"resume from the previous checkpoint: training.resume_from={previous}"
 
 
+@pytest.mark.slow
 def test_a_run_resuming_from_a_damaged_checkpoint_exits_2_with_one_line(
     toy_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -350,6 +352,7 @@ def test_every_in_process_backend_trains_through_the_phases() -> None:
 # --- what a backend needs from the recipe ------------------------------------------------------
 
 
+@pytest.mark.usefixtures("fresh_accelerator_state")  # bf16, where the other in-process runs use fp32
 def test_the_phases_follow_the_backends_recipe_needs(
     toy_model_dir: Path, toy_train_data: Path, tmp_path: Path
 ) -> None:

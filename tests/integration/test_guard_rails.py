@@ -23,6 +23,7 @@ from whisper_tune.recipe.prepared import PreparedDataset
 MULTILINGUAL = bundled_regression_dir() / "multilingual.csv"
 
 
+@pytest.mark.slow
 def test_bundled_regression_slice_is_evaluated_before_and_after(toy_model_dir: Path, tmp_path: Path) -> None:
     summary = run(
         load_config(
