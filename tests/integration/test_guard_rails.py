@@ -48,6 +48,7 @@ def test_bundled_regression_slice_is_evaluated_before_and_after(toy_model_dir: P
         assert {"insertion_rate", "repeated_ngram_rate"} <= set(scores)
 
 
+@pytest.mark.slow
 def test_mixed_language_data_trains_with_each_rows_language(
     toy_multilingual_dir: Path, tmp_path: Path
 ) -> None:
