@@ -147,7 +147,9 @@ def toy_overrides(model: Path, out: Path, **extra: object) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
-def real_samples(model_dir: Path, count: int, longest_last: bool = True) -> list[dict[str, Any]]:
+def real_samples(
+    model_dir: Path, count: int, longest_last: bool = True, audio: bool = False
+) -> list[dict[str, Any]]:
     """``count`` quickstart training clips as model inputs (log-mel features of the real audio, labels
     from the model's real tokenizer), the shortest transcripts first and the longest last (so batches
     cut from the front and the back differ a lot in label tokens)."""
@@ -163,8 +165,12 @@ def real_samples(model_dir: Path, count: int, longest_last: bool = True) -> list
     tokenizer.set_prefix_tokens(predict_timestamps=False)
     out = []
     for row in chosen:
-        audio, rate = sf.read(QUICKSTART_DATA / "train" / row["file_name"], dtype="float32")
-        audio = soxr.resample(audio, rate, 16_000)
-        features = extractor(audio, sampling_rate=16_000, return_tensors="np")["input_features"][0]
-        out.append({"input_features": features, "labels": tokenizer(row["text"]).input_ids})
+        clip, rate = sf.read(QUICKSTART_DATA / "train" / row["file_name"], dtype="float32")
+        clip = soxr.resample(clip, rate, 16_000)
+        labels = tokenizer(row["text"]).input_ids
+        if audio:  # what prepared data holds (features are made at batch time)
+            out.append({"audio": clip, "labels": labels})
+            continue
+        features = extractor(clip, sampling_rate=16_000, return_tensors="np")["input_features"][0]
+        out.append({"input_features": features, "labels": labels})
     return out

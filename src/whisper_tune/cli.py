@@ -26,21 +26,81 @@ OVERRIDES_HELP = (
 )
 
 
+#: click parameter names of backend flags: "backend_flag__" + the flag's position in the listing
+FLAG_PARAM = "backend_flag__"
+
+
+class BackendFlagsCommand(click.Command):
+    """A command that also takes the installed backends' own flags (``--num-processes``, ``--ipus``),
+    listed from the registry when the command is used (``--help`` included), not when the CLI is
+    imported. The callback gets them as ``backend_flags``: {flag name: value}."""
+
+    _backend_params: list[click.Option] | None = None
+
+    def backend_params(self) -> list[click.Option]:
+        if self._backend_params is None:
+            taken = {opt for p in self.params for opt in [*p.opts, *p.secondary_opts]}
+            self._backend_params = backend_flag_options(taken | {"--help", "-h"})
+        return self._backend_params
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        own = len(self.params)
+        return [*params[:own], *self.backend_params(), *params[own:]]
+
+    def invoke(self, ctx: click.Context) -> Any:
+        names = {p.name: p.opts[0] for p in self.backend_params()}
+        ctx.params["backend_flags"] = {
+            names[key]: ctx.params.pop(key) for key in list(ctx.params) if key in names
+        }
+        return super().invoke(ctx)
+
+
+def backend_flag_options(taken: set[str]) -> list[click.Option]:
+    """One click option per flag the installed backends declare (a flag several declare is listed once).
+    A flag that would shadow one of the command's own options is left out."""
+    from whisper_tune.backend.registry import Registry
+
+    try:
+        declared = Registry().flags()
+    except WhisperTuneError:  # two packages register one name: the command itself reports it
+        return []
+    options = []
+    for n, (flag_name, owners) in enumerate(sorted(declared.items())):
+        first = next(iter(owners.values()))
+        option = click.Option(
+            [flag_name, f"{FLAG_PARAM}{n}"],
+            type=flag_type(first.type, first.min),
+            default=None,
+            metavar=first.metavar,
+            help=f"{first.help.rstrip('.')} ({flag_setting(owners)}).",
+        )
+        if flag_name.startswith("--") and flag_name not in taken:
+            options.append(option)
+    return options
+
+
+def flag_type(kind: str, minimum: float | None) -> click.ParamType[Any]:
+    if kind == "int":
+        return click.IntRange(min=None if minimum is None else int(minimum))
+    if kind == "float":
+        return click.FloatRange(min=minimum)
+    return click.STRING
+
+
+def flag_setting(owners: dict[str, Any]) -> str:
+    """What a flag sets, for its help: 'sets backend.num_processes; backends accelerate, cuda-lora' (the
+    key per backend when they differ)."""
+    keys = {flag.key for flag in owners.values()}
+    if len(keys) == 1:
+        return f"sets {keys.pop()}; backend{'s' if len(owners) > 1 else ''} {', '.join(owners)}"
+    return "sets " + ", ".join(f"{flag.key} for {name}" for name, flag in owners.items())
+
+
 def config_options(func: F) -> F:
-    """[CONFIG] / --config / --backend / --model / --ipus / --num-processes plus key=value overrides."""
+    """[CONFIG] / --config / --backend / --model plus key=value overrides; the command is a
+    ``BackendFlagsCommand``, which adds the installed backends' own flags."""
     func = click.argument("overrides", nargs=-1, metavar="[CONFIG] [KEY=VALUE]...")(func)
-    func = click.option(
-        "--num-processes",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Processes (GPUs) for backends that launch several (sets backend.num_processes).",
-    )(func)
-    func = click.option(
-        "--ipus",
-        type=click.IntRange(min=1),
-        default=None,
-        help="IPUs to use (sets backend.ipus; IPU backend).",
-    )(func)
     func = click.option(
         "--model",
         "model",
@@ -112,7 +172,7 @@ DATA_HELP = (
 )
 
 
-@cli.command(epilog=OVERRIDES_HELP)
+@cli.command(cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
 @config_options
 @click.option("--data", "data", default=None, metavar="DIR_OR_MANIFEST", help=DATA_HELP)
 @click.pass_context
@@ -131,7 +191,7 @@ def run(
         click.echo(line)
 
 
-@cli.command("eval", epilog=OVERRIDES_HELP)
+@cli.command("eval", cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
 @config_options
 @click.option(
     "--data",
@@ -168,7 +228,7 @@ def eval_cmd(
         click.echo(line)
 
 
-@cli.command(epilog=OVERRIDES_HELP)
+@cli.command(cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
 @config_options
 @click.option(
     "--out",
@@ -190,7 +250,7 @@ def prepare(
         click.echo(f"{name}: {info['samples']} samples, {info['audio_minutes']} min -> {info['path']}")
 
 
-@cli.command(epilog=OVERRIDES_HELP)
+@cli.command(cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
 @config_options
 @click.pass_context
 def plan(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
@@ -412,7 +472,7 @@ def config_group() -> None:
     """Show, validate, list and document configurations."""
 
 
-@config_group.command("show", epilog=OVERRIDES_HELP)
+@config_group.command("show", cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
 @config_options
 def config_show(config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
     """Print the fully resolved configuration as YAML (every default filled in)."""
@@ -421,11 +481,11 @@ def config_show(config: str | None, overrides: tuple[str, ...], **flags: Any) ->
     click.echo(dump_yaml(build_config(config, overrides, require_backend=False, **flags)), nl=False)
 
 
-@config_group.command("validate", epilog=OVERRIDES_HELP)
+@config_group.command("validate", cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
 @config_options
 def config_validate(config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
     """Validate a configuration: core sections, then the backend's own options if it is installed."""
-    from whisper_tune.config.load import UncheckedOptions
+    from whisper_tune.config.schema import UncheckedOptions
 
     resolved = build_config(config, overrides, require_backend=False, **flags)
     if isinstance(resolved.backend.options, UncheckedOptions):
@@ -447,11 +507,42 @@ def config_list() -> None:
 
 
 @config_group.command("docs")
-def config_docs() -> None:
+@click.option(
+    "--backend",
+    "-b",
+    "backend_name",
+    default=None,
+    help="Print this installed backend's option table instead (generated from its Options model).",
+)
+@click.option(
+    "--into",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="With --backend: rewrite the generated options block of this file (the backend's README) "
+    "instead of printing it.",
+)
+def config_docs(backend_name: str | None, into: Path | None) -> None:
     """Print the configuration reference (Markdown), generated from the field descriptions."""
-    from whisper_tune.config.reference import config_reference_markdown
+    from whisper_tune.config.reference import (
+        backend_options_markdown,
+        config_reference_markdown,
+        with_options_block,
+    )
 
-    click.echo(config_reference_markdown(), nl=False)
+    if backend_name is None:
+        if into is not None:
+            raise click.UsageError("--into needs --backend")
+        click.echo(config_reference_markdown(), nl=False)
+        return
+    from whisper_tune.backend.registry import Registry
+
+    block = backend_options_markdown(Registry().get(backend_name))
+    if into is None:
+        click.echo(block, nl=False)
+        return
+    text = with_options_block(into.read_text(encoding="utf-8"), block, str(into))
+    into.write_text(text, encoding="utf-8")
+    click.echo(f"wrote the {backend_name} options into {into}")
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ import yaml
 from helpers import QUICKSTART_DATA, REPO, toy_overrides
 
 from whisper_tune import __version__
-from whisper_tune.backend.registry import Registry
+from whisper_tune.backend.registry import GROUP, KNOWN_BACKENDS, Registry
 from whisper_tune.cli import main
 from whisper_tune.config.presets import list_presets
 
@@ -27,24 +28,38 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and __version__ in out
 
 
-def test_backends_lists_installed_and_known(capsys: pytest.CaptureFixture[str]) -> None:
+def test_backends_lists_installed_and_known(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each installed backend: its probe's verdict on its own line, then its description and
+    distribution; each known backend that is not installed: its install command."""
+    from whisper_tune.backend import registry as registry_module
+
     code, out, _ = run_cli(capsys, "backends")
     assert code == 0
-    assert "reference    available: CPU, " in out
-    for name in ("cuda-lora", "accelerate", "ipu"):
-        assert f"{name}" in out
-    assert "pip install" in out
-    # what "available" means here: without a GPU the GPU backends run only in their CPU dev modes
+    lines = out.splitlines()
     registry = Registry()
+    assert len(lines) == 2 * len(registry.names())  # everything known is installed here (CI: all of it)
+    for n, name in enumerate(registry.names()):
+        backend, info = registry.get(name), registry.info(name)
+        probe = backend.probe()
+        verdict = f"available: {probe.mode}" if probe.available else f"unavailable: {probe.reason}"
+        assert lines[2 * n].startswith(f"{name:12} {verdict}"), lines[2 * n]
+        assert info is not None
+        origin = f"[{info.distribution} {info.version}]"
+        assert lines[2 * n + 1] == f"{'':12} {backend.description} {origin}"
+    # what "available" means here: without a GPU the GPU backends run only in their CPU dev modes
     for name, dev_mode in (("cuda-lora", "backend.device=cpu"), ("accelerate", "backend.cpu=true")):
-        if name not in registry.names():
-            continue
-        probe = registry.get(name).probe()
-        assert f"{name:12} available: {probe.mode}" in out
-        if probe.capabilities.cuda_devices == 0:
-            assert probe.mode.startswith("CPU dev mode only") and dev_mode in probe.mode
-        else:
-            assert probe.mode.startswith("GPU: ")
+        if name in registry.names() and registry.get(name).probe().capabilities.cuda_devices == 0:
+            assert f"{name:12} available: CPU dev mode only" in out and dev_mode in out
+
+    # with only the core installed, every other known backend is listed with its install command
+    only_core = [ep for ep in entry_points(group=GROUP) if ep.name == "reference"]
+    monkeypatch.setattr(registry_module, "Registry", lambda: Registry(only_core))
+    code, out, _ = run_cli(capsys, "backends")
+    assert code == 0 and out.startswith("reference    available: CPU, ")
+    for name, known in KNOWN_BACKENDS.items():
+        assert f"{name:12} not installed: {known.install}\n{'':12} {known.description}\n" in out
 
 
 def test_plan_prints_global_batch(capsys: pytest.CaptureFixture[str]) -> None:

@@ -23,6 +23,7 @@ from whisper_tune.recipe.prepared import PreparedDataset
 MULTILINGUAL = bundled_regression_dir() / "multilingual.csv"
 
 
+@pytest.mark.slow
 def test_bundled_regression_slice_is_evaluated_before_and_after(toy_model_dir: Path, tmp_path: Path) -> None:
     summary = run(
         load_config(
@@ -47,6 +48,7 @@ def test_bundled_regression_slice_is_evaluated_before_and_after(toy_model_dir: P
         assert {"insertion_rate", "repeated_ngram_rate"} <= set(scores)
 
 
+@pytest.mark.slow
 def test_mixed_language_data_trains_with_each_rows_language(
     toy_multilingual_dir: Path, tmp_path: Path
 ) -> None:

@@ -65,6 +65,7 @@ def test_run_writes_the_whole_run_directory(toy_model_dir: Path, tmp_path: Path)
     assert records[-1]["loss"] == metrics["train"]["final_loss"]
 
 
+@pytest.mark.slow
 def test_bad_samples_are_skipped_counted_and_reported(toy_model_dir: Path, tmp_path: Path) -> None:
     good = [(f"g{i}.wav", tone(1.0 + i / 10, rate=8_000), 8_000, f"clip number {i}") for i in range(4)]
     root = write_audiofolder(
@@ -111,6 +112,7 @@ def test_bad_samples_are_skipped_counted_and_reported(toy_model_dir: Path, tmp_p
     assert "dropped 5" in log
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_loss_curve(toy_model_dir: Path, tmp_path: Path) -> None:
     common = {
         "training.max_steps": 4,
@@ -150,6 +152,7 @@ def test_resume_continues_the_same_loss_curve(toy_model_dir: Path, tmp_path: Pat
     )
 
 
+@pytest.mark.slow
 def test_checkpoints_are_pruned(toy_model_dir: Path, tmp_path: Path) -> None:
     run(
         load_config(
@@ -172,6 +175,7 @@ def test_checkpoints_are_pruned(toy_model_dir: Path, tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "p" / "checkpoints").iterdir()] == ["step-000003"]
 
 
+@pytest.mark.slow
 def test_prepare_once_then_train_from_prepared(toy_model_dir: Path, tmp_path: Path) -> None:
     overrides = toy_overrides(toy_model_dir, tmp_path / "runs", **{"data.extra_eval": "[]"})
     sets = prepare(load_config("quickstart", overrides), tmp_path / "prepared", reporter=QUIET)
@@ -192,6 +196,7 @@ def test_prepare_once_then_train_from_prepared(toy_model_dir: Path, tmp_path: Pa
     assert summary.metrics["train"]["steps"] == 2
 
 
+@pytest.mark.slow
 def test_evaluate_only(toy_model_dir: Path, tmp_path: Path) -> None:
     summary = run(
         load_config("quickstart", toy_overrides(toy_model_dir, tmp_path)), reporter=QUIET, train=False

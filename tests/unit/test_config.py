@@ -7,6 +7,7 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 
+from whisper_tune.backend.protocol import Flag
 from whisper_tune.backend.reference import ReferenceBackend, ReferenceOptions
 from whisper_tune.backend.registry import Registry
 from whisper_tune.config.load import (
@@ -17,7 +18,7 @@ from whisper_tune.config.load import (
     parse_override,
     validate,
 )
-from whisper_tune.config.schema import ModelConfig, RunConfig
+from whisper_tune.config.schema import BackendConfig, ModelConfig, NoOptions, RunConfig
 from whisper_tune.errors import BackendUnavailableError, ConfigError
 
 
@@ -121,9 +122,53 @@ def test_core_only_validation_keeps_options_of_missing_backend() -> None:
     assert cfg.to_yaml_dict()["backend"] == {"name": "ipu", "layers_per_ipu": [5, 7, 5, 7]}
 
 
-def test_flags_map_to_backend_options() -> None:
-    with pytest.raises(ConfigError, match="backend.ipus: unknown key"):
-        load_config(None, ipus=4)  # the reference backend has no IPUs
+def test_options_reach_the_backend_typed_once() -> None:
+    cfg = load_config(None, ["backend.threads=2"])
+    options = cfg.backend.options_as(ReferenceOptions)
+    assert options is cfg.backend.options and options.threads == 2  # the object validated at load
+    # a config built in Python without options: the backend's defaults
+    assert RunConfig().backend.options_as(ReferenceOptions) == ReferenceOptions()
+    assert isinstance(RunConfig().backend.options, NoOptions)
+
+
+def test_options_no_backend_validated_are_refused_not_revalidated() -> None:
+    # read back from JSON, the options keep their keys (not silently dropped) until a backend validates
+    round_trip = RunConfig.model_validate_json(load_config(None, ["backend.threads=2"]).model_dump_json())
+    assert isinstance(round_trip.backend.options, UncheckedOptions)
+    assert round_trip.backend.options.model_dump() == {"threads": 2, "num_workers": 0}
+    with pytest.raises(ConfigError, match="not validated by ReferenceOptions") as err:
+        round_trip.backend.options_as(ReferenceOptions)
+    assert "load_config" in (err.value.hint or "")
+    wrong = BackendConfig(name="reference", options=UncheckedOptions(threads="many"))
+    with pytest.raises(ConfigError, match="backend 'reference': its options were not validated"):
+        wrong.options_as(ReferenceOptions)
+    assert validate(round_trip.to_yaml_dict()).backend.options == ReferenceOptions(threads=2)
+
+
+def test_backend_flags_set_the_key_their_backend_declares() -> None:
+    class WithFlag(ReferenceBackend):
+        flags = (Flag("--threads", "backend.threads", "torch CPU threads", min=1),)
+
+    registry = Registry([], instances={"reference": WithFlag()})
+    cfg = load_config(None, ["backend.threads=1"], backend_flags={"--threads": 2}, registry=registry)
+    assert cfg.backend.options_as(ReferenceOptions).threads == 2  # flags win over key=value
+    assert load_config(None, backend_flags={"--threads": None}, registry=registry).backend.options == (
+        ReferenceOptions()
+    )  # an unset flag sets nothing
+
+
+def test_a_flag_of_another_backend_names_that_backend() -> None:
+    class Other(ReferenceBackend):
+        name = "other"
+        flags = (Flag("--ipus", "backend.ipus", "IPUs"),)
+
+    registry = Registry([], instances={"reference": ReferenceBackend(), "other": Other()})
+    with pytest.raises(ConfigError, match="--ipus is a flag of the other backend, not of the configured "
+                       "backend 'reference'") as err:
+        load_config(None, backend_flags={"--ipus": 4}, registry=registry)
+    assert err.value.hint == "choose the backend, e.g. --backend other, or leave --ipus out"
+    with pytest.raises(ConfigError, match="--nope: no installed backend has this flag"):
+        load_config(None, backend_flags={"--nope": 4}, registry=registry)
 
 
 def test_sagemaker_environment_fills_only_unset_keys(tmp_path: Path) -> None:

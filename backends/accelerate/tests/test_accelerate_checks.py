@@ -52,7 +52,11 @@ def test_options_validate_machines() -> None:
 
 def test_num_processes_flag_and_unknown_option() -> None:
     cfg = load_config(
-        "quickstart", ["backend.cpu=true"], backend="accelerate", num_processes=2, registry=REGISTRY
+        "quickstart",
+        ["backend.cpu=true", "backend.num_processes=3"],
+        backend="accelerate",
+        backend_flags={"--num-processes": 2},  # a flag wins over key=value
+        registry=REGISTRY,
     )
     opts = cfg.backend.options
     assert isinstance(opts, AccelerateOptions) and opts.num_processes == 2 and opts.cpu

@@ -23,8 +23,9 @@ from typing import Any
 
 import pytest
 from helpers import QUICKSTART_DATA, child_process, cli_argv, run_child
+from whisper_tune_testing import needs_backend
 
-pytestmark = pytest.mark.usefixtures("installed")
+pytestmark = needs_backend("accelerate")
 
 TRACE_ENV = "WHISPER_TUNE_TRACE"
 MAIN_RUN = {"training.gradient_accumulation_steps": 2, "training.save_steps": 1}

@@ -4,7 +4,8 @@ A backend is any class with the members of ``Backend`` (a Protocol: nothing to i
 through the entry-point group ``whisper_tune.backends`` (see ``registry``). The core prepares the data,
 hands the backend a ``TrainJob`` (paths and validated config, JSON-serialisable so it can cross a process
 or Python-environment boundary), and gets a ``TrainResult`` back, from which the core computes every
-metric itself, so WER/CER come from the same code on every backend.
+metric itself, so WER/CER come from the same code on every backend. A ``Plan`` carries the run's
+``Launch`` (how training starts; ``whisper_tune.backend.launch`` plans it, ``backend.runner`` runs it).
 """
 
 from __future__ import annotations
@@ -15,13 +16,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_chec
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from whisper_tune.backend.launch import Launch
+from whisper_tune.backend.launch import RUN_DIR as RUN_DIR
+from whisper_tune.backend.launch import Launch as Launch
 from whisper_tune.config.schema import RunConfig
 
 if TYPE_CHECKING:
     from whisper_tune.recipe.progress import Reporter
 
 BACKEND_API = 1
+#: written in a planned launch's paths where the run directory goes; resolved when it exists
 
 
 class Capabilities(BaseModel):
@@ -61,6 +64,23 @@ class Issue:
     hardware: bool = False
     #: True when the problem stops a run but not planning: ``whisper-tune plan`` still shows the plan.
     run_only: bool = False
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line flag a backend adds to ``run``, ``eval``, ``prepare``, ``plan`` and ``config``
+    (``whisper-tune run --help`` lists those of every installed backend). Its value sets ``key``, a
+    dotted config path, with the precedence of first-class flags (above ``key=value`` overrides)."""
+
+    #: the flag as typed, e.g. "--num-processes"
+    name: str
+    #: the config key it sets, e.g. "backend.num_processes"
+    key: str
+    help: str
+    type: Literal["int", "float", "str"] = "int"
+    #: the smallest value accepted (numbers only)
+    min: float | None = None
+    metavar: str | None = None
 
 
 @dataclass(frozen=True)
@@ -156,6 +176,8 @@ class Backend(Protocol):
     name: ClassVar[str]
     description: ClassVar[str]
     Options: ClassVar[type[BaseModel]]
+    #: the backend's own command-line flags (may be empty)
+    flags: ClassVar[tuple[Flag, ...]]
 
     def probe(self) -> Probe:
         """Is this backend usable here, and what hardware does it see? Cheap; never raises."""

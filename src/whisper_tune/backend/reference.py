@@ -12,7 +12,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from whisper_tune.backend.protocol import Capabilities, Issue, Plan, Probe, RecipeNeeds, TrainJob, TrainResult
+from whisper_tune.backend.protocol import (
+    Capabilities,
+    Flag,
+    Issue,
+    Plan,
+    Probe,
+    RecipeNeeds,
+    TrainJob,
+    TrainResult,
+)
 from whisper_tune.config.schema import RunConfig
 from whisper_tune.recipe.progress import Reporter
 
@@ -33,6 +42,7 @@ class ReferenceBackend:
     name: ClassVar[str] = "reference"
     description: ClassVar[str] = "plain PyTorch on the CPU (full fine-tuning); the recipe's executable spec"
     Options: ClassVar[type[BaseModel]] = ReferenceOptions
+    flags: ClassVar[tuple[Flag, ...]] = ()
 
     def probe(self) -> Probe:
         caps = Capabilities(cpu_count=os.cpu_count() or 1)
@@ -50,7 +60,7 @@ class ReferenceBackend:
                     hint="use fp32 (default) or bf16",
                 )
             )
-        threads = getattr(config.backend.options, "threads", None)
+        threads = config.backend.options_as(ReferenceOptions).threads
         if threads and threads > caps.cpu_count:
             issues.append(
                 Issue(
@@ -66,8 +76,7 @@ class ReferenceBackend:
         return RecipeNeeds()
 
     def plan(self, config: RunConfig, caps: Capabilities) -> Plan:
-        opts = config.backend.options
-        threads = getattr(opts, "threads", None) or caps.cpu_count
+        threads = config.backend.options_as(ReferenceOptions).threads or caps.cpu_count
         return Plan(
             backend=self.name,
             devices=f"CPU ({threads} threads)",
@@ -87,8 +96,7 @@ class ReferenceBackend:
         from whisper_tune.recipe.model import build_full_model
         from whisper_tune.recipe.phases import TrainingSetup
 
-        opts = job.config.backend.options
-        assert isinstance(opts, ReferenceOptions)
+        opts = job.config.backend.options_as(ReferenceOptions)
         if opts.threads:
             torch.set_num_threads(opts.threads)
         model = build_full_model(job.model_dir, job.config.model, job.config.training)

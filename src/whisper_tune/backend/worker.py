@@ -81,7 +81,7 @@ def train(backend: Any, job: TrainJob, console: dict[str, bool], result_path: Pa
             seen.extend([t for t in row if t != LABEL_PAD] for row in batch["labels"].tolist())
 
         setup = dataclasses.replace(setup, on_batch=record)
-    outcome = run_phases(job, setup, reporter)
+    outcome = run_phases(job, setup, reporter, backend.recipe_needs(cfg))
     if trace_dir:
         model = accelerator.unwrap_model(outcome.model)
         trainable = {n: p for n, p in model.named_parameters() if p.requires_grad}

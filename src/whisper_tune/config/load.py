@@ -2,7 +2,7 @@
 
 Precedence, lowest first: schema defaults, backend option defaults, environment defaults (a SageMaker job's
 channels, only for keys nothing else sets), the preset / YAML file, ``key=value`` overrides, first-class
-flags (``--backend``, ``--model``, ``--ipus``, ``--num-processes``).
+flags (``--backend``, ``--model`` and the flags a backend declares, such as ``--num-processes``).
 
 Phase 1 validates the core sections and the backend's name; phase 2 asks that backend's ``Options`` model
 to validate the rest of the ``backend`` section. Every problem is reported at once, each with its dotted
@@ -21,19 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from whisper_tune.config.presets import find_preset
-from whisper_tune.config.schema import BUNDLED_REGRESSION, BackendConfig, RunConfig
+from whisper_tune.config.schema import BUNDLED_REGRESSION, BackendConfig, RunConfig, UncheckedOptions
 from whisper_tune.errors import BackendUnavailableError, ConfigError
 
 Raw = dict[str, Any]
-
-
-class UncheckedOptions(BaseModel):
-    """Backend options kept as given because that backend is not installed here (core-only validation)."""
-
-    model_config = ConfigDict(frozen=True, extra="allow")
 
 
 def read_yaml(path: Path) -> Raw:
@@ -368,14 +362,38 @@ def validate(raw: Raw, *, registry: Any | None = None, require_backend: bool = T
     return core.model_copy(update={"backend": BackendConfig(name=str(name), options=options)})
 
 
+def apply_backend_flags(raw: Raw, given: Mapping[str, Any], registry: Any) -> None:
+    """Backend flags (``{"--num-processes": 4}``, declared by the backends in their ``flags``) set the key
+    the configured backend gives them. A flag the configured backend does not declare is a ConfigError
+    naming the backends that do."""
+    given = {flag: value for flag, value in given.items() if value is not None}
+    if not given:
+        return
+    section = raw.get("backend")
+    name = str((section or {}).get("name") or BackendConfig.model_fields["name"].default)
+    declared = registry.flags()
+    for flag_name, value in given.items():
+        owners = declared.get(flag_name, {})
+        flag = owners.get(name)
+        if flag is None:
+            if not owners:
+                raise ConfigError(f"{flag_name}: no installed backend has this flag")
+            names = sorted(owners)
+            raise ConfigError(
+                f"{flag_name} is a flag of the {' / '.join(names)} backend{'s' if len(names) > 1 else ''}, "
+                f"not of the configured backend '{name}'",
+                hint=f"choose the backend, e.g. --backend {names[0]}, or leave {flag_name} out",
+            )
+        set_path(raw, flag.key.split("."), value)
+
+
 def load_config(
     config: str | Path | None = None,
     overrides: Iterable[str] = (),
     *,
     backend: str | None = None,
     model: str | None = None,
-    ipus: int | None = None,
-    num_processes: int | None = None,
+    backend_flags: Mapping[str, Any] | None = None,
     data: str | None = None,
     registry: Any | None = None,
     env: Mapping[str, str] | None = None,
@@ -384,17 +402,18 @@ def load_config(
     """Build a validated ``RunConfig`` from a preset name or YAML path plus overrides.
 
     Relative input paths in the YAML file resolve against its folder (``resolve_input_paths``); ``data``
-    is the ``--data`` shortcut (``apply_data_shortcut``).
+    is the ``--data`` shortcut (``apply_data_shortcut``); ``backend_flags`` are the configured backend's
+    own flags by name (``{"--num-processes": 4}``, ``apply_backend_flags``).
 
     >>> load_config("quickstart", ["training.max_steps=10"])  # doctest: +SKIP
     """
-    flags = {
-        "backend.name": backend,
-        "model.name": model,
-        "backend.ipus": ipus,
-        "backend.num_processes": num_processes,
-    }
+    flags = {"backend.name": backend, "model.name": model}
     raw = merge_sources(config, overrides, flags=flags, env=env, data=data)
+    if registry is None:
+        from whisper_tune.backend.registry import Registry
+
+        registry = Registry()
+    apply_backend_flags(raw, backend_flags or {}, registry)
     return validate(raw, registry=registry, require_backend=require_backend)
 
 

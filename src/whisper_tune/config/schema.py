@@ -7,11 +7,13 @@ second phase by ``whisper_tune.config.load`` once the backend is known.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
+from whisper_tune.errors import ConfigError
 from whisper_tune.languages import language_code
 
 SAMPLING_RATE = 16_000
@@ -336,6 +338,9 @@ class OutputConfig(Section):
         return value
 
 
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+
 class BackendConfig(Section):
     name: str = Field(
         "reference", description="Backend that runs the training (see 'whisper-tune backends')."
@@ -345,9 +350,37 @@ class BackendConfig(Section):
         description="The backend's own options, written next to 'name' in YAML and validated by the backend.",
     )
 
+    @field_validator("options", mode="before")
+    @classmethod
+    def _keep_unvalidated_keys(cls, value: Any) -> Any:
+        """A mapping (a config read back from JSON) keeps its keys until its backend validates them."""
+        return UncheckedOptions(**value) if isinstance(value, Mapping) else value
+
+    def options_as(self, options_model: type[OptionsT]) -> OptionsT:
+        """The options as ``options_model``, the backend's ``Options``, which validated them once (phase 2
+        of ``whisper_tune.config.load.validate``). A config built in Python without options gets that
+        model's defaults; options its backend never validated are a ConfigError, not validated here."""
+        if isinstance(self.options, options_model):
+            return self.options
+        if type(self.options) is NoOptions:
+            return options_model()
+        raise ConfigError(
+            f"backend '{self.name}': its options were not validated by {options_model.__name__} "
+            f"(they are a {type(self.options).__name__})",
+            hint="build the configuration with whisper_tune.load_config (or config.load.validate), or "
+            "pass the backend's own options model as backend.options",
+        )
+
 
 class NoOptions(Section):
-    """Options model of a backend that has none."""
+    """Options model of a backend that has none (and of a config built in Python without options)."""
+
+
+class UncheckedOptions(BaseModel):
+    """Backend options kept as given: their backend is not installed here (core-only validation), or the
+    config was read back from JSON and its backend has not validated them yet."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
 
 
 class RunConfig(Section):

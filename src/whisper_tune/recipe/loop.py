@@ -125,7 +125,9 @@ def label_tokens(batch: dict[str, Any]) -> int:
     return int((batch["labels"] != LABEL_PAD).sum())
 
 
-def summed_token_loss(model: Any, batch: dict[str, Any], config: Any) -> Any:
+def summed_token_loss(
+    model: Any, batch: dict[str, Any], config: Any, feature_dtype: str | None = None
+) -> Any:
     """Cross-entropy summed over the batch's label tokens (the model's own loss is a per-batch mean,
     which cannot be weighted by tokens across micro-batches). The log-mel features are computed here, on
     the batch's device, from its audio; decoder inputs are the labels shifted right, exactly as Whisper's
@@ -137,7 +139,8 @@ def summed_token_loss(model: Any, batch: dict[str, Any], config: Any) -> Any:
 
     labels = batch["labels"]
     decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
-    features = model_inputs(batch, config.num_mel_bins, device=labels.device)
+    dtype = getattr(torch, feature_dtype) if feature_dtype else None
+    features = model_inputs(batch, config.num_mel_bins, device=labels.device, dtype=dtype)
     logits = model(input_features=features, decoder_input_ids=decoder_input_ids, use_cache=False).logits
     return torch.nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]),
@@ -147,7 +150,9 @@ def summed_token_loss(model: Any, batch: dict[str, Any], config: Any) -> Any:
     )
 
 
-def backward_step(accelerator: Any, model: Any, micro_batches: list[dict[str, Any]]) -> tuple[float, int]:
+def backward_step(
+    accelerator: Any, model: Any, micro_batches: list[dict[str, Any]], feature_dtype: str | None = None
+) -> tuple[float, int]:
     """Forward and backward of one optimizer step's micro-batches with the token-weighted loss.
 
     Leaves the step's gradient ``d(sum of token losses over all processes) / d(theta) / tokens`` in the
@@ -163,7 +168,7 @@ def backward_step(accelerator: Any, model: Any, micro_batches: list[dict[str, An
     loss_sum = 0.0
     for batch in micro_batches:
         with accelerator.accumulate(model):
-            loss = summed_token_loss(model, batch, config)
+            loss = summed_token_loss(model, batch, config, feature_dtype)
             accelerator.backward(loss * scale)
         loss_sum += float(loss.detach())
     return loss_sum, tokens
@@ -259,7 +264,7 @@ class TrainLoop:
             with bar:
                 while step < steps and not stop:
                     group = [next(stream) for _ in range(cfg.gradient_accumulation_steps)]
-                    loss_sum, tokens = backward_step(acc, model, group)
+                    loss_sum, tokens = backward_step(acc, model, group, self.collator.feature_dtype)
                     self._local_samples += sum(int(b["labels"].shape[0]) for b in group)
                     micro += len(group)
                     if cfg.max_grad_norm is not None:

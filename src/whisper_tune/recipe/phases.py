@@ -7,8 +7,10 @@
 5. **result** — a ``TrainResult`` (predictions as token ids; the core scores them).
 
 A backend supplies only what differs, as a ``TrainingSetup``: the accelerator (device, processes, mixed
-precision), the model it built (full, LoRA, quantised) and how its weights are saved and loaded. The IPU
-worker runs under its own pinned stack and stays apart.
+precision), the model it built (full, LoRA, quantised) and how its weights are saved and loaded; its
+``recipe_needs`` (``RecipeNeeds``: labels padded to a multiple of a fixed length, the feature dtype fed to
+the model, dropping the last incomplete batch) shape the collator and the training loop here. The IPU
+worker runs under its own pinned stack and stays apart (it applies the same needs itself).
 """
 
 from __future__ import annotations
@@ -19,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
-from whisper_tune.backend.protocol import TrainJob, TrainResult
+from whisper_tune.backend.protocol import RecipeNeeds, TrainJob, TrainResult
 from whisper_tune.config.schema import RunConfig
 from whisper_tune.recipe.progress import Reporter
 from whisper_tune.recipe.weights import WeightsFormat, weights_format_of
@@ -49,9 +51,14 @@ class Outcome:
     model: Any
 
 
-def run_phases(job: TrainJob, setup: TrainingSetup, reporter: Reporter) -> Outcome:
+def run_phases(
+    job: TrainJob, setup: TrainingSetup, reporter: Reporter, needs: RecipeNeeds
+) -> Outcome:
     """Evaluate before -> fit -> save -> evaluate after -> result. On several processes every one of
-    them calls this; the main process writes files, and every process returns the same result."""
+    them calls this; the main process writes files, and every process returns the same result.
+    ``needs`` is the backend's ``recipe_needs(job.config)``: the collator pads labels to a multiple of
+    ``label_pad_multiple`` and feeds features as ``feature_dtype`` (training and evaluation); the
+    training loop drops the last incomplete batch with ``drop_last``."""
     from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
     from whisper_tune.recipe.evaluation import PhaseOutput, evaluate_sets, result_fields
     from whisper_tune.recipe.prepared import PreparedDataset
@@ -59,7 +66,11 @@ def run_phases(job: TrainJob, setup: TrainingSetup, reporter: Reporter) -> Outco
     acc, cfg = setup.accelerator, job.config
     weights = setup.weights or weights_format_of(setup.model)
     model = setup.model
-    collator = SpeechSeq2SeqCollator(acc.unwrap_model(model).config.decoder_start_token_id)
+    collator = SpeechSeq2SeqCollator(
+        acc.unwrap_model(model).config.decoder_start_token_id,
+        label_pad_multiple=needs.label_pad_multiple,
+        feature_dtype=needs.feature_dtype,
+    )
     eval_sets = {name: PreparedDataset(path) for name, path in job.eval_data.items()}
     phases: dict[str, PhaseOutput] = {}
 
@@ -79,7 +90,7 @@ def run_phases(job: TrainJob, setup: TrainingSetup, reporter: Reporter) -> Outco
         evaluate("before")
     fitted = None
     if job.train and (job.train_data is not None or job.train_stream is not None):
-        fitted = fit(job, setup, weights, collator, reporter)
+        fitted = fit(job, setup, weights, collator, reporter, drop_last=needs.drop_last)
         model = fitted.model
     finished = fitted is not None and not fitted.interrupted
     final_dir = save_final(job, acc, model, weights) if finished and cfg.output.save_final_model else None
@@ -115,7 +126,13 @@ class Fitted:
 
 
 def fit(
-    job: TrainJob, setup: TrainingSetup, weights: WeightsFormat, collator: Any, reporter: Reporter
+    job: TrainJob,
+    setup: TrainingSetup,
+    weights: WeightsFormat,
+    collator: Any,
+    reporter: Reporter,
+    *,
+    drop_last: bool = False,
 ) -> Fitted:
     """The training loop over the job's prepared training set, from its checkpoint when resuming."""
     from whisper_tune.recipe.loop import TrainLoop
@@ -153,6 +170,7 @@ def fit(
         reporter,
         accelerator=acc,
         weights=weights,
+        drop_last=drop_last,
         num_workers=setup.num_workers,
         best=best,
         on_batch=setup.on_batch,
@@ -230,6 +248,10 @@ class InProcessTrainer(Protocol):
         """Build the model on ``accelerator.device`` (full, LoRA, quantised) and say how it is saved."""
         ...
 
+    def recipe_needs(self, config: RunConfig) -> RecipeNeeds:
+        """Static padding, feature dtype and drop_last for the collator and the loop."""
+        ...
+
 
 def start(backend: InProcessTrainer, job: TrainJob) -> Any:
     """The run's accelerator, with every RNG seeded from ``training.seed`` (each process the same)."""
@@ -245,4 +267,5 @@ def start(backend: InProcessTrainer, job: TrainJob) -> Any:
 def train_in_process(backend: InProcessTrainer, job: TrainJob, reporter: Reporter) -> TrainResult:
     """A backend's ``train`` when its plan launches in this process."""
     accelerator = start(backend, job)
-    return run_phases(job, backend.training_setup(job, accelerator, reporter), reporter).result
+    setup = backend.training_setup(job, accelerator, reporter)
+    return run_phases(job, setup, reporter, backend.recipe_needs(job.config)).result

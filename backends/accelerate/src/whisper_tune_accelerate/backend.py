@@ -19,12 +19,20 @@ import socket
 from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from whisper_tune.backend.launch import accelerate_launch
-from whisper_tune.backend.protocol import Capabilities, Issue, Plan, Probe, RecipeNeeds, TrainJob, TrainResult
+from whisper_tune.backend.protocol import (
+    Capabilities,
+    Flag,
+    Issue,
+    Plan,
+    Probe,
+    RecipeNeeds,
+    TrainJob,
+    TrainResult,
+)
 from whisper_tune.config.schema import RunConfig
-from whisper_tune.errors import ConfigError
 from whisper_tune_accelerate.options import AccelerateOptions, precision_to_mixed
 
 if TYPE_CHECKING:
@@ -35,19 +43,6 @@ CUDA_LORA_HINT = (
     "LoRA on an int8 / 4-bit base is the cuda-lora backend (--backend cuda-lora, one or several "
     "processes); this backend trains every weight in bf16 / fp16 / fp32"
 )
-
-
-def accelerate_options(config: RunConfig) -> AccelerateOptions:
-    """The config's backend options as ``AccelerateOptions`` (validating other forms)."""
-    options = config.backend.options
-    if isinstance(options, AccelerateOptions):
-        return options
-    try:
-        return AccelerateOptions.model_validate(options.model_dump())
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"backend.{where}: {first['msg']}") from None
 
 
 def port_in_use(port: int, host: str = "") -> bool:
@@ -82,6 +77,14 @@ class AccelerateBackend:
         "full fine-tuning on many GPUs / nodes through Hugging Face Accelerate (DDP, FSDP, DeepSpeed)"
     )
     Options: ClassVar[type[BaseModel]] = AccelerateOptions
+    flags: ClassVar[tuple[Flag, ...]] = (
+        Flag(
+            "--num-processes",
+            "backend.num_processes",
+            "Training processes on this machine, one per GPU (per machine with several machines).",
+            min=1,
+        ),
+    )
 
     def probe(self) -> Probe:
         cpu = os.cpu_count() or 1
@@ -97,7 +100,7 @@ class AccelerateBackend:
         return Probe(True, "", "", caps, mode=mode)
 
     def check(self, config: RunConfig, caps: Capabilities) -> list[Issue]:
-        opts = accelerate_options(config)
+        opts = config.backend.options_as(AccelerateOptions)
         precision = config.training.precision
         issues: list[Issue] = []
         if config.eval.steps is not None and config.eval.keep_best and opts.strategy != "ddp":
@@ -219,7 +222,7 @@ class AccelerateBackend:
         return RecipeNeeds()
 
     def plan(self, config: RunConfig, caps: Capabilities) -> Plan:
-        opts = accelerate_options(config)
+        opts = config.backend.options_as(AccelerateOptions)
         training = config.training
         where = "CPU processes (gloo)" if opts.cpu else "CUDA GPUs, one process each"
         machines = f" on each of {opts.num_machines} machines" if opts.num_machines > 1 else ""
@@ -263,13 +266,13 @@ class AccelerateBackend:
         )
 
     def uses_cpu(self, config: RunConfig) -> bool:
-        return accelerate_options(config).cpu
+        return config.backend.options_as(AccelerateOptions).cpu
 
     def training_setup(self, job: TrainJob, accelerator: Any, reporter: Reporter) -> TrainingSetup:
         from whisper_tune.recipe.model import build_full_model
         from whisper_tune.recipe.phases import TrainingSetup
 
-        opts = accelerate_options(job.config)
+        opts = job.config.backend.options_as(AccelerateOptions)
         # whole on every process for the evaluation before training (FSDP / DeepSpeed shard it in prepare)
         model = build_full_model(job.model_dir, job.config.model, job.config.training).to(accelerator.device)
         return TrainingSetup(accelerator, model, num_workers=opts.num_workers)
@@ -278,7 +281,7 @@ class AccelerateBackend:
         """Run the planned ``accelerate launch``: every process runs the core's phases."""
         from whisper_tune.backend.runner import run_launch
 
-        opts = accelerate_options(job.config)
+        opts = job.config.backend.options_as(AccelerateOptions)
         reporter.info(
             f"starting {opts.num_processes} training processes on this machine "
             f"({opts.world_size} in all) with accelerate launch"

@@ -20,7 +20,16 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from pydantic import BaseModel
 
 from whisper_tune.backend.launch import Launch, accelerate_launch
-from whisper_tune.backend.protocol import Capabilities, Issue, Plan, Probe, RecipeNeeds, TrainJob, TrainResult
+from whisper_tune.backend.protocol import (
+    Capabilities,
+    Flag,
+    Issue,
+    Plan,
+    Probe,
+    RecipeNeeds,
+    TrainJob,
+    TrainResult,
+)
 from whisper_tune.config.schema import RunConfig
 from whisper_tune_cuda_lora.checks import check_config, memory_estimate
 from whisper_tune_cuda_lora.memory import lora_params, model_shape
@@ -57,6 +66,14 @@ class CudaLoraBackend:
     name: ClassVar[str] = "cuda-lora"
     description: ClassVar[str] = "one GPU, LoRA (peft) on an int8 / 4-bit (bitsandbytes) or bf16 base"
     Options: ClassVar[type[BaseModel]] = CudaLoraOptions
+    flags: ClassVar[tuple[Flag, ...]] = (
+        Flag(
+            "--num-processes",
+            "backend.num_processes",
+            "Training processes on this machine, one per GPU (per machine with several machines).",
+            min=1,
+        ),
+    )
 
     def probe(self) -> Probe:
         for module, hint in (("torch", "pip install torch"), ("peft", "pip install peft")):
@@ -77,7 +94,7 @@ class CudaLoraBackend:
         return RecipeNeeds()
 
     def plan(self, config: RunConfig, caps: Capabilities) -> Plan:
-        opts = _options(config)
+        opts = config.backend.options_as(CudaLoraOptions)
         training = config.training
         if opts.device == "cpu":
             devices = f"CPU ({caps.cpu_count} cores; dev mode)"
@@ -147,7 +164,7 @@ class CudaLoraBackend:
         )
 
     def uses_cpu(self, config: RunConfig) -> bool:
-        return _options(config).device == "cpu"
+        return config.backend.options_as(CudaLoraOptions).device == "cpu"
 
     def training_setup(self, job: TrainJob, accelerator: Any, reporter: Reporter) -> TrainingSetup:
         """The LoRA model on this process's device: each process loads its own copy of the (quantised)
@@ -158,7 +175,7 @@ class CudaLoraBackend:
         from whisper_tune_cuda_lora.model import build_lora_model, load_base, trainable_parameters
 
         cfg = job.config
-        opts = _options(cfg)
+        opts = cfg.backend.options_as(CudaLoraOptions)
         if accelerator.device.type == "cuda":
             torch.cuda.reset_peak_memory_stats(accelerator.device)
         if job.train:
@@ -180,10 +197,3 @@ class CudaLoraBackend:
         if job.launch is not None and job.launch.mode == "command":
             return run_launch(job, reporter)
         return train_in_process(self, job, reporter)
-
-
-def _options(config: RunConfig) -> CudaLoraOptions:
-    options = config.backend.options
-    if isinstance(options, CudaLoraOptions):
-        return options
-    return CudaLoraOptions.model_validate(options.model_dump())

@@ -21,8 +21,7 @@ CPU_MODE_HINT = "or backend.device=cpu backend.quantization=none (the CPU dev mo
 
 
 def check_config(config: RunConfig, caps: Capabilities, *, bnb_installed: bool) -> list[Issue]:
-    opts = config.backend.options
-    assert isinstance(opts, CudaLoraOptions)
+    opts = config.backend.options_as(CudaLoraOptions)
     issues = [*_device_issues(opts, caps), *_precision_issues(config, opts, caps)]
     if opts.quantization != "none" and not bnb_installed:
         issues.append(

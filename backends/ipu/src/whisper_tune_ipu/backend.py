@@ -26,10 +26,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from whisper_tune.backend.protocol import (
     Capabilities,
+    Flag,
     Issue,
     Plan,
     Probe,
@@ -60,19 +61,6 @@ PINNED_MEL_BINS = 80
 PINNED_MAX_VOCAB = 51865
 
 
-def ipu_options(config: RunConfig) -> IpuOptions:
-    """The config's backend options as ``IpuOptions`` (validating them if they came in another form)."""
-    options = config.backend.options
-    if isinstance(options, IpuOptions):
-        return options
-    try:
-        return IpuOptions.model_validate(options.model_dump())
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"backend.{where}: {first['msg']}") from None
-
-
 def plan_request(config: RunConfig, options: IpuOptions) -> PlanRequest:
     generation = options.inference_parallelize_kwargs
     return PlanRequest(
@@ -101,7 +89,7 @@ def plan_request(config: RunConfig, options: IpuOptions) -> PlanRequest:
 
 def make_plan(config: RunConfig) -> tuple[WhisperArch, IpuPlan]:
     """Resolve the model (offline) and plan it; ConfigError / ModelError / PlanError if impossible."""
-    options = ipu_options(config)
+    options = config.backend.options_as(IpuOptions)
     arch = resolve_model(config.model.name)
     return arch, plan_ipu(arch, plan_request(config, options))
 
@@ -178,7 +166,7 @@ def run_blockers(config: RunConfig, arch: WhisperArch, plan: IpuPlan, caps: Capa
                 run_only=True,
             )
         )
-    python = ipu_options(config).sdk_python
+    python = config.backend.options_as(IpuOptions).sdk_python
     if python and not Path(python).expanduser().is_file():
         issues.append(
             Issue(
@@ -198,6 +186,9 @@ class IpuBackend:
         "and validated against upstream code, never run on IPU hardware"
     )
     Options: ClassVar[type[BaseModel]] = IpuOptions
+    flags: ClassVar[tuple[Flag, ...]] = (
+        Flag("--ipus", "backend.ipus", "IPUs to use in all, a power of two.", min=1),
+    )
 
     def probe(self) -> Probe:
         """Available when ``$WHISPER_TUNE_IPU_PYTHON`` names an existing Python (the SDK environment's, with
@@ -222,10 +213,7 @@ class IpuBackend:
             return Probe(False, f"cannot check the Poplar SDK: {exc}", SDK_STEPS, caps)
 
     def check(self, config: RunConfig, caps: Capabilities) -> list[Issue]:
-        try:
-            options = ipu_options(config)
-        except ConfigError as exc:
-            return [Issue("backend", exc.message, hint=exc.hint or "")]
+        options = config.backend.options_as(IpuOptions)
         issues = []
         if not options.drop_last:
             issues.append(
@@ -247,7 +235,7 @@ class IpuBackend:
         return issues + run_blockers(config, arch, plan, caps)
 
     def recipe_needs(self, config: RunConfig) -> RecipeNeeds:
-        options = ipu_options(config)
+        options = config.backend.options_as(IpuOptions)
         return RecipeNeeds(
             label_pad_multiple=options.max_label_length, feature_dtype="float16", drop_last=True
         )
@@ -293,7 +281,7 @@ class IpuBackend:
             batch_per_device=config.training.batch_size,
             gradient_accumulation_steps=config.training.gradient_accumulation_steps,
             placement=plan.placement(),
-            launch=ipu_launch(ipu_options(config), failure_hint=SDK_STEPS),
+            launch=ipu_launch(config.backend.options_as(IpuOptions), failure_hint=SDK_STEPS),
             notes=tuple(notes),
         )
 
@@ -302,7 +290,7 @@ class IpuBackend:
         from whisper_tune.backend.runner import run_launch
         from whisper_tune_ipu.launch import worker_job
 
-        options = ipu_options(job.config)
+        options = job.config.backend.options_as(IpuOptions)
         python = options.sdk_python
         if not python:
             raise BackendUnavailableError(
