@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import errno
 import os
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -102,8 +102,14 @@ class Workers:
         return self._pool is not None
 
     def map(self, batch: list[RawSample]) -> list[Prepared | Dropped]:
+        return self.submit(batch)()
+
+    def submit(self, batch: list[RawSample]) -> Callable[[], list[Prepared | Dropped]]:
+        """Start preparing ``batch``; returns a function that waits for the results (in the worker
+        processes the work goes on while this process writes the previous window)."""
         if self.count <= 1 or len(batch) < self.min_parallel:
-            return [prepare_one(sample, self.tokenizer, self.filters) for sample in batch]
+            results = [prepare_one(sample, self.tokenizer, self.filters) for sample in batch]
+            return lambda: results
         if self._pool is None:
             import multiprocessing
 
@@ -113,7 +119,8 @@ class Workers:
                 self.count, initializer=_init_worker, initargs=(self.tokenizer, self.filters)
             )
         chunk = max(1, len(batch) // (4 * self.count))
-        return list(self._pool.map(_in_worker, batch, chunksize=chunk))
+        pending = self._pool.map_async(_in_worker, batch, chunksize=chunk)
+        return lambda: list(pending.get())
 
     def close(self) -> None:
         if self._pool is not None:
@@ -131,15 +138,25 @@ class Workers:
 def prepared_stream(
     samples: Iterable[RawSample], workers: Workers, window: int = 256
 ) -> Iterator[Prepared | Dropped]:
-    """``prepare_one`` over ``samples``, in input order, a window of samples at a time (bounded memory)."""
+    """``prepare_one`` over ``samples``, in input order, a window of samples at a time (bounded memory: at
+    most two windows in flight, the next prepared by the workers while this one is written)."""
+    pending: Callable[[], list[Prepared | Dropped]] | None = None
     batch: list[RawSample] = []
     for sample in samples:
         batch.append(sample)
         if len(batch) >= window:
-            yield from workers.map(batch)
+            submitted = workers.submit(batch)
             batch = []
+            if pending is not None:
+                yield from pending()
+            pending = submitted
     if batch:
-        yield from workers.map(batch)
+        submitted = workers.submit(batch)
+        if pending is not None:
+            yield from pending()
+        pending = submitted
+    if pending is not None:
+        yield from pending()
 
 
 def prepare_samples(
