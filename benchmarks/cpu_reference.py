@@ -4,8 +4,8 @@ The seed here is seed 003's recipe (Hugging Face ``Seq2SeqTrainer`` with its col
 feature extraction, full fine-tuning), run on the same prepared clips in the same process, so the
 ratio compares the training loops and not the machines: the seed computes its log-mel features once
 beforehand (its dataset.map), whisper-tune computes them per batch from the prepared audio (format v2),
-inside its timed steps. Also measured: data preparation (decode, resample, labels) in clips per second. Results are printed as a Markdown table and written as
-JSON.
+inside its timed steps. Also measured: data preparation (decode, resample, labels) in clips per
+second. Results are printed as a Markdown table and written as JSON.
 
     python benchmarks/cpu_reference.py --steps 6 --out benchmarks/results/cpu-reference.json
 
