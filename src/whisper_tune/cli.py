@@ -135,12 +135,19 @@ def split_config_argument(config: str | None, overrides: Sequence[str]) -> tuple
 
 
 def build_config(
-    config: str | None, overrides: Sequence[str], *, require_backend: bool = True, **flags: Any
+    config: str | None,
+    overrides: Sequence[str],
+    *,
+    require_backend: bool = True,
+    resolved: bool = False,
+    **flags: Any,
 ) -> Any:
-    from whisper_tune.config.load import load_config
+    """The validated config (``resolved``: with the backend defaults it holds, ``config.load.Resolved``)."""
+    from whisper_tune.config.load import load_config, resolve_config
 
     config, items = split_config_argument(config, overrides)
-    return load_config(config, items, require_backend=require_backend, **flags)
+    build = resolve_config if resolved else load_config
+    return build(config, items, require_backend=require_backend, **flags)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -258,8 +265,8 @@ def plan(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], 
     from whisper_tune.pipeline import plan as make_plan
     from whisper_tune.pipeline import run_dir_path
 
-    resolved = build_config(config, overrides, **flags)
-    the_plan = make_plan(resolved)
+    resolved = build_config(config, overrides, resolved=True, **flags)
+    the_plan = make_plan(resolved.config)
     click.echo(f"backend:            {the_plan.backend}")
     click.echo(f"devices:            {the_plan.devices}")
     click.echo(f"processes:          {the_plan.processes}")
@@ -268,11 +275,28 @@ def plan(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], 
     click.echo(f"global batch:       {the_plan.global_batch}")
     for line in the_plan.placement:
         click.echo(f"placement:          {line}")
+    for key, label in (("training.learning_rate", "learning rate"), ("training.precision", "precision")):
+        click.echo(f"{label + ':':20}{_value_and_origin(resolved, key)}")
     for line in the_plan.notes:
         click.echo(f"note:               {line}")
-    launch = the_plan.launch.resolved(run_dir_path(resolved))
+    launch = the_plan.launch.resolved(run_dir_path(resolved.config))
     for line in launch.describe():
         click.echo(f"launch:             {line}")
+
+
+def _value_and_origin(resolved: Any, key: str) -> str:
+    """``0.001 (cuda-lora default: why)`` / ``(set in the config)`` / ``(whisper-tune default)``."""
+    section, field = key.split(".")
+    part = getattr(resolved.config, section)
+    value = getattr(part, field)
+    default = resolved.backend_defaults.get(key)
+    if default is not None:
+        origin = f"{resolved.config.backend.name} default: {default.reason}"
+    elif field in part.model_fields_set:
+        origin = "set in the config"
+    else:
+        origin = "whisper-tune default"
+    return f"{value} ({origin})"
 
 
 @cli.command()
@@ -475,10 +499,16 @@ def config_group() -> None:
 @config_group.command("show", cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
 @config_options
 def config_show(config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
-    """Print the fully resolved configuration as YAML (every default filled in)."""
+    """Print the fully resolved configuration as YAML (every default filled in; a backend's defaults
+    are marked with a comment)."""
     from whisper_tune.config.load import dump_yaml
 
-    click.echo(dump_yaml(build_config(config, overrides, require_backend=False, **flags)), nl=False)
+    resolved = build_config(config, overrides, require_backend=False, resolved=True, **flags)
+    comments = {
+        key: f"{resolved.config.backend.name} default: {d.reason}"
+        for key, d in resolved.backend_defaults.items()
+    }
+    click.echo(dump_yaml(resolved.config, comments), nl=False)
 
 
 @config_group.command("validate", cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)

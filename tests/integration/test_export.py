@@ -152,3 +152,13 @@ def test_a_corrupted_export_fails_loudly(exported: Path, tiny_run: Path, tmp_pat
     for fmt in ("hf", "ct2-int8"):
         verdict = report["formats"][fmt]
         assert not verdict["passed"] and verdict["export_wer"] > verdict["source_wer"] + 50, fmt
+
+
+def test_ctranslate2_gets_the_same_token_budget_as_generate() -> None:
+    """CTranslate2 decodes at most half its max_length (OpenNMT/CTranslate2#1856): the parity check asks
+    for twice the budget, so short eval budgets do not cut the exported model's transcripts."""
+    from whisper_tune.export.parity import ct2_max_length
+
+    assert ct2_max_length(2, 24) == 48  # tiny.en's prompt: <|startoftranscript|><|notimestamps|>
+    assert ct2_max_length(4, 128) == 256
+    assert ct2_max_length(4, 440) == 448  # never past the decoder's 448 positions

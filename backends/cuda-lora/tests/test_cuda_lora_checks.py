@@ -32,9 +32,9 @@ def config(*overrides: str, **flags: str) -> object:
     return load(None, ["backend.name=cuda-lora", *overrides], registry=BACKEND, **flags)
 
 
-def issues(cfg: object, caps: Capabilities, bnb: bool = True) -> dict[str, list[object]]:
+def issues(cfg: object, caps: Capabilities, bnb: str | None = "0.50.2") -> dict[str, list[object]]:
     found: dict[str, list[object]] = {}
-    for issue in check_config(cfg, caps, bnb_installed=bnb):  # type: ignore[arg-type]
+    for issue in check_config(cfg, caps, bnb_version=bnb):  # type: ignore[arg-type]
         found.setdefault(issue.loc, []).append(issue)
     return found
 
@@ -64,8 +64,6 @@ def test_seed_presets_validate_as_the_int8_recipe(name: str) -> None:
 
 
 def test_bad_options_are_config_errors() -> None:
-    with pytest.raises(ConfigError, match="CPU dev mode needs quantization 'none'"):
-        config("backend.device=cpu", "backend.quantization=int8")
     with pytest.raises(ConfigError, match="quantization"):
         config("backend.quantization=3bit")
     with pytest.raises(ConfigError, match="lora"):
@@ -79,25 +77,76 @@ def test_no_cuda_device_is_a_hardware_error_unless_on_the_cpu() -> None:
     (issue,) = found["backend.device"]
     assert issue.hardware and "no CUDA device" in issue.message and "backend.device=cpu" in issue.hint
     with pytest.raises(HardwareError, match="no CUDA device"):
-        raise_issues(check_config(config(), NO_GPU, bnb_installed=True))
+        raise_issues(check_config(config(), NO_GPU, bnb_version="0.50.2"))
     assert not issues(config("backend.device=cpu"), NO_GPU)
 
 
 def test_missing_bitsandbytes_is_reported_for_quantised_modes_only() -> None:
     for mode in ("int8", "4bit"):
-        (issue,) = issues(config(f"backend.quantization={mode}", "training.precision=fp16"), H100, bnb=False)[
+        (issue,) = issues(config(f"backend.quantization={mode}", "training.precision=fp16"), H100, bnb=None)[
             "backend.quantization"
         ]
         assert "needs bitsandbytes" in issue.message and "whisper-tune-cuda-lora[bnb]" in issue.hint
         assert issue.run_only  # 'whisper-tune plan' still shows the plan
-    assert "backend.quantization" not in issues(config("training.precision=bf16"), H100, bnb=False)
-    assert not issues(config("backend.quantization=int8", "training.precision=fp16"), H100, bnb=True)
+    assert "backend.quantization" not in issues(config("training.precision=bf16"), H100, bnb=None)
+    assert not issues(config("backend.quantization=int8", "training.precision=fp16"), H100)
+
+
+def test_quantised_modes_run_on_the_cpu_with_a_bitsandbytes_that_has_a_cpu_backend() -> None:
+    for mode in ("int8", "4bit"):
+        for precision in ("fp32", "bf16"):
+            cpu = config(
+                "backend.device=cpu", f"backend.quantization={mode}", f"training.precision={precision}"
+            )
+            assert not issues(cpu, NO_GPU), (mode, precision)
+        (old,) = issues(cpu, NO_GPU, bnb="0.46.1")["backend.quantization"]
+        assert "bitsandbytes 0.46.1 cannot train" in old.message and "0.47 or newer" in old.message
+        assert old.run_only and "whisper-tune-cuda-lora[bnb]" in old.hint
+        assert not issues(cpu, NO_GPU, bnb="0.47.0.dev0")
+        # on a GPU the old release stays acceptable (the seeds ran on older ones)
+        gpu = config(f"backend.quantization={mode}", "training.precision=fp16")
+        assert not issues(gpu, H100, bnb="0.46.1")
+    (fp16,) = issues(
+        config("backend.device=cpu", "backend.quantization=int8", "training.precision=fp16"), NO_GPU
+    )["training.precision"]
+    assert "fp16 is not supported on the CPU" in fp16.message and "bf16" in fp16.hint
+
+
+def test_lora_defaults_fill_only_the_fields_nobody_set(capsys: pytest.CaptureFixture[str]) -> None:
+    from whisper_tune.cli import main
+    from whisper_tune.config.load import resolve_config
+
+    gpu = config()
+    assert gpu.training.learning_rate == 1e-3 and gpu.training.precision == "bf16"
+    cpu = config("backend.device=cpu")
+    assert cpu.training.learning_rate == 1e-3 and cpu.training.precision == "fp32"
+    mine = config("training.learning_rate=2e-4", "training.precision=fp16")
+    assert mine.training.learning_rate == 2e-4 and mine.training.precision == "fp16"
+    # a preset's values are set values: the quickstart's full fine-tuning rate stays
+    quickstart = load_config("quickstart", ["backend.name=cuda-lora"], registry=BACKEND)
+    assert quickstart.training.learning_rate == 6e-5
+    # only this backend: the reference backend keeps the core's defaults
+    assert load_config(None).training.learning_rate == 1e-5
+    resolved = resolve_config(None, ["backend.device=cpu"], backend="cuda-lora", registry=BACKEND)
+    assert resolved.config == cpu and set(resolved.backend_defaults) == {"training.learning_rate"}
+    assert "LoRA" in resolved.backend_defaults["training.learning_rate"].reason
+
+    assert main(["config", "show", "--backend", "cuda-lora"]) == 0
+    shown = capsys.readouterr().out
+    assert "  learning_rate: 0.001  # cuda-lora default: LoRA's rate" in shown
+    assert "  precision: bf16  # cuda-lora default: bf16 autocast on a GPU" in shown
+    assert main(["plan", "--backend", "cuda-lora", "backend.device=cpu", "training.precision=bf16"]) == 0
+    planned = capsys.readouterr().out
+    assert "learning rate:      0.001 (cuda-lora default: LoRA's rate" in planned
+    assert "precision:          bf16 (set in the config)" in planned
+    assert main(["plan", "--backend", "reference"]) == 0
+    assert "learning rate:      1e-05 (whisper-tune default)" in capsys.readouterr().out
 
 
 def test_precision_checks() -> None:
     (bf16,) = issues(config("training.precision=bf16"), T4)["training.precision"]
     assert bf16.hardware and "bf16" in bf16.message and "fp16" in bf16.hint
-    (fp32,) = issues(config(), H100)["training.precision"]
+    (fp32,) = issues(config("training.precision=fp32"), H100)["training.precision"]
     assert fp32.level == "warning" and "training.precision=bf16" in fp32.hint
     (cpu,) = issues(config("backend.device=cpu", "training.precision=fp16"), NO_GPU)["training.precision"]
     assert cpu.level == "error" and "CPU" in cpu.message

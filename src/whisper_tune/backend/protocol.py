@@ -84,6 +84,15 @@ class Flag:
 
 
 @dataclass(frozen=True)
+class BackendDefault:
+    """A value a backend supplies for a core field that no layer of the config set (see ``Backend``)."""
+
+    value: Any
+    #: why this backend wants it, shown by ``config show`` and ``plan``
+    reason: str
+
+
+@dataclass(frozen=True)
 class RecipeNeeds:
     """What the shared recipe must do for this backend."""
 
@@ -171,7 +180,12 @@ class TrainResult(BaseModel):
 
 @runtime_checkable
 class Backend(Protocol):
-    """The members every backend has. Instances are cheap to build; heavy imports happen in ``train``."""
+    """The members every backend has. Instances are cheap to build; heavy imports happen in ``train``.
+
+    Optional: ``defaults(options) -> dict[str, BackendDefault]``, values for core fields (dotted keys such
+    as ``training.learning_rate``) that suit the backend's method, given its validated options. The
+    config loader applies them only to fields that no layer set (preset, YAML, ``key=value``, flags), and
+    ``config show`` / ``plan`` say where they came from (``whisper_tune.config.load.backend_defaults``)."""
 
     name: ClassVar[str]
     description: ClassVar[str]

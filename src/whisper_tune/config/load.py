@@ -1,6 +1,7 @@
 """Preset or YAML file -> ``key=value`` overrides -> two-phase validation -> a frozen ``RunConfig``.
 
-Precedence, lowest first: schema defaults, backend option defaults, environment defaults (a SageMaker job's
+Precedence, lowest first: schema defaults, backend option defaults, the backend's defaults for core
+fields (its optional ``defaults`` hook: e.g. LoRA's learning rate), environment defaults (a SageMaker job's
 channels, only for keys nothing else sets), the preset / YAML file, ``key=value`` overrides, first-class
 flags (``--backend``, ``--model`` and the flags a backend declares, such as ``--num-processes``).
 
@@ -18,11 +19,12 @@ import re
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import yaml
 from pydantic import BaseModel, ValidationError
 
+from whisper_tune.backend.protocol import BackendDefault
 from whisper_tune.config.presets import find_preset
 from whisper_tune.config.schema import BUNDLED_REGRESSION, BackendConfig, RunConfig, UncheckedOptions
 from whisper_tune.errors import BackendUnavailableError, ConfigError
@@ -359,6 +361,8 @@ def validate(raw: Raw, *, registry: Any | None = None, require_backend: bool = T
             errors += format_validation_error(exc, backend.Options, prefix=("backend",))
     if errors or core is None or options is None:
         raise ConfigError("invalid configuration:\n  " + "\n  ".join(errors))
+    if not isinstance(options, UncheckedOptions):
+        core = _with_backend_defaults(core, raw, name, backend_defaults(raw, backend, options))
     return core.model_copy(update={"backend": BackendConfig(name=str(name), options=options)})
 
 
@@ -387,6 +391,91 @@ def apply_backend_flags(raw: Raw, given: Mapping[str, Any], registry: Any) -> No
         set_path(raw, flag.key.split("."), value)
 
 
+def backend_defaults(raw: Raw, backend: Any, options: BaseModel) -> dict[str, BackendDefault]:
+    """What ``backend`` supplies (its optional ``defaults(options)`` hook) for core fields that no layer
+    of ``raw`` set: dotted key -> ``BackendDefault(value, reason)``."""
+    hook = getattr(backend, "defaults", None)
+    if hook is None:
+        return {}
+    supplied: dict[str, BackendDefault] = hook(options)
+    for key in supplied:
+        if key.split(".")[0] not in RunConfig.model_fields or key.startswith("backend."):
+            raise ValueError(f"backend '{backend.name}' supplies a default for '{key}', not a core field")
+    return {key: d for key, d in supplied.items() if not has_path(raw, key.split("."))}
+
+
+def _with_backend_defaults(
+    core: RunConfig, raw: Raw, name: str, supplied: dict[str, BackendDefault]
+) -> RunConfig:
+    if not supplied:
+        return core
+    raw = copy.deepcopy(raw)
+    for key, default in supplied.items():
+        set_path(raw, key.split("."), default.value)
+    try:
+        return RunConfig.model_validate(raw | {"backend": {"name": name}})
+    except ValidationError as exc:
+        lines = format_validation_error(exc, RunConfig)
+        raise ConfigError(
+            f"invalid configuration with backend {name}'s defaults ("
+            + ", ".join(f"{k}={d.value}" for k, d in supplied.items())
+            + "):\n  "
+            + "\n  ".join(lines),
+            hint="set those fields yourself",
+        ) from None
+
+
+class Resolved(NamedTuple):
+    """A validated config and the backend defaults in it (``config show`` and ``plan`` name them)."""
+
+    config: RunConfig
+    backend_defaults: dict[str, BackendDefault]
+
+
+def resolve_config(
+    config: str | Path | None = None,
+    overrides: Iterable[str] = (),
+    *,
+    backend: str | None = None,
+    model: str | None = None,
+    backend_flags: Mapping[str, Any] | None = None,
+    data: str | None = None,
+    registry: Any | None = None,
+    env: Mapping[str, str] | None = None,
+    require_backend: bool = True,
+) -> Resolved:
+    """``load_config`` (same arguments), plus which fields the backend's defaults filled in."""
+    raw, registry = _raw_config(config, overrides, backend, model, backend_flags, data, registry, env)
+    resolved = validate(raw, registry=registry, require_backend=require_backend)
+    options = resolved.backend.options
+    supplied: dict[str, BackendDefault] = {}
+    if not isinstance(options, UncheckedOptions):
+        core_raw = {k: v for k, v in raw.items() if k != "backend"}
+        supplied = backend_defaults(core_raw, registry.get(resolved.backend.name), options)
+    return Resolved(resolved, supplied)
+
+
+def _raw_config(
+    config: str | Path | None,
+    overrides: Iterable[str],
+    backend: str | None,
+    model: str | None,
+    backend_flags: Mapping[str, Any] | None,
+    data: str | None,
+    registry: Any | None,
+    env: Mapping[str, str] | None,
+) -> tuple[Raw, Any]:
+    """The merged layers (preset/YAML, ``--data``, overrides, flags, backend flags) and the registry."""
+    flags = {"backend.name": backend, "model.name": model}
+    raw = merge_sources(config, overrides, flags=flags, env=env, data=data)
+    if registry is None:
+        from whisper_tune.backend.registry import Registry
+
+        registry = Registry()
+    apply_backend_flags(raw, backend_flags or {}, registry)
+    return raw, registry
+
+
 def load_config(
     config: str | Path | None = None,
     overrides: Iterable[str] = (),
@@ -407,16 +496,24 @@ def load_config(
 
     >>> load_config("quickstart", ["training.max_steps=10"])  # doctest: +SKIP
     """
-    flags = {"backend.name": backend, "model.name": model}
-    raw = merge_sources(config, overrides, flags=flags, env=env, data=data)
-    if registry is None:
-        from whisper_tune.backend.registry import Registry
-
-        registry = Registry()
-    apply_backend_flags(raw, backend_flags or {}, registry)
+    raw, registry = _raw_config(config, overrides, backend, model, backend_flags, data, registry, env)
     return validate(raw, registry=registry, require_backend=require_backend)
 
 
-def dump_yaml(config: RunConfig) -> str:
+def dump_yaml(config: RunConfig, comments: Mapping[str, str] | None = None) -> str:
+    """The config as YAML; ``comments`` (dotted key -> text) are appended to those keys' lines."""
     text: str = yaml.safe_dump(config.to_yaml_dict(), sort_keys=False, allow_unicode=True)
-    return text
+    if not comments:
+        return text
+    lines = text.splitlines()
+    path: list[tuple[int, str]] = []  # (indent, key) of the mapping keys enclosing a line
+    for i, line in enumerate(lines):
+        key, sep, _ = line.strip().partition(":")
+        if not sep or line.lstrip().startswith(("- ", "#")):
+            continue
+        indent = len(line) - len(line.lstrip())
+        path = [p for p in path if p[0] < indent] + [(indent, key)]
+        comment = comments.get(".".join(k for _, k in path))
+        if comment:
+            lines[i] = f"{line}  # {comment}"
+    return "\n".join(lines) + "\n"

@@ -149,13 +149,21 @@ def decode_ct2(
                 ctranslate2.StorageView.from_array(features),
                 [prompt] * len(batch),
                 beam_size=eval_cfg.num_beams,
-                max_length=len(prompt) + eval_cfg.max_new_tokens,
+                max_length=ct2_max_length(len(prompt), eval_cfg.max_new_tokens),
                 suppress_blank=True,
                 suppress_tokens=[-1],
             )
             out.extend([list(r.sequences_ids[0]) for r in results])
             bar.update(len(batch))
     return out
+
+
+def ct2_max_length(prompt_tokens: int, max_new_tokens: int) -> int:
+    """CTranslate2's ``max_length`` that lets Whisper generate ``max_new_tokens`` after the prompt, as
+    ``generate(max_new_tokens=...)`` does on the Hugging Face side. CTranslate2 (4.x, whisper.cc) decodes
+    at most ``min(max_length / 2, max_length - prompt)`` tokens (OpenNMT/CTranslate2#1856): passing
+    ``prompt + max_new_tokens`` gave it half the budget and cut transcripts the source decoded whole."""
+    return min(448, max(2 * max_new_tokens, prompt_tokens + max_new_tokens))
 
 
 def score(

@@ -47,6 +47,9 @@ def quiet_libraries() -> None:
     import os
 
     os.environ.setdefault("TRANSFORMERS_VERBOSITY", "error")
+    # bitsandbytes logs a warning on every int8 matmul whose input is not fp16 (bf16 autocast, fp32) and,
+    # on CPUs with AVX512-BF16, one at import about an optional hub kernel it falls back from
+    logging.getLogger("bitsandbytes").setLevel(logging.ERROR)
     os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
     transformers_logging = sys.modules.get("transformers.utils.logging")
     if transformers_logging is not None:

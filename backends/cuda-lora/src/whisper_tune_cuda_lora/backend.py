@@ -21,6 +21,7 @@ from pydantic import BaseModel
 
 from whisper_tune.backend.launch import Launch, accelerate_launch
 from whisper_tune.backend.protocol import (
+    BackendDefault,
     Capabilities,
     Flag,
     Issue,
@@ -38,6 +39,20 @@ from whisper_tune_cuda_lora.options import CudaLoraOptions
 if TYPE_CHECKING:
     from whisper_tune.recipe.phases import TrainingSetup
     from whisper_tune.recipe.progress import Reporter
+
+
+#: the seeds' learning rate (seed 002), this backend's default when the config sets none
+LORA_LEARNING_RATE = 1e-3
+
+
+def installed_version(distribution: str) -> str | None:
+    """The installed version of a distribution, without importing it (None: not installed)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(distribution)
+    except PackageNotFoundError:
+        return None
 
 
 def cuda_capabilities() -> Capabilities:
@@ -87,8 +102,25 @@ class CudaLoraBackend:
             mode = "CPU dev mode only (no CUDA GPU here; runs need backend.device=cpu)"
         return Probe(True, "", "", caps, mode=mode)
 
+    def defaults(self, options: BaseModel) -> dict[str, BackendDefault]:
+        """LoRA's learning rate, and bf16 on a GPU, for configs that do not set them."""
+        opts = options if isinstance(options, CudaLoraOptions) else CudaLoraOptions()
+        supplied = {
+            "training.learning_rate": BackendDefault(
+                LORA_LEARNING_RATE,
+                "LoRA's rate, as in the seeds; the core's 1e-5 suits full fine-tuning and barely moves "
+                "fresh adapters",
+            )
+        }
+        if opts.device == "cuda":
+            supplied["training.precision"] = BackendDefault(
+                "bf16",
+                "bf16 autocast on a GPU; fp32 would keep an unquantised base in fp32, twice the memory",
+            )
+        return supplied
+
     def check(self, config: RunConfig, caps: Capabilities) -> list[Issue]:
-        return check_config(config, caps, bnb_installed=find_spec("bitsandbytes") is not None)
+        return check_config(config, caps, bnb_version=installed_version("bitsandbytes"))
 
     def recipe_needs(self, config: RunConfig) -> RecipeNeeds:
         return RecipeNeeds()

@@ -17,25 +17,58 @@ from whisper_tune_cuda_lora.memory import (
 )
 from whisper_tune_cuda_lora.options import BNB_INSTALL, CudaLoraOptions
 
-CPU_MODE_HINT = "or backend.device=cpu backend.quantization=none (the CPU dev mode: slow, for tests)"
+CPU_MODE_HINT = "or backend.device=cpu (the CPU mode: slow, for tests and trying the recipe)"
+
+#: The oldest bitsandbytes whose CPU backend trains int8 correctly: 0.46.1's CPU int8 matmul gives
+#: garbage on tiny.en (loss 11.5 where 0.47.0-0.50.2 give 1.47; greedy decoding repeats one token).
+BNB_CPU_MIN = (0, 47)
 
 
-def check_config(config: RunConfig, caps: Capabilities, *, bnb_installed: bool) -> list[Issue]:
+def check_config(config: RunConfig, caps: Capabilities, *, bnb_version: str | None) -> list[Issue]:
+    """``bnb_version``: the installed bitsandbytes version, None when it is not installed."""
     opts = config.backend.options_as(CudaLoraOptions)
     issues = [*_device_issues(opts, caps), *_precision_issues(config, opts, caps)]
-    if opts.quantization != "none" and not bnb_installed:
-        issues.append(
+    if opts.quantization != "none":
+        issues += _bnb_issues(opts, bnb_version)
+    issues += _mel_issues(config.model.name)
+    if opts.device == "cuda" and caps.cuda_memory_gib:
+        issues += _memory_issues(config, opts, caps.cuda_memory_gib[0])
+    return issues
+
+
+def _bnb_issues(opts: CudaLoraOptions, version: str | None) -> list[Issue]:
+    if version is None:
+        return [
             Issue(
                 "backend.quantization",
                 f"quantization '{opts.quantization}' needs bitsandbytes, which is not installed",
                 hint=f"{BNB_INSTALL}, or backend.quantization=none",
                 run_only=True,
             )
-        )
-    issues += _mel_issues(config.model.name)
-    if opts.device == "cuda" and caps.cuda_memory_gib:
-        issues += _memory_issues(config, opts, caps.cuda_memory_gib[0])
-    return issues
+        ]
+    if opts.device == "cpu" and _release(version) < BNB_CPU_MIN:
+        wanted = ".".join(map(str, BNB_CPU_MIN))
+        return [
+            Issue(
+                "backend.quantization",
+                f"bitsandbytes {version} cannot train quantization '{opts.quantization}' on the CPU "
+                f"(its CPU backend needs {wanted} or newer; 0.46 computes wrong int8 results)",
+                hint=f"{BNB_INSTALL}, or backend.quantization=none",
+                run_only=True,
+            )
+        ]
+    return []
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(major, minor) of a version string such as '0.50.2' or '0.47.0.dev0' (unparsable: (0, 0))."""
+    parts = []
+    for piece in version.split(".")[:2]:
+        digits = "".join(c for c in piece if c.isdigit()) if piece[:1].isdigit() else ""
+        if not digits:
+            break
+        parts.append(int(digits))
+    return tuple(parts) if len(parts) == 2 else (0, 0)
 
 
 def _device_issues(opts: CudaLoraOptions, caps: Capabilities) -> list[Issue]:

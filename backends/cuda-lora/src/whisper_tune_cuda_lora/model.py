@@ -1,8 +1,9 @@
 """The seeds' LoRA recipe, with the quantisation configurable.
 
-int8 / 4bit: the base is loaded through bitsandbytes (``BitsAndBytesConfig``) onto GPU 0 and prepared
-with peft's ``prepare_model_for_kbit_training`` (freezes the base, casts the non-quantised parameters to
-fp32, turns on gradient checkpointing when asked). none: the base is loaded in the training dtype (bf16
+int8 / 4bit: the base is loaded through bitsandbytes (``BitsAndBytesConfig``) onto the accelerator's
+device (GPU 0, or the CPU through bitsandbytes' CPU backend: the same code path) and prepared with
+peft's ``prepare_model_for_kbit_training`` (freezes the base, casts the non-quantised parameters to fp32,
+turns on gradient checkpointing when asked). none: the base is loaded in the training dtype (bf16
 with training.precision=bf16) onto the device. Then, with gradient checkpointing, the seeds' forward hook
 on the encoder's conv1 makes its output require grad (the encoder's input is audio features, not
 embeddings, so otherwise no gradient reaches the checkpointed layers), and ``get_peft_model`` adds the
@@ -12,7 +13,8 @@ adapters. Checkpoints and the final model hold the adapter only (the core's ``re
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Callable
+import warnings
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -58,8 +60,8 @@ def load_base(
     opts: CudaLoraOptions,
     device: Any = None,
 ) -> Any:
-    """The frozen base on ``device`` (the accelerator's; default: the CPU in dev mode, else GPU 0),
-    quantised as configured, ready for adapters."""
+    """The frozen base on ``device`` (the accelerator's; default: the CPU with ``device: cpu``, else
+    GPU 0), quantised as configured, ready for adapters."""
     from whisper_tune.recipe.model import enable_activation_checkpointing, load_model
 
     device = device if device is not None else ("cpu" if opts.device == "cpu" else "cuda:0")
@@ -87,13 +89,43 @@ def load_base(
             quantization_config=quantization_config(opts, training.precision),
             device_map={"": device},
         )
-        model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
-            model, use_gradient_checkpointing=training.gradient_checkpointing
-        )
+        with _peft_on_transformers_5():
+            model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
+                model,
+                use_gradient_checkpointing=training.gradient_checkpointing,
+                # non-reentrant, as in the unquantised mode (the seeds got the then-default reentrant
+                # variant, which torch now warns about on every step)
+                gradient_checkpointing_kwargs={"use_reentrant": False},
+            )
+        keep_training_layout(model)
     if training.gradient_checkpointing:
         model.model.encoder.conv1.register_forward_hook(_make_output_require_grad)
         model.config.use_cache = False
     return model
+
+
+def keep_training_layout(model: Any) -> None:
+    """Keep 4-bit weights in the layout they train in, also while evaluating on the CPU.
+
+    bitsandbytes 0.50 repacks a ``Linear4bit``'s weight in place into a CPU inference layout on its first
+    forward in eval mode without gradients (on CPUs with AVX512-BF16), and never back: training after an
+    evaluation then fails in the checkpointed backward ("a view of a leaf Variable that requires grad is
+    being used in an in-place operation"), the double-quantised constants are unpacked to bf16, and the
+    base no longer holds the bytes it was loaded with. With this flag off every forward uses the
+    dequantise-and-matmul path, the same layout as on a GPU."""
+    for module in model.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
+
+
+@contextlib.contextmanager
+def _peft_on_transformers_5() -> Iterator[None]:
+    """peft still calls transformers' ``gradient_checkpointing_enable`` / ``is_gradient_checkpointing``,
+    which transformers 5.24 deprecates (renamed ``activation_checkpointing``) with a FutureWarning a user
+    can do nothing about: hide only those."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+        yield
 
 
 def _make_output_require_grad(module: Any, inputs: Any, output: Any) -> None:
@@ -114,7 +146,8 @@ def add_lora(model: Any, opts: CudaLoraOptions, training: TrainingConfig) -> Any
         bias=lora.bias,
     )
     try:
-        peft_model = get_peft_model(model, config)
+        with _peft_on_transformers_5():
+            peft_model = get_peft_model(model, config)
     except ValueError as exc:
         raise ConfigError(
             f"backend.lora.target_modules {list(lora.target_modules)}: {str(exc).splitlines()[0]}",
