@@ -61,7 +61,7 @@ def worker(mode: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from whisper_tune import load_config, run
     from whisper_tune.recipe.progress import Reporter
 
-    started = time.perf_counter()
+    started, load_before = time.perf_counter(), os.getloadavg()[0]
     summary = run(load_config("quickstart", overrides(mode, args, out)), reporter=Reporter.silent())
     metrics = summary.metrics
     before, after = metrics["evaluation"]["before"]["eval"], metrics["evaluation"]["after"]["eval"]
@@ -83,6 +83,8 @@ def worker(mode: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
         "adapter_bytes": adapter.stat().st_size,
         "peak_rss_bytes": metrics["peak_memory_bytes"],
         "wall_seconds": round(time.perf_counter() - started, 1),
+        # 1-minute load average at the start and the end: other work on the machine slows samples/s
+        "load_average": [round(load_before, 2), round(os.getloadavg()[0], 2)],
     }
 
 
@@ -104,15 +106,16 @@ def versions() -> dict[str, str]:
 def table(rows: list[dict[str, Any]]) -> str:
     lines = [
         "| base | WER before → after (normalised) | raw WER before → after | loss first → last "
-        "| samples/s | adapter | peak RSS |",
-        "|---|---|---|---|---|---|---|",
+        "| samples/s | adapter | peak RSS | load |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         lines.append(
             f"| {r['mode']} | {r['wer_before']:.1f} % → {r['wer_after']:.1f} % "
             f"| {r['raw_wer_before']:.1f} % → {r['raw_wer_after']:.1f} % "
             f"| {r['first_loss']:.3f} → {r['final_loss']:.3f} | {r['samples_per_second']:.2f} "
-            f"| {r['adapter_bytes'] / 1e6:.2f} MB | {r['peak_rss_bytes'] / 2**30:.2f} GiB |"
+            f"| {r['adapter_bytes'] / 1e6:.2f} MB | {r['peak_rss_bytes'] / 2**30:.2f} GiB "
+            f"| {r['load_average'][0]:.1f} / {r['load_average'][1]:.1f} |"
         )
     return "\n".join(lines)
 

@@ -26,6 +26,7 @@ from whisper_tune.backend.protocol import RecipeNeeds, TrainJob
 from whisper_tune.recipe.progress import Reporter
 
 pytest.importorskip("bitsandbytes")
+pytestmark = pytest.mark.slow
 
 QUIET = Reporter(quiet=True, progress=False)
 MODES = ("int8", "4bit")

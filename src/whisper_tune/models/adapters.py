@@ -12,6 +12,7 @@ lazily, with an install hint. ``whisper-tune merge`` and ``whisper-tune export``
 from __future__ import annotations
 
 import json
+import warnings
 from pathlib import Path
 from typing import Any, Literal
 
@@ -76,7 +77,9 @@ def load_adapter_model(
             hint="pass the base model explicitly (--base) if it has moved",
         ) from None
     try:
-        adapted = peft.PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
+        with warnings.catch_warnings():  # peft reads transformers 5.24's deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
+            adapted = peft.PeftModel.from_pretrained(model, str(adapter_dir), is_trainable=False)
     except (OSError, ValueError, KeyError, RuntimeError) as exc:
         raise ModelError(
             f"the adapter {adapter_dir} does not fit the base '{base_name}': {str(exc).splitlines()[0]}"

@@ -1,9 +1,9 @@
 """The ``cuda-lora`` backend: LoRA (peft) over an int8 / 4-bit (bitsandbytes) or bf16 base, on one GPU or
 on several processes.
 
-The backend builds the LoRA model (``model.py``) on the Accelerator's device (GPU 0, or the CPU in dev
-mode; with ``--num-processes N`` every process started by the planned ``accelerate launch`` builds its
-own on its own device) with fp16/bf16 mixed precision; the core's phases (``recipe/phases.py``) do the
+The backend builds the LoRA model (``model.py``) on the Accelerator's device (GPU 0, or the CPU with
+``device: cpu``, int8 and 4-bit included; with ``--num-processes N`` every process started by the
+planned ``accelerate launch`` builds its own on its own device) with fp16/bf16 mixed precision; the core's phases (``recipe/phases.py``) do the
 rest: evaluation before and after, the one training loop, adapter-only weights in every checkpoint and
 in the final model directory (``adapter_config.json`` naming the base + ``adapter_model.safetensors`` +
 the generation config; the core adds the processor files). Evaluation is the core's batched
@@ -129,7 +129,7 @@ class CudaLoraBackend:
         opts = config.backend.options_as(CudaLoraOptions)
         training = config.training
         if opts.device == "cpu":
-            devices = f"CPU ({caps.cpu_count} cores; dev mode)"
+            devices = f"CPU ({caps.cpu_count} cores)"
         elif caps.cuda_devices:
             devices = f"cuda:0 ({caps.cuda_memory_gib[0]:.0f} GiB)" if caps.cuda_memory_gib else "cuda:0"
         else:
