@@ -4,9 +4,10 @@ on several processes.
 The backend builds the LoRA model (``model.py``) on the Accelerator's device (GPU 0, or the CPU with
 ``device: cpu``, int8 and 4-bit included; with ``--num-processes N`` every process started by the
 planned ``accelerate launch`` builds its own on its own device) with fp16/bf16 mixed precision; the
-core's phases (``recipe/phases.py``) do the rest: evaluation before and after, the one training loop, adapter-only weights in every checkpoint and
-in the final model directory (``adapter_config.json`` naming the base + ``adapter_model.safetensors`` +
-the generation config; the core adds the processor files). Evaluation is the core's batched
+core's phases (``recipe/phases.py``) do the rest: evaluation before and after, the one training loop,
+adapter-only weights in every checkpoint and in the final model directory (``adapter_config.json``
+naming the base + ``adapter_model.safetensors`` + the generation config; the core adds the processor
+files). Evaluation is the core's batched
 ``generate_predictions`` under the accelerator's autocast, which works under int8/4-bit where
 ``predict_with_generate`` does not. ``whisper-tune merge`` folds the adapter into a plain model.
 """
