@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import json
+import os
+import signal
+import subprocess
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -76,6 +80,30 @@ def cli_argv(*args: str) -> list[str]:
     return [sys.executable, "-m", "whisper_tune", "-q", *args]
 
 
+@contextlib.contextmanager
+def child_process(argv: Sequence[str | Path], **popen: Any) -> Iterator[subprocess.Popen[str]]:
+    """A subprocess in its own process group that is killed, with everything it started (accelerate's
+    workers, ...), when the block ends: on success, failure, timeout or Ctrl-C alike. A test that fails
+    or times out never leaves a training run behind."""
+    proc = subprocess.Popen([str(a) for a in argv], start_new_session=True, text=True, **popen)
+    try:
+        yield proc
+    finally:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(proc.pid, signal.SIGKILL)  # the group outlives its leader while members remain
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.communicate(timeout=30)
+
+
+def run_child(
+    argv: Sequence[str | Path], *, timeout: float, cwd: Path | None = None, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """``subprocess.run(..., capture_output=True, text=True, timeout=...)`` through ``child_process``."""
+    with child_process(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        out, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, out, err)
+
+
 def quiet_reporter() -> Any:
     from whisper_tune.recipe.progress import Reporter
 
@@ -119,7 +147,9 @@ def toy_overrides(model: Path, out: Path, **extra: object) -> list[str]:
     return [f"{k}={v}" for k, v in base.items()]
 
 
-def real_samples(model_dir: Path, count: int, longest_last: bool = True) -> list[dict[str, Any]]:
+def real_samples(
+    model_dir: Path, count: int, longest_last: bool = True, audio: bool = False
+) -> list[dict[str, Any]]:
     """``count`` quickstart training clips as model inputs (log-mel features of the real audio, labels
     from the model's real tokenizer), the shortest transcripts first and the longest last (so batches
     cut from the front and the back differ a lot in label tokens)."""
@@ -135,8 +165,12 @@ def real_samples(model_dir: Path, count: int, longest_last: bool = True) -> list
     tokenizer.set_prefix_tokens(predict_timestamps=False)
     out = []
     for row in chosen:
-        audio, rate = sf.read(QUICKSTART_DATA / "train" / row["file_name"], dtype="float32")
-        audio = soxr.resample(audio, rate, 16_000)
-        features = extractor(audio, sampling_rate=16_000, return_tensors="np")["input_features"][0]
-        out.append({"input_features": features, "labels": tokenizer(row["text"]).input_ids})
+        clip, rate = sf.read(QUICKSTART_DATA / "train" / row["file_name"], dtype="float32")
+        clip = soxr.resample(clip, rate, 16_000)
+        labels = tokenizer(row["text"]).input_ids
+        if audio:  # what prepared data holds (features are made at batch time)
+            out.append({"audio": clip, "labels": labels})
+            continue
+        features = extractor(clip, sampling_rate=16_000, return_tensors="np")["input_features"][0]
+        out.append({"input_features": features, "labels": labels})
     return out

@@ -20,24 +20,87 @@ from whisper_tune.errors import InterruptedRun, WhisperTuneError
 
 F = TypeVar("F", bound=Callable[..., Any])
 
-OVERRIDES_HELP = "Trailing KEY=VALUE items override any config field, e.g. training.max_steps=100."
+OVERRIDES_HELP = (
+    "CONFIG (a preset name or YAML file) may come first instead of --config. Trailing KEY=VALUE items "
+    "override any config field, e.g. training.max_steps=100 or data.extra_eval.0.split=test."
+)
+
+
+#: click parameter names of backend flags: "backend_flag__" + the flag's position in the listing
+FLAG_PARAM = "backend_flag__"
+
+
+class BackendFlagsCommand(click.Command):
+    """A command that also takes the installed backends' own flags (``--num-processes``, ``--ipus``),
+    listed from the registry when the command is used (``--help`` included), not when the CLI is
+    imported. The callback gets them as ``backend_flags``: {flag name: value}."""
+
+    _backend_params: list[click.Option] | None = None
+
+    def backend_params(self) -> list[click.Option]:
+        if self._backend_params is None:
+            taken = {opt for p in self.params for opt in [*p.opts, *p.secondary_opts]}
+            self._backend_params = backend_flag_options(taken | {"--help", "-h"})
+        return self._backend_params
+
+    def get_params(self, ctx: click.Context) -> list[click.Parameter]:
+        params = super().get_params(ctx)
+        own = len(self.params)
+        return [*params[:own], *self.backend_params(), *params[own:]]
+
+    def invoke(self, ctx: click.Context) -> Any:
+        names = {p.name: p.opts[0] for p in self.backend_params()}
+        ctx.params["backend_flags"] = {
+            names[key]: ctx.params.pop(key) for key in list(ctx.params) if key in names
+        }
+        return super().invoke(ctx)
+
+
+def backend_flag_options(taken: set[str]) -> list[click.Option]:
+    """One click option per flag the installed backends declare (a flag several declare is listed once).
+    A flag that would shadow one of the command's own options is left out."""
+    from whisper_tune.backend.registry import Registry
+
+    try:
+        declared = Registry().flags()
+    except WhisperTuneError:  # two packages register one name: the command itself reports it
+        return []
+    options = []
+    for n, (flag_name, owners) in enumerate(sorted(declared.items())):
+        first = next(iter(owners.values()))
+        option = click.Option(
+            [flag_name, f"{FLAG_PARAM}{n}"],
+            type=flag_type(first.type, first.min),
+            default=None,
+            metavar=first.metavar,
+            help=f"{first.help.rstrip('.')} ({flag_setting(owners)}).",
+        )
+        if flag_name.startswith("--") and flag_name not in taken:
+            options.append(option)
+    return options
+
+
+def flag_type(kind: str, minimum: float | None) -> click.ParamType[Any]:
+    if kind == "int":
+        return click.IntRange(min=None if minimum is None else int(minimum))
+    if kind == "float":
+        return click.FloatRange(min=minimum)
+    return click.STRING
+
+
+def flag_setting(owners: dict[str, Any]) -> str:
+    """What a flag sets, for its help: 'sets backend.num_processes; backends accelerate, cuda-lora' (the
+    key per backend when they differ)."""
+    keys = {flag.key for flag in owners.values()}
+    if len(keys) == 1:
+        return f"sets {keys.pop()}; backend{'s' if len(owners) > 1 else ''} {', '.join(owners)}"
+    return "sets " + ", ".join(f"{flag.key} for {name}" for name, flag in owners.items())
 
 
 def config_options(func: F) -> F:
-    """--config / --backend / --model / --ipus / --num-processes plus trailing key=value overrides."""
-    func = click.argument("overrides", nargs=-1, metavar="[KEY=VALUE]...")(func)
-    func = click.option(
-        "--num-processes",
-        type=click.IntRange(min=1),
-        default=None,
-        help="Processes (GPUs) for backends that launch several (sets backend.num_processes).",
-    )(func)
-    func = click.option(
-        "--ipus",
-        type=click.IntRange(min=1),
-        default=None,
-        help="IPUs to use (sets backend.ipus; IPU backend).",
-    )(func)
+    """[CONFIG] / --config / --backend / --model plus key=value overrides; the command is a
+    ``BackendFlagsCommand``, which adds the installed backends' own flags."""
+    func = click.argument("overrides", nargs=-1, metavar="[CONFIG] [KEY=VALUE]...")(func)
     func = click.option(
         "--model",
         "model",
@@ -55,12 +118,36 @@ def config_options(func: F) -> F:
     return func
 
 
-def build_config(
-    config: str | None, overrides: Sequence[str], *, require_backend: bool = True, **flags: Any
-) -> Any:
-    from whisper_tune.config.load import load_config
+def split_config_argument(config: str | None, overrides: Sequence[str]) -> tuple[str | None, list[str]]:
+    """``run configs/x.yaml k=v`` is ``run --config configs/x.yaml k=v``: a first item without '=' is
+    the config (a YAML path or preset name)."""
+    items = list(overrides)
+    if items and "=" not in items[0]:
+        if config is not None:
+            from whisper_tune.errors import ConfigError
 
-    return load_config(config, overrides, require_backend=require_backend, **flags)
+            raise ConfigError(
+                f"two configs given: --config {config} and '{items[0]}'",
+                hint="give the preset or YAML file once, as the first argument or with --config",
+            )
+        return items[0], items[1:]
+    return config, items
+
+
+def build_config(
+    config: str | None,
+    overrides: Sequence[str],
+    *,
+    require_backend: bool = True,
+    resolved: bool = False,
+    **flags: Any,
+) -> Any:
+    """The validated config (``resolved``: with the backend defaults it holds, ``config.load.Resolved``)."""
+    from whisper_tune.config.load import load_config, resolve_config
+
+    config, items = split_config_argument(config, overrides)
+    build = resolve_config if resolved else load_config
+    return build(config, items, require_backend=require_backend, **flags)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -85,22 +172,42 @@ def _reporter(ctx: click.Context) -> Any:
     return Reporter(quiet=ctx.obj["quiet"], verbose=ctx.obj["debug"])
 
 
-@cli.command(epilog=OVERRIDES_HELP)
+DATA_HELP = (
+    "Your data: an audiofolder, a CSV/JSONL manifest or a prepared directory. Sets data.dataset, trains on "
+    "its 'train' split, evaluates on the first of eval/test/validation/valid/dev it has (else holds out "
+    "a seeded 10%, data.test_size), and drops the config's own extra eval sets. KEY=VALUE overrides win."
+)
+
+
+@cli.command(cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
 @config_options
+@click.option("--data", "data", default=None, metavar="DIR_OR_MANIFEST", help=DATA_HELP)
 @click.pass_context
-def run(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
+def run(
+    ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], data: str | None, **flags: Any
+) -> None:
     """Fine-tune: evaluate before, train, evaluate after, write the run directory."""
     from whisper_tune.pipeline import run as run_pipeline
 
-    summary = run_pipeline(build_config(config, overrides, **flags), reporter=_reporter(ctx))
+    reporter = _reporter(ctx)  # first, so that what --data chose is shown
+    summary = run_pipeline(
+        build_config(config, overrides, data=data, **flags), reporter=reporter, echo_summary=False
+    )
     click.echo(f"run directory: {summary.run_dir}")
     for line in summary.lines:
         click.echo(line)
 
 
-@cli.command("eval", epilog=OVERRIDES_HELP)
+@cli.command("eval", cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
 @config_options
-@click.option("--data", "data", default=None, help="Dataset to evaluate (sets data.dataset).")
+@click.option(
+    "--data",
+    "data",
+    default=None,
+    metavar="DIR_OR_MANIFEST",
+    help="Dataset to evaluate (sets data.dataset; a local one is evaluated on the first of "
+    "eval/test/validation/valid/dev it has, without the config's extra eval sets).",
+)
 @click.option("--split", default=None, help="Split to evaluate (sets data.eval_split).")
 @click.pass_context
 def eval_cmd(
@@ -115,17 +222,20 @@ def eval_cmd(
     """Evaluate a model (WER/CER raw and normalised) without training."""
     from whisper_tune.pipeline import run as run_pipeline
 
-    extra = [f"data.dataset={data}"] if data else []
-    extra += [f"data.eval_split={split}"] if split else []
+    reporter = _reporter(ctx)
+    extra = [f"data.eval_split={split}"] if split else []
     summary = run_pipeline(
-        build_config(config, [*overrides, *extra], **flags), reporter=_reporter(ctx), train=False
+        build_config(config, [*overrides, *extra], data=data, **flags),
+        reporter=reporter,
+        train=False,
+        echo_summary=False,
     )
     click.echo(f"run directory: {summary.run_dir}")
     for line in summary.lines:
         click.echo(line)
 
 
-@cli.command(epilog=OVERRIDES_HELP)
+@cli.command(cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
 @config_options
 @click.option(
     "--out",
@@ -147,15 +257,15 @@ def prepare(
         click.echo(f"{name}: {info['samples']} samples, {info['audio_minutes']} min -> {info['path']}")
 
 
-@cli.command(epilog=OVERRIDES_HELP)
+@cli.command(cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
 @config_options
 @click.pass_context
 def plan(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
     """Show what the backend will do: devices, batch per device and global, placement."""
-    from whisper_tune.config.load import resolve_config
     from whisper_tune.pipeline import plan as make_plan
+    from whisper_tune.pipeline import run_dir_path
 
-    resolved = resolve_config(config, overrides, **flags)
+    resolved = build_config(config, overrides, resolved=True, **flags)
     the_plan = make_plan(resolved.config)
     click.echo(f"backend:            {the_plan.backend}")
     click.echo(f"devices:            {the_plan.devices}")
@@ -169,6 +279,9 @@ def plan(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], 
         click.echo(f"{label + ':':20}{_value_and_origin(resolved, key)}")
     for line in the_plan.notes:
         click.echo(f"note:               {line}")
+    launch = the_plan.launch.resolved(run_dir_path(resolved.config))
+    for line in launch.describe():
+        click.echo(f"launch:             {line}")
 
 
 def _value_and_origin(resolved: Any, key: str) -> str:
@@ -360,12 +473,17 @@ def backends() -> None:
         try:
             backend = registry.get(name)
             probe = backend.probe()
-            status = "available" if probe.available else f"unavailable: {probe.reason}"
+            if probe.available:
+                status = "available" + (f": {probe.mode}" if probe.mode else "")
+            else:
+                status = f"unavailable: {probe.reason}"
             if probe.install_hint and not probe.available:
                 status += f" ({probe.install_hint})"
             description = backend.description
         except WhisperTuneError as exc:
             status, description = f"broken: {exc.message}", ""
+        except ImportError as exc:  # registered, but its module cannot be imported
+            status, description = f"broken: cannot import it ({exc})", ""
         origin = f"{info.distribution} {info.version}" if info else "in-process"
         click.echo(f"{name:12} {status}\n{'':12} {description} [{origin}]")
     for name, known in KNOWN_BACKENDS.items():
@@ -378,14 +496,14 @@ def config_group() -> None:
     """Show, validate, list and document configurations."""
 
 
-@config_group.command("show", epilog=OVERRIDES_HELP)
+@config_group.command("show", cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
 @config_options
 def config_show(config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
     """Print the fully resolved configuration as YAML (every default filled in; a backend's defaults
     are marked with a comment)."""
-    from whisper_tune.config.load import dump_yaml, resolve_config
+    from whisper_tune.config.load import dump_yaml
 
-    resolved = resolve_config(config, overrides, require_backend=False, **flags)
+    resolved = build_config(config, overrides, require_backend=False, resolved=True, **flags)
     comments = {
         key: f"{resolved.config.backend.name} default: {d.reason}"
         for key, d in resolved.backend_defaults.items()
@@ -393,11 +511,11 @@ def config_show(config: str | None, overrides: tuple[str, ...], **flags: Any) ->
     click.echo(dump_yaml(resolved.config, comments), nl=False)
 
 
-@config_group.command("validate", epilog=OVERRIDES_HELP)
+@config_group.command("validate", cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
 @config_options
 def config_validate(config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
     """Validate a configuration: core sections, then the backend's own options if it is installed."""
-    from whisper_tune.config.load import UncheckedOptions
+    from whisper_tune.config.schema import UncheckedOptions
 
     resolved = build_config(config, overrides, require_backend=False, **flags)
     if isinstance(resolved.backend.options, UncheckedOptions):
@@ -419,11 +537,42 @@ def config_list() -> None:
 
 
 @config_group.command("docs")
-def config_docs() -> None:
+@click.option(
+    "--backend",
+    "-b",
+    "backend_name",
+    default=None,
+    help="Print this installed backend's option table instead (generated from its Options model).",
+)
+@click.option(
+    "--into",
+    type=click.Path(dir_okay=False, exists=True, path_type=Path),
+    default=None,
+    help="With --backend: rewrite the generated options block of this file (the backend's README) "
+    "instead of printing it.",
+)
+def config_docs(backend_name: str | None, into: Path | None) -> None:
     """Print the configuration reference (Markdown), generated from the field descriptions."""
-    from whisper_tune.config.reference import config_reference_markdown
+    from whisper_tune.config.reference import (
+        backend_options_markdown,
+        config_reference_markdown,
+        with_options_block,
+    )
 
-    click.echo(config_reference_markdown(), nl=False)
+    if backend_name is None:
+        if into is not None:
+            raise click.UsageError("--into needs --backend")
+        click.echo(config_reference_markdown(), nl=False)
+        return
+    from whisper_tune.backend.registry import Registry
+
+    block = backend_options_markdown(Registry().get(backend_name))
+    if into is None:
+        click.echo(block, nl=False)
+        return
+    text = with_options_block(into.read_text(encoding="utf-8"), block, str(into))
+    into.write_text(text, encoding="utf-8")
+    click.echo(f"wrote the {backend_name} options into {into}")
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:

@@ -2,7 +2,9 @@
 
 * A regression set, evaluated before and after like every eval set, whose WER must not rise by more than
   ``eval.regression_margin``: by default a small slice shipped with whisper-tune (multilingual speech for
-  multilingual models, other-domain English for English-only ones), or any ``data.extra_eval`` set.
+  multilingual models, other-domain English for English-only ones) plus ten real English recordings
+  (``real-speech``), or any ``data.extra_eval`` set. Every set other than the run's own eval set is
+  watched the same way: a fine-tune that gains in domain and loses another voice or real speech warns.
 * Language retention: for multilingual models, the share of eval clips Whisper's own language detection
   still assigns to the configured language (or each row's language), before and after.
 * Hallucination signals (insertion rate, repeated n-gram rate) are in every set's metrics
@@ -22,6 +24,8 @@ from typing import Any
 from whisper_tune.config.schema import BUNDLED_REGRESSION, DataConfig, EvalSetConfig, RunConfig
 
 REGRESSION_SET = "regression"
+#: ten real recordings bundled beside the regression slice (LibriVox and CMU pocketsphinx test data)
+REAL_SPEECH_SET = "real-speech"
 #: a hallucination signal rising by more than this many points is reported next to the WER change
 SIGNAL_MARGIN = 2.0
 
@@ -49,7 +53,17 @@ def with_regression_set(config: RunConfig, multilingual: bool) -> DataConfig:
         text_column="text",
         language_column="language" if multilingual else None,
     )
-    return config.data.model_copy(update={"extra_eval": (*config.data.extra_eval, bundled)})
+    real = EvalSetConfig(
+        name=REAL_SPEECH_SET,
+        dataset=str(root / "real-speech.csv"),
+        split="all",
+        audio_column="audio",
+        text_column="text",
+        language_column="language" if multilingual else None,
+    )
+    taken = {s.name for s in config.data.extra_eval}
+    added = [s for s in (bundled, real) if s.name not in taken]
+    return config.data.model_copy(update={"extra_eval": (*config.data.extra_eval, *added)})
 
 
 def normalizer_override(config: RunConfig, set_name: str, multilingual: bool) -> str | None:
@@ -87,6 +101,18 @@ def guard_report(config: RunConfig, evaluation: dict[str, dict[str, dict[str, An
             warnings.append(
                 f"regression set '{name}': WER rose {b:.1f}% -> {a:.1f}% (+{change:.1f} points, margin "
                 f"{config.eval.regression_margin:g}): the fine-tune may have cost general ability"
+            )
+    report["sets"] = {}
+    for set_name in before:
+        if set_name == "eval" or set_name not in after:
+            continue
+        b, a = before[set_name]["normalized_wer"], after[set_name]["normalized_wer"]
+        change = round(a - b, 3)
+        report["sets"][set_name] = {"before": b, "after": a, "change": change}
+        if set_name != name and change > config.eval.regression_margin:
+            warnings.append(
+                f"{set_name}: WER rose {b:.1f}% -> {a:.1f}% (+{change:.1f} points, margin "
+                f"{config.eval.regression_margin:g}): the fine-tune made this set worse"
             )
     for set_name in dict.fromkeys([*before, *after]):
         shares = {

@@ -10,21 +10,24 @@ from __future__ import annotations
 import json
 import logging
 import os
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from whisper_tune.backend.protocol import Backend, Capabilities, Plan, TrainJob, TrainResult
+from whisper_tune.backend.protocol import Backend, Capabilities, Issue, Plan, TrainJob, TrainResult
 from whisper_tune.backend.registry import Registry
 from whisper_tune.config.load import dump_yaml
 from whisper_tune.config.schema import DataConfig, RunConfig
 from whisper_tune.errors import (
     BackendUnavailableError,
     ConfigError,
+    DataError,
     HardwareError,
     InterruptedRun,
+    ModelError,
     OutputError,
 )
 from whisper_tune.recipe.progress import LOGGER_NAME, Reporter
@@ -78,15 +81,46 @@ def plan(config: RunConfig, registry: Registry | None = None, caps: Capabilities
     return backend.plan(config, caps)
 
 
-def make_run_dir(config: RunConfig) -> Path:
-    """Create the run directory; a clear OutputError if it cannot be created or written."""
-    root = Path(config.output.dir).expanduser()
-    name = config.output.run_name or "{}-{}-{}".format(
+def warmup_issues(config: RunConfig, steps: int | None) -> list[Issue]:
+    """A warning when the warm-up is not shorter than the training (``steps``; None: not known yet)."""
+    warmup = config.training.warmup_steps
+    if steps is None or not warmup or warmup < steps:
+        return []
+    return [
+        Issue(
+            "training.warmup_steps",
+            f"{warmup} warm-up steps for {steps} training step{'s' if steps != 1 else ''}: the learning "
+            f"rate is still rising when training ends and never reaches training.learning_rate "
+            f"({config.training.learning_rate:g})",
+            level="warning",
+            hint="use fewer warm-up steps than training steps",
+        )
+    ]
+
+
+def model_label(name: str) -> str:
+    """The model's part of a run directory name: its last path part, or for a run's ``final/`` (or a
+    checkpoint) the run's name."""
+    path = Path(name.replace("pip:", "").rstrip("/"))
+    parts = [p for p in path.parts if p not in ("final", "best", "checkpoints") and not p.startswith("step-")]
+    return (parts[-1] if parts else path.name).replace("/", "-")
+
+
+def run_dir_path(config: RunConfig, *, train: bool = True) -> Path:
+    """Where a run of ``config`` started now writes: ``output.dir`` / ``output.run_name``, or
+    ``<UTC time>-<backend>-<model>`` (with ``-eval`` for an evaluation-only run)."""
+    name = config.output.run_name or "{}-{}-{}{}".format(
         datetime.now(timezone.utc).strftime("%Y%m%d-%H%M%S"),
         config.backend.name,
-        Path(config.model.name.replace("pip:", "")).name.replace("/", "-"),
+        model_label(config.model.name),
+        "" if train else "-eval",
     )
-    run_dir = root / name
+    return Path(config.output.dir).expanduser() / name
+
+
+def make_run_dir(config: RunConfig, *, train: bool = True) -> Path:
+    """Create the run directory; a clear OutputError if it cannot be created or written."""
+    run_dir = run_dir_path(config, train=train)
     resuming = config.training.resume_from is not None
     if (run_dir / METRICS_FILE).exists() and not resuming:
         raise OutputError(
@@ -104,6 +138,12 @@ def make_run_dir(config: RunConfig) -> Path:
             hint="set output.dir to a writable directory",
         ) from None
     return run_dir
+
+
+def read_state(checkpoint: Path) -> tuple[int, list[dict[str, float]]]:
+    from whisper_tune.recipe.checkpoints import read_state as read
+
+    return read(checkpoint)
 
 
 def resolve_resume(config: RunConfig, run_dir: Path) -> Path | None:
@@ -129,12 +169,13 @@ def resolve_resume(config: RunConfig, run_dir: Path) -> Path | None:
 def _load_processor_for(config: RunConfig, reporter: Reporter) -> tuple[str, Any]:
     from transformers import WhisperConfig
 
-    from whisper_tune.recipe.model import check_mel_bins, load_processor, resolve_source
+    from whisper_tune.recipe.model import check_mel_bins, load_processor, require_whisper, resolve_source
 
     source = resolve_source(config.model.name)
     reporter.info(
         f"model: {config.model.name}" + (f" (from {source})" if source != config.model.name else "")
     )
+    require_whisper(source, config.model.name)
     processor = load_processor(source, config.model)
     try:
         model_config = WhisperConfig.from_pretrained(source)
@@ -159,8 +200,13 @@ def prepare(
     include_train: bool = True,
 ) -> Any:
     """Prepare the configured data for the configured model into ``out_dir`` (``whisper-tune prepare``)."""
+    from whisper_tune.recipe.model import require_reachable
+    from whisper_tune.recipe.preflight import require_usable_data
+
     reporter = reporter or Reporter()
     backend = (registry or Registry()).get(config.backend.name)
+    require_usable_data(config.data, include_train=include_train)
+    require_reachable(config.model.name)
     _, processor = _load_processor_for(config, reporter)
     return _prepare_sets(config, out_dir, processor, backend, reporter, include_train)
 
@@ -171,23 +217,33 @@ def run(
     registry: Registry | None = None,
     reporter: Reporter | None = None,
     train: bool = True,
+    echo_summary: bool = True,
 ) -> RunSummary:
-    """Fine-tune (or with ``train=False`` only evaluate) as configured; returns the summary."""
+    """Fine-tune (or with ``train=False`` only evaluate) as configured; returns the summary.
+
+    The WER lines (``RunSummary.lines``) go to run.log and, with ``echo_summary``, to the console; the
+    CLI prints them itself (to stdout), so it passes False.
+    """
     from whisper_tune.guards import language_share, normalizer_override, with_regression_set
     from whisper_tune.recipe.evaluation import row_languages_of, score_predictions
-    from whisper_tune.recipe.model import is_multilingual, save_processor
+    from whisper_tune.recipe.model import is_multilingual, require_reachable, save_processor
+    from whisper_tune.recipe.preflight import require_usable_data
     from whisper_tune.recipe.prepared import PreparedDataset
-    from whisper_tune.recipe.sources import resolve_kind, train_and_eval_specs
     from whisper_tune.trackers import evaluation_scalars, open_trackers
 
     reporter = reporter or Reporter()
     started = time.perf_counter()
     backend, caps = select_backend(config, registry)
-    train_and_eval_specs(config.data)  # a missing dataset fails before anything is loaded or written
-    for extra in config.data.extra_eval:
-        resolve_kind(extra.dataset, "auto")
-    run_dir = make_run_dir(config)
+    # every data set and the model name are checked before anything is loaded or written
+    require_usable_data(config.data, include_train=train)
+    require_reachable(config.model.name)
+    stream = train_stream_spec(config) if train else None
+    created = not run_dir_path(config, train=train).exists() if config.output.run_name else True
+    run_dir = make_run_dir(config, train=train)
+    discard = False
     reporter.log_to(run_dir / "run.log")
+    if train:
+        raise_issues(warmup_issues(config, config.training.max_steps))
     try:
         (run_dir / CONFIG_FILE).write_text(dump_yaml(config), encoding="utf-8")
         reporter.attach_trackers(open_trackers(config.training.report_to, run_dir, config.to_yaml_dict()))
@@ -199,27 +255,38 @@ def run(
             f"global {the_plan.global_batch}"
         )
         resume = resolve_resume(config, run_dir)
+        resumed_at = read_state(resume)[0] if resume is not None else 0  # before training prunes it
         source, processor = _load_processor_for(config, reporter)
         multilingual = is_multilingual(len(processor.tokenizer))
         data = with_regression_set(config, multilingual) if train else config.data
-        sets = _prepare_sets(config, run_dir / "prepared", processor, backend, reporter, train, data)
+        sets = _prepare_sets(
+            config, run_dir / "prepared", processor, backend, reporter, train and stream is None, data
+        )
+        if train and sets.train is not None and config.training.max_steps is None:
+            raise_issues(warmup_issues(config, _epoch_steps(config, backend, the_plan, sets.train)))
         job = TrainJob(
             config=config,
             run_dir=run_dir,
             model_dir=source,
             train_data=sets.train,
+            train_stream=stream,
             eval_data=sets.evals,
             train=train,
             evaluate_before=config.eval.before or not train,
             evaluate_after=config.eval.after and train,
             resume_from=resume,
+            launch=the_plan.launch.resolved(run_dir) if the_plan.launch.mode == "command" else None,
         )
         (run_dir / "job.json").write_text(job.model_dump_json(indent=2), encoding="utf-8")
         result = backend.train(job, reporter)
-        for record in result.log_history:  # what a backend in another process could not send live
-            reporter.track(record)
-        if result.final_model_dir is not None:
-            save_processor(processor, result.final_model_dir)
+        # what a backend in another process could not send live; a resumed run's earlier records were
+        # sent by the run that wrote the checkpoint
+        for record in result.log_history:
+            if record["step"] > resumed_at:
+                reporter.track(record)
+        final = result.final_model_dir
+        if final is not None and not (final / "tokenizer_config.json").exists():
+            save_processor(processor, final)  # a backend that did not write them (the IPU worker)
         eval_sets = {name: PreparedDataset(path) for name, path in sets.evals.items()}
         references = {name: ds.texts for name, ds in eval_sets.items()}
         evaluation = {
@@ -243,24 +310,25 @@ def run(
                 ] * len(detected)
                 if phase in evaluation and name in evaluation[phase]:
                     evaluation[phase][name]["metrics"]["language_share"] = language_share(detected, expected)
-        _write_predictions(run_dir, evaluation, references)
-        metrics = _metrics(config, result, evaluation, sets.report(), time.perf_counter() - started)
+        _write_predictions(run_dir, evaluation, eval_sets)
+        report = {**({"train": result.stream} if result.stream else {}), **sets.report()}
+        metrics = _metrics(config, result, evaluation, report, time.perf_counter() - started)
         write_json_atomic(run_dir / METRICS_FILE, metrics)
         if config.output.plot:
             write_plot(
                 run_dir / "plot.png",
                 result.log_history,
                 metrics["evaluation"],
-                f"{config.model.name} · {backend.name}",
+                f"{config.model.name} · {backend.name}" + ("" if train else " · evaluation only"),
             )
         for tracker in reporter.trackers:
             tracker.log(evaluation_scalars(metrics["evaluation"]), step=result.steps)
-        lines = wer_lines(metrics["evaluation"])
+        lines = wer_lines(metrics["evaluation"], trained=train)
         for line in lines:
-            reporter.info(line)
+            (reporter.info if echo_summary else reporter.log_only)(line)
         for warning in metrics["guard"]["warnings"]:
-            reporter.warning(f"guard rail: {warning}")
-            lines.append(f"warning: {warning}")
+            (reporter.warning if echo_summary else reporter.log_only)(f"guard rail: {warning}")
+            lines.append(f"warning: guard rail: {warning}")
         if result.interrupted:
             raise InterruptedRun(
                 f"interrupted after {result.steps} steps; checkpoint and metrics are in {run_dir}",
@@ -269,11 +337,38 @@ def run(
         return RunSummary(run_dir, metrics, lines)
     except KeyboardInterrupt:
         raise InterruptedRun(f"interrupted; what was written so far is in {run_dir}") from None
+    except (ConfigError, DataError, ModelError):
+        # a model or data set that cannot be used: nothing was trained, so the new run directory holds
+        # nothing worth keeping (the message is on the console)
+        discard = created and not any((run_dir / n).exists() for n in ("checkpoints", "final", METRICS_FILE))
+        raise
     finally:
         for tracker in reporter.trackers:
             tracker.finish()
         reporter.attach_trackers([])
         reporter.close()
+        if discard:
+            shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def train_stream_spec(config: RunConfig) -> dict[str, Any] | None:
+    """With ``data.streaming`` the training split read as training goes (no prepared directory);
+    None otherwise. A stream has no length: it needs ``training.max_steps`` and no ``test_size``."""
+    from whisper_tune.recipe.sources import resolve_kind, train_and_eval_specs
+    from whisper_tune.recipe.streaming import stream_spec
+
+    data = config.data
+    if not data.streaming or resolve_kind(data.dataset or "", data.kind) == "prepared":
+        return None
+    problems = []
+    if config.training.max_steps is None:
+        problems.append("training.max_steps: a streamed training set has no length; set the number of steps")
+    if data.test_size is not None:
+        problems.append("data.test_size: holding out a fraction needs the whole split; set data.eval_split")
+    if problems:
+        raise ConfigError("data.streaming:\n  " + "\n  ".join(problems))
+    train, _ = train_and_eval_specs(data)
+    return stream_spec(train)
 
 
 def _prepare_sets(
@@ -298,21 +393,39 @@ def _prepare_sets(
         out_dir,
         feature_extractor=processor.feature_extractor,
         tokenizer=processor.tokenizer,
-        feature_dtype=backend.recipe_needs(config).feature_dtype,
         reporter=reporter,
         include_train=include_train,
         meta=meta,
     )
 
 
-def _write_predictions(run_dir: Path, evaluation: dict[str, Any], references: dict[str, list[str]]) -> None:
+def _epoch_steps(config: RunConfig, backend: Backend, the_plan: Plan, train_dir: Path) -> int:
+    """Optimizer steps of an epoch-bounded run, counted as the training loop counts them."""
+    from whisper_tune.recipe.loop import total_steps
+    from whisper_tune.recipe.prepared import PreparedDataset
+
+    samples = len(PreparedDataset(train_dir))
+    drop_last = backend.recipe_needs(config).drop_last
+    return total_steps(config.training, samples, drop_last, the_plan.processes)
+
+
+def _write_predictions(run_dir: Path, evaluation: dict[str, Any], eval_sets: dict[str, Any]) -> None:
+    """One JSON line per clip: its id (as the source names it: ``eval/0001.ogg``, ``x.csv:12``), the
+    audio file when it came from one, the reference and the prediction."""
     out = run_dir / "predictions"
     out.mkdir(exist_ok=True)
     for phase, by_set in evaluation.items():
         for name, scored in by_set.items():
+            samples = eval_sets[name].samples
             with (out / f"{name}-{phase}.jsonl").open("w", encoding="utf-8") as fh:
-                for ref, hyp in zip(references[name], scored["texts"], strict=True):
-                    fh.write(json.dumps({"reference": ref, "prediction": hyp}, ensure_ascii=False) + "\n")
+                for sample, hyp in zip(samples, scored["texts"], strict=True):
+                    row = {
+                        "id": sample.get("key"),
+                        "audio": sample.get("audio"),
+                        "reference": sample["text"],
+                        "prediction": hyp,
+                    }
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
 def _metrics(

@@ -19,8 +19,9 @@ def fmt_pct(value: float | None) -> str:
     return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{value:.1f}%"
 
 
-def wer_lines(evaluation: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
-    """ "eval: WER 30.8% -> 11.3% (normalised)" for every set evaluated."""
+def wer_lines(evaluation: dict[str, dict[str, dict[str, Any]]], *, trained: bool = True) -> list[str]:
+    """ "eval: WER 30.8% -> 11.3% (normalised; raw ...)" for every set evaluated. ``trained=False`` (an
+    evaluation-only run, whose one evaluation is stored as "before") says no "before"/"after"."""
     before = evaluation.get("before", {})
     after = evaluation.get("after", {})
     lines = []
@@ -33,9 +34,13 @@ def wer_lines(evaluation: dict[str, dict[str, dict[str, Any]]]) -> list[str]:
                 f"{fmt_pct(before[name]['wer'])} -> {fmt_pct(after[name]['wer'])})"
             )
         else:
-            value = a if a is not None else b
             phase = "after" if a is not None else "before"
-            lines.append(f"{name}: WER {fmt_pct(value)} ({phase} training, normalised)")
+            scores = (after if a is not None else before)[name]
+            when = f"{phase} training, " if trained else ""
+            lines.append(
+                f"{name}: WER {fmt_pct(scores.get('normalized_wer'))} ({when}normalised; raw "
+                f"{fmt_pct(scores.get('wer'))})"
+            )
     return lines
 
 
@@ -45,34 +50,59 @@ def write_plot(
     evaluation: dict[str, dict[str, dict[str, Any]]],
     title: str,
 ) -> Path | None:
-    """Loss per step and WER before/after per eval set, side by side."""
+    """Loss per step and WER before/after per eval set, side by side; for a run that did not train
+    (no loss logged) only the WER panel."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (ax_loss, ax_wer) = plt.subplots(1, 2, figsize=(10, 4))
-    losses = [r for r in log_history if "loss" in r]
-    if losses:
-        ax_loss.plot([r["step"] for r in losses], [r["loss"] for r in losses], marker=".")
-    evals = [r for r in log_history if "eval_wer" in r]
-    if evals:  # evaluation during training: WER on a second y axis over the same steps
-        ax_eval = ax_loss.twinx()
-        ax_eval.plot([r["step"] for r in evals], [r["eval_wer"] for r in evals], color="gray", marker="o")
-        ax_eval.set_ylabel("eval WER % during training (gray)")
-    ax_loss.set(title="training loss", xlabel="optimizer step", ylabel="loss")
-    ax_loss.grid(alpha=0.3)
-    names = list(dict.fromkeys([*evaluation.get("before", {}), *evaluation.get("after", {})]))
-    width = 0.38
-    for offset, phase in ((-width / 2, "before"), (width / 2, "after")):
-        values = [evaluation.get(phase, {}).get(n, {}).get("normalized_wer", float("nan")) for n in names]
-        bars = ax_wer.bar([i + offset for i in range(len(names))], values, width, label=phase)
-        ax_wer.bar_label(bars, fmt="%.1f", fontsize=8)
-    ax_wer.set_xticks(range(len(names)), names)
-    ax_wer.set(title="normalised WER (%)", ylabel="WER %")
-    ax_wer.legend()
-    fig.suptitle(title)
-    fig.tight_layout()
+    fig = plot_figure(log_history, evaluation, title)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
+
+
+def plot_figure(
+    log_history: list[dict[str, float]], evaluation: dict[str, dict[str, dict[str, Any]]], title: str
+) -> Any:
+    """The matplotlib figure of ``write_plot``."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    losses = [r for r in log_history if "loss" in r]
+    evals = [r for r in log_history if "eval_wer" in r]
+    if losses or evals:
+        fig, (ax_loss, ax_wer) = plt.subplots(1, 2, figsize=(10, 4))
+        if losses:
+            ax_loss.plot([r["step"] for r in losses], [r["loss"] for r in losses], marker=".")
+        if evals:  # evaluation during training: WER on a second y axis over the same steps
+            ax_eval = ax_loss.twinx()
+            ax_eval.plot([r["step"] for r in evals], [r["eval_wer"] for r in evals], color="gray", marker="o")
+            ax_eval.set_ylabel("eval WER % during training (gray)")
+        ax_loss.set(title="training loss", xlabel="optimizer step", ylabel="loss")
+        ax_loss.grid(alpha=0.3)
+    else:
+        fig, ax_wer = plt.subplots(1, 1, figsize=(6, 4))
+    phases = [p for p in ("before", "after") if evaluation.get(p)]
+    names = list(dict.fromkeys(n for p in phases for n in evaluation[p]))
+    width = 0.38 if len(phases) > 1 else 0.6
+    peak = 0.0
+    for k, phase in enumerate(phases):
+        offset = (k - (len(phases) - 1) / 2) * width
+        values = [evaluation[phase].get(n, {}).get("normalized_wer", float("nan")) for n in names]
+        peak = max([peak, *(v for v in values if v == v)])
+        bars = ax_wer.bar([i + offset for i in range(len(names))], values, width, label=phase)
+        ax_wer.bar_label(bars, fmt="%.1f", fontsize=8)
+    ax_wer.set_xticks(range(len(names)), names)
+    ax_wer.set_ylim(0, max(peak * 1.15, 1.0))  # room for the bar labels
+    # one phase: an evaluation-only run says nothing more, a training run says which side of training
+    when = f", {phases[0]} training" if len(phases) == 1 and (losses or evals) else ""
+    ax_wer.set(title=f"normalised WER (%){when}", ylabel="WER %")
+    if len(phases) > 1:  # before/after: the legend goes beside the panel, never over a bar
+        ax_wer.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
+    fig.suptitle(title)
+    fig.tight_layout()
+    return fig

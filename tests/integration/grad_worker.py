@@ -42,4 +42,7 @@ def main(model_dir: str, out: str) -> None:
 
 
 if __name__ == "__main__":
+    from whisper_tune.backend.worker import exit_now
+
     main(sys.argv[1], sys.argv[2])
+    exit_now(0)  # no interpreter teardown: a DDP model collected at shutdown can deadlock under gloo

@@ -2,14 +2,17 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from importlib.metadata import entry_points
 from pathlib import Path
 
 import pytest
 import yaml
-from helpers import QUICKSTART_DATA, REPO
+from helpers import QUICKSTART_DATA, REPO, toy_overrides
 
 from whisper_tune import __version__
-from whisper_tune.backend.registry import Registry
+from whisper_tune.backend.registry import GROUP, KNOWN_BACKENDS, Registry
 from whisper_tune.cli import main
 from whisper_tune.config.presets import list_presets
 
@@ -25,13 +28,38 @@ def test_version(capsys: pytest.CaptureFixture[str]) -> None:
     assert code == 0 and __version__ in out
 
 
-def test_backends_lists_installed_and_known(capsys: pytest.CaptureFixture[str]) -> None:
+def test_backends_lists_installed_and_known(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each installed backend: its probe's verdict on its own line, then its description and
+    distribution; each known backend that is not installed: its install command."""
+    from whisper_tune.backend import registry as registry_module
+
     code, out, _ = run_cli(capsys, "backends")
     assert code == 0
-    assert "reference    available" in out
-    for name in ("cuda-lora", "accelerate", "ipu"):
-        assert f"{name}" in out
-    assert "pip install" in out
+    lines = out.splitlines()
+    registry = Registry()
+    assert len(lines) == 2 * len(registry.names())  # everything known is installed here (CI: all of it)
+    for n, name in enumerate(registry.names()):
+        backend, info = registry.get(name), registry.info(name)
+        probe = backend.probe()
+        verdict = f"available: {probe.mode}" if probe.available else f"unavailable: {probe.reason}"
+        assert lines[2 * n].startswith(f"{name:12} {verdict}"), lines[2 * n]
+        assert info is not None
+        origin = f"[{info.distribution} {info.version}]"
+        assert lines[2 * n + 1] == f"{'':12} {backend.description} {origin}"
+    # what "available" means here: without a GPU the GPU backends run only in their CPU dev modes
+    for name, dev_mode in (("cuda-lora", "backend.device=cpu"), ("accelerate", "backend.cpu=true")):
+        if name in registry.names() and registry.get(name).probe().capabilities.cuda_devices == 0:
+            assert f"{name:12} available: CPU dev mode only" in out and dev_mode in out
+
+    # with only the core installed, every other known backend is listed with its install command
+    only_core = [ep for ep in entry_points(group=GROUP) if ep.name == "reference"]
+    monkeypatch.setattr(registry_module, "Registry", lambda: Registry(only_core))
+    code, out, _ = run_cli(capsys, "backends")
+    assert code == 0 and out.startswith("reference    available: CPU, ")
+    for name, known in KNOWN_BACKENDS.items():
+        assert f"{name:12} not installed: {known.install}\n{'':12} {known.description}\n" in out
 
 
 def test_plan_prints_global_batch(capsys: pytest.CaptureFixture[str]) -> None:
@@ -57,6 +85,50 @@ def test_config_list_show_validate_docs(capsys: pytest.CaptureFixture[str]) -> N
     assert code == 0 and out == (REPO / "docs" / "config.md").read_text()
 
 
+def test_a_yaml_path_may_come_first(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    code, out, err = run_cli(capsys, "config", "validate", "configs/quickstart.yaml", "training.max_steps=3")
+    assert code == 0 and "valid (core sections and backend 'reference')" in out, err
+    code, out, err = run_cli(capsys, "config", "show", str(REPO / "configs" / "quickstart.yaml"))
+    assert code == 0 and yaml.safe_load(out)["training"]["max_steps"] == 24, err
+    code, out, _ = run_cli(
+        capsys, "config", "show", "quickstart", "training.max_steps=3"
+    )  # a preset name too
+    assert code == 0 and yaml.safe_load(out)["training"]["max_steps"] == 3
+    # run takes it too: here a YAML whose data does not exist stops before anything is loaded
+    config = tmp_path / "mine.yaml"
+    config.write_text("data: {dataset: ./no-such-audio}\noutput: {dir: runs}\n")
+    code, _, err = run_cli(capsys, "run", str(config), "training.max_steps=1")
+    assert code == 3 and f"data.dataset: dataset path {tmp_path / 'no-such-audio'} does not exist" in err
+    code, _, err = run_cli(capsys, "config", "validate", "--config", "quickstart", str(config))
+    assert code == 2 and "two configs given" in err
+    code, _, err = run_cli(capsys, "config", "validate", "configs/no-such.yaml")
+    assert code == 2 and "no config file or preset called 'configs/no-such.yaml'" in err
+
+
+@pytest.mark.slow
+def test_a_run_prints_its_summary_once_and_warns_of_a_long_warmup(
+    toy_model_dir: Path, tmp_path: Path
+) -> None:
+    overrides = toy_overrides(
+        toy_model_dir,
+        tmp_path,
+        **{"training.max_steps": 1, "training.warmup_steps": 1, "output.run_name": "r"},
+    )
+    result = subprocess.run(  # not -q: what a user sees on the console
+        [sys.executable, "-m", "whisper_tune", "run", "configs/quickstart.yaml", *overrides],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,  # subprocess.run kills the child when this passes
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.count("eval: WER") == 1 and result.stdout.count("other-voice: WER") == 1
+    assert "WER" not in result.stderr  # the summary is printed once, on stdout
+    assert "warning: training.warmup_steps: 1 warm-up steps for 1 training step" in result.stderr
+    log = (tmp_path / "r" / "run.log").read_text()
+    assert log.count("eval: WER") == 1 and "warm-up steps" in log
+
+
 def test_eval_command(capsys: pytest.CaptureFixture[str], toy_model_dir: Path, tmp_path: Path) -> None:
     code, out, err = run_cli(
         capsys,
@@ -73,7 +145,9 @@ def test_eval_command(capsys: pytest.CaptureFixture[str], toy_model_dir: Path, t
         "eval.max_new_tokens=4",
     )
     assert code == 0, err
-    assert "eval: WER" in out and "before training" in out
+    assert "eval: WER" in out and "training" not in out  # nothing was trained: no "before training"
+    run_dir = Path(out.splitlines()[0].removeprefix("run directory: "))
+    assert run_dir.name.endswith("-toy-model0-eval") and run_dir.parent == tmp_path
 
 
 def test_prepare_command(capsys: pytest.CaptureFixture[str], toy_model_dir: Path, tmp_path: Path) -> None:

@@ -11,7 +11,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
-from helpers import QUICKSTART_DATA, REPO, cli_argv, missing_known_backend, tone, write_audiofolder
+from helpers import (
+    QUICKSTART_DATA,
+    REPO,
+    child_process,
+    cli_argv,
+    missing_known_backend,
+    run_child,
+    tone,
+    write_audiofolder,
+)
 
 from whisper_tune.backend.registry import Registry
 from whisper_tune.errors import EXIT_CODES, BackendUnavailableError
@@ -19,14 +28,7 @@ from whisper_tune.errors import EXIT_CODES, BackendUnavailableError
 
 def cli(*args: str, cwd: Path = REPO, timeout: int = 300) -> subprocess.CompletedProcess[str]:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    return subprocess.run(
-        cli_argv(*args),
-        cwd=cwd,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env=env,
-    )
+    return run_child(cli_argv(*args), cwd=cwd, timeout=timeout, env=env)
 
 
 def assert_clean_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
@@ -88,6 +90,36 @@ def test_data_error_nothing_usable(tmp_path: Path) -> None:
     assert_clean_error(result, 3, "no usable samples in train", "1 unreadable audio", "1 empty transcript")
 
 
+def test_data_error_every_problem_at_once_before_the_model(tmp_path: Path) -> None:
+    result = cli(
+        "run",
+        "quickstart",  # the config may come first, as a preset name or a YAML path
+        "--model",
+        "./no/such/model",  # not reached: the data is checked first
+        f"data.dataset={QUICKSTART_DATA}",
+        "data.eval_split=dev",
+        "data.extra_eval.0.text_column=sentence",
+        f"output.dir={tmp_path}",
+    )
+    assert_clean_error(result, 3, "the data cannot be used as configured:")
+    assert "\n  data.eval_split: audiofolder" in result.stderr and "has no split 'dev'" in result.stderr
+    assert "\n  data.extra_eval.0.text_column (extra eval set 'other-voice'): " in result.stderr
+    assert not any(tmp_path.iterdir())  # nothing written
+
+
+def test_data_error_no_such_local_directory_offline(tmp_path: Path) -> None:
+    # conftest sets HF_HUB_OFFLINE=1; a name that is not a path here can only be a hub dataset
+    result = cli("run", "--config", "quickstart", "data.dataset=my-data/speech", f"output.dir={tmp_path}")
+    assert_clean_error(
+        result, 3, "data.dataset: 'my-data/speech': no such local directory (as a hub id it needs network)"
+    )
+
+
+def test_config_error_two_configs() -> None:
+    result = cli("config", "validate", "--config", "quickstart", "configs/quickstart.yaml")
+    assert_clean_error(result, 2, "two configs given")
+
+
 def test_model_error_missing_directory(tmp_path: Path) -> None:
     result = cli("run", "--config", "quickstart", "--model", "./no/such/model", f"output.dir={tmp_path}")
     assert_clean_error(result, 4, "does not exist")
@@ -96,7 +128,12 @@ def test_model_error_missing_directory(tmp_path: Path) -> None:
 def test_model_error_hub_unreachable(tmp_path: Path) -> None:
     # conftest sets HF_HUB_OFFLINE=1: the hub cannot be reached, as on this project's machines
     result = cli("run", "--config", "quickstart", "--model", "openai/whisper-tiny", f"output.dir={tmp_path}")
-    assert_clean_error(result, 4, "openai/whisper-tiny", "pip:tiny.en")
+    assert_clean_error(
+        result,
+        4,
+        "'openai/whisper-tiny': no such local directory (as a hub id it needs network)",
+        "pip:tiny.en",
+    )
 
 
 def test_model_error_mel_bins(tmp_path: Path, tiny_en_dir: Path) -> None:
@@ -141,31 +178,31 @@ def test_debug_shows_the_traceback() -> None:
 @pytest.mark.slow
 def test_interrupt_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen(
-        cli_argv(
-            "run",
-            "--config",
-            "quickstart",
-            f"output.dir={tmp_path}",
-            "output.run_name=r",
-            "training.max_steps=200",
-            "data.max_train_samples=32",
-            "data.max_eval_samples=4",
-            "data.extra_eval=[]",
-            "eval.before=false",
-        ),
-        cwd=REPO,
-        stderr=subprocess.PIPE,
-        text=True,
-        env=env,
+    argv = cli_argv(
+        "run",
+        "--config",
+        "quickstart",
+        f"output.dir={tmp_path}",
+        "output.run_name=r",
+        "training.max_steps=200",
+        "data.max_train_samples=32",
+        "data.max_eval_samples=4",
+        "data.extra_eval=[]",
+        "eval.before=false",
     )
-    log = tmp_path / "r" / "run.log"
-    deadline = time.time() + 240
-    while time.time() < deadline and not (log.exists() and '"step": 2' in log.read_text()):
-        time.sleep(0.5)
-    assert log.exists() and '"step": 2' in log.read_text(), "training did not start in time"
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=120)
+    # the 200-step run is killed when the block ends, whatever happens in it (a timeout, a failure)
+    with child_process(argv, cwd=REPO, stderr=subprocess.PIPE, env=env) as proc:
+        log = tmp_path / "r" / "run.log"
+        deadline = time.time() + 600  # generous: a loaded machine may take long to start training
+        while (
+            time.time() < deadline
+            and proc.poll() is None
+            and not (log.exists() and '"step": 2' in log.read_text())
+        ):
+            time.sleep(0.5)
+        assert log.exists() and '"step": 2' in log.read_text(), "training did not start in time"
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=300)
     assert proc.returncode == 130, stderr
     assert "Traceback" not in stderr and "resume with" in stderr
     checkpoints = sorted((tmp_path / "r" / "checkpoints").glob("step-*"))

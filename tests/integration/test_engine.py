@@ -124,6 +124,7 @@ def test_two_processes_with_one_micro_batch_each_give_the_gradient_of_one_batch(
     assert_same(grads, whole)
 
 
+@pytest.mark.slow
 def test_accumulation_and_batch_size_train_the_same_weights_and_log_the_same_loss(
     toy_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -246,6 +247,7 @@ def test_a_damaged_checkpoint_file_is_named_with_the_previous_checkpoint_as_the_
     assert caught.value.hint == f"resume from the previous checkpoint: training.resume_from={previous}"
 
 
+@pytest.mark.slow
 def test_a_run_resuming_from_a_damaged_checkpoint_exits_2_with_one_line(
     toy_model_dir: Path, tmp_path: Path
 ) -> None:
@@ -326,13 +328,87 @@ def test_the_core_has_no_import_cycle() -> None:
 
 
 def test_every_in_process_backend_trains_through_the_phases() -> None:
-    """reference, cuda-lora and accelerate hand a TrainingSetup to run_phases; none has a loop of its own."""
-    sources = {
-        "reference": REPO / "src/whisper_tune/backend/reference.py",
-        "cuda-lora": REPO / "backends/cuda-lora/src/whisper_tune_cuda_lora/backend.py",
-        "accelerate": REPO / "backends/accelerate/src/whisper_tune_accelerate/worker.py",
-    }
-    for name, path in sources.items():
-        text = path.read_text(encoding="utf-8")
-        assert "run_phases(" in text and "TrainingSetup(" in text, name
-        assert ".backward(" not in text and "optimizer" not in text.lower(), name
+    """Every installed backend that hands the core a TrainingSetup (reference, cuda-lora, accelerate)
+    trains through the core's phases — in this process (``train_in_process``) or in the core's worker
+    started by its planned launch (``run_launch``), which runs the same phases — and has no loop of its
+    own."""
+    import inspect
+
+    from whisper_tune.backend.registry import Registry
+
+    registry = Registry()
+    trainers = [registry.get(n) for n in registry.names() if hasattr(registry.get(n), "training_setup")]
+    assert "reference" in [b.name for b in trainers]
+    for backend in trainers:
+        train = inspect.getsource(type(backend).train)
+        assert "train_in_process(" in train or "run_launch(" in train, backend.name
+        module = inspect.getsource(inspect.getmodule(type(backend)))  # type: ignore[arg-type]
+        loop = [m for m in (".backward(", "torch.optim", ".step()", "zero_grad") if m in module]
+        assert not loop, backend.name
+    for path in ("src/whisper_tune/recipe/phases.py", "src/whisper_tune/backend/worker.py"):
+        assert "run_phases(" in (REPO / path).read_text(encoding="utf-8"), path
+
+
+# --- what a backend needs from the recipe ------------------------------------------------------
+
+
+@pytest.mark.usefixtures("fresh_accelerator_state")  # bf16, where the other in-process runs use fp32
+def test_the_phases_follow_the_backends_recipe_needs(
+    toy_model_dir: Path, toy_train_data: Path, tmp_path: Path
+) -> None:
+    """A backend's RecipeNeeds reach the collator and the loop: labels padded to a multiple of
+    label_pad_multiple, features fed as feature_dtype, the last incomplete batch dropped (10 samples in
+    batches of 4: 2 steps in an epoch, not 3)."""
+    import dataclasses
+
+    from whisper_tune.backend.protocol import RecipeNeeds, TrainJob
+    from whisper_tune.backend.reference import ReferenceBackend
+    from whisper_tune.config.load import load_config
+    from whisper_tune.recipe.collator import LABEL_PAD
+    from whisper_tune.recipe.phases import train_in_process
+
+    seen: list[dict[str, Any]] = []
+    fed: list[str] = []  # the dtype of the features the encoder got (made from the audio at batch time)
+
+    class StaticShapes(ReferenceBackend):
+        def recipe_needs(self, config: Any) -> RecipeNeeds:
+            return RecipeNeeds(label_pad_multiple=32, feature_dtype="float16", drop_last=True)
+
+        def training_setup(self, job: Any, accelerator: Any, reporter: Any) -> Any:
+            setup = super().training_setup(job, accelerator, reporter)
+            setup.model.model.encoder.register_forward_pre_hook(
+                lambda module, args, kwargs: fed.append(str(kwargs.get("input_features", args[0]).dtype)),
+                with_kwargs=True,
+            )
+            return dataclasses.replace(setup, on_batch=seen.append)
+
+    config = load_config(
+        None,
+        [
+            f"model.name={toy_model_dir}",
+            "training.batch_size=4",
+            "training.num_epochs=1",
+            "training.warmup_steps=0",
+            "training.precision=bf16",  # CPU autocast takes the fp16 features
+            "training.logging_steps=1",
+        ],
+    )
+    job = TrainJob(
+        config=config,
+        run_dir=tmp_path,
+        model_dir=str(toy_model_dir),
+        train_data=toy_train_data,
+        evaluate_before=False,
+        evaluate_after=False,
+    )
+    result = train_in_process(StaticShapes(), job, QUIET)
+    assert result.steps == 2 and result.train_samples == 8 and len(seen) == 2
+    for batch in seen:
+        labels = batch["labels"]
+        assert labels.shape[0] == 4 and labels.shape[1] % 32 == 0
+        assert (labels[:, -1] == LABEL_PAD).any()  # padded beyond the longest row
+        assert "audio" in batch  # prepared data is audio: features are made on the training device
+    assert fed and set(fed) == {"torch.float16"}
+    plain_job = job.model_copy(update={"run_dir": tmp_path / "plain"})
+    plain = train_in_process(ReferenceBackend(), plain_job, QUIET)
+    assert plain.steps == 3 and plain.train_samples == 10  # the default needs: the last batch of 2 too

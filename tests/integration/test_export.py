@@ -87,6 +87,7 @@ def test_export_writes_every_format_and_passes_parity(exported: Path, tiny_run: 
     assert "power to influence" in " ".join(s.text for s in segments)
 
 
+@pytest.mark.slow
 def test_export_never_overwrites(exported: Path, tiny_run: Path) -> None:
     with pytest.raises(OutputError, match="already exists"):
         export(str(tiny_run), exported, reporter=QUIET)

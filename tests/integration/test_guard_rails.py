@@ -23,6 +23,7 @@ from whisper_tune.recipe.prepared import PreparedDataset
 MULTILINGUAL = bundled_regression_dir() / "multilingual.csv"
 
 
+@pytest.mark.slow
 def test_bundled_regression_slice_is_evaluated_before_and_after(toy_model_dir: Path, tmp_path: Path) -> None:
     summary = run(
         load_config(
@@ -47,6 +48,7 @@ def test_bundled_regression_slice_is_evaluated_before_and_after(toy_model_dir: P
         assert {"insertion_rate", "repeated_ngram_rate"} <= set(scores)
 
 
+@pytest.mark.slow
 def test_mixed_language_data_trains_with_each_rows_language(
     toy_multilingual_dir: Path, tmp_path: Path
 ) -> None:
@@ -80,7 +82,7 @@ def test_mixed_language_data_trains_with_each_rows_language(
     for phase in ("before", "after"):
         for name in ("eval", "regression"):
             assert 0.0 <= evaluation[phase][name]["language_share"] <= 100.0
-    assert set(summary.metrics["guard"]["language_share"]) == {"eval", "regression"}
+    assert set(summary.metrics["guard"]["language_share"]) == {"eval", "regression", "real-speech"}
     assert evaluation["before"]["regression"]["samples"] == 36  # multilingual model: the whole slice
     assert evaluation["before"]["regression"]["normalizer"] == "basic"
 
@@ -144,6 +146,44 @@ def test_guard_report_warns_on_regression_language_loss_and_hallucinations() -> 
     assert "rose 20.0% -> 26.0%" in bad["warnings"][0]
     assert "90% -> 60%" in bad["warnings"][1]
     assert "insertion rate" in bad["warnings"][2]
+
+
+def test_every_held_out_set_is_watched_not_only_the_regression_set() -> None:
+    """A fine-tune that gains in domain and loses another voice or real speech warns (the quickstart's
+    earlier recipe lost real speech while the synthetic regression slice did not move)."""
+    config = RunConfig.model_validate(
+        {
+            "data": {
+                "extra_eval": [{"name": "other-voice", "dataset": "x"}, {"name": "held", "dataset": "y"}]
+            },
+            "eval": {"regression_set": "held", "regression_margin": 2.0},
+        }
+    )
+    evaluation = {
+        "before": {"eval": scores(25.0, 90.0), "other-voice": scores(2.0, 90.0), "held": scores(1.4, 90.0)},
+        "after": {"eval": scores(6.0, 90.0), "other-voice": scores(2.5, 90.0), "held": scores(9.9, 90.0)},
+    }
+    report = guard_report(config, evaluation)
+    assert set(report["sets"]) == {"other-voice", "held"}  # the run's own eval set is the goal, not a guard
+    assert report["sets"]["other-voice"]["change"] == pytest.approx(0.5)
+    assert len(report["warnings"]) == 1
+    assert "regression set 'held': WER rose 1.4% -> 9.9%" in report["warnings"][0]
+    evaluation["after"]["other-voice"] = scores(6.0, 90.0)
+    warnings = guard_report(config, evaluation)["warnings"]
+    assert any(w.startswith("other-voice: WER rose 2.0% -> 6.0%") for w in warnings)
+
+
+def test_the_bundled_real_speech_set_goes_with_the_regression_slice() -> None:
+    from whisper_tune.guards import REAL_SPEECH_SET, with_regression_set
+    from whisper_tune.recipe.sources import SplitSpec, iter_split
+
+    config = load_config("quickstart", ["eval.regression_set=bundled"])
+    data = with_regression_set(config, multilingual=False)
+    real = next(s for s in data.extra_eval if s.name == REAL_SPEECH_SET)
+    samples = list(iter_split(SplitSpec(dataset=real.dataset, kind="csv", split="all")))
+    assert len(samples) == 10 and samples[1].text == "he was not an ill disposed young man"
+    assert all(Path(s.audio).is_file() for s in samples)
+    assert {s.name for s in data.extra_eval} >= {"regression", REAL_SPEECH_SET}
 
 
 def test_config_rules_for_guard_rails() -> None:

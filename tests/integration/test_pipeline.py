@@ -16,6 +16,7 @@ from helpers import (
     REPO,
     cli_argv,
     logged_steps,
+    run_child,
     tone,
     toy_overrides,
     write_audiofolder,
@@ -64,6 +65,7 @@ def test_run_writes_the_whole_run_directory(toy_model_dir: Path, tmp_path: Path)
     assert records[-1]["loss"] == metrics["train"]["final_loss"]
 
 
+@pytest.mark.slow
 def test_bad_samples_are_skipped_counted_and_reported(toy_model_dir: Path, tmp_path: Path) -> None:
     good = [(f"g{i}.wav", tone(1.0 + i / 10, rate=8_000), 8_000, f"clip number {i}") for i in range(4)]
     root = write_audiofolder(
@@ -110,6 +112,7 @@ def test_bad_samples_are_skipped_counted_and_reported(toy_model_dir: Path, tmp_p
     assert "dropped 5" in log
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_loss_curve(toy_model_dir: Path, tmp_path: Path) -> None:
     common = {
         "training.max_steps": 4,
@@ -149,6 +152,7 @@ def test_resume_continues_the_same_loss_curve(toy_model_dir: Path, tmp_path: Pat
     )
 
 
+@pytest.mark.slow
 def test_checkpoints_are_pruned(toy_model_dir: Path, tmp_path: Path) -> None:
     run(
         load_config(
@@ -171,13 +175,16 @@ def test_checkpoints_are_pruned(toy_model_dir: Path, tmp_path: Path) -> None:
     assert [p.name for p in (tmp_path / "p" / "checkpoints").iterdir()] == ["step-000003"]
 
 
+@pytest.mark.slow
 def test_prepare_once_then_train_from_prepared(toy_model_dir: Path, tmp_path: Path) -> None:
     overrides = toy_overrides(toy_model_dir, tmp_path / "runs", **{"data.extra_eval": "[]"})
     sets = prepare(load_config("quickstart", overrides), tmp_path / "prepared", reporter=QUIET)
     assert sets.train is not None and (sets.train / "manifest.json").is_file()
     train = PreparedDataset(sets.train)
-    assert len(train) == 16 and train[0]["input_features"].shape == (80, 3000)
-    assert train[0]["input_features"].dtype.name == "float32"
+    assert len(train) == 16 and train.num_mel_bins == 80 and train.manifest["version"] == 2
+    clip = train[0]["audio"]  # 16 kHz audio, features are made at batch time
+    assert clip.dtype.name == "float32" and len(clip) == train.samples[0]["length"]
+    assert abs(len(clip) / 16_000 - train.samples[0]["seconds"]) < 1e-3
     summary = run(
         load_config(
             "quickstart",
@@ -189,6 +196,7 @@ def test_prepare_once_then_train_from_prepared(toy_model_dir: Path, tmp_path: Pa
     assert summary.metrics["train"]["steps"] == 2
 
 
+@pytest.mark.slow
 def test_evaluate_only(toy_model_dir: Path, tmp_path: Path) -> None:
     summary = run(
         load_config("quickstart", toy_overrides(toy_model_dir, tmp_path)), reporter=QUIET, train=False
@@ -200,24 +208,19 @@ def test_evaluate_only(toy_model_dir: Path, tmp_path: Path) -> None:
 
 @pytest.mark.slow
 def test_quickstart_improves_wer(tmp_path: Path) -> None:
-    """The README's quickstart, as shipped: real pretrained tiny.en, the bundled data, the preset."""
-    import subprocess
+    """The README's quickstart, as shipped: real pretrained tiny.en, the bundled data, the preset.
 
-    result = subprocess.run(
-        cli_argv(
-            "run",
-            "--config",
-            "quickstart",
-            f"output.dir={tmp_path}",
-            "output.run_name=qs",
-        ),
+    The work is bounded by the preset's 24 steps and its fixed sets, not by time: the timeout is only
+    there to end (and kill) a run that hangs, with room for a loaded 2-core machine (~4 min unloaded).
+    """
+    result = run_child(
+        cli_argv("run", "--config", "quickstart", f"output.dir={tmp_path}", "output.run_name=qs"),
         cwd=REPO,
-        capture_output=True,
-        text=True,
-        timeout=900,
+        timeout=3600,
     )
     assert result.returncode == 0, result.stderr
     metrics = json.loads((tmp_path / "qs" / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 24
     before = metrics["evaluation"]["before"]["eval"]["normalized_wer"]
     after = metrics["evaluation"]["after"]["eval"]["normalized_wer"]
     assert after < before, (before, after)

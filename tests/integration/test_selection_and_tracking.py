@@ -14,6 +14,7 @@ from whisper_tune.errors import ConfigError
 from whisper_tune.trackers import TRACKER_NAMES
 
 
+@pytest.mark.slow
 def test_best_checkpoint_is_kept_and_evaluated(toy_model_dir: Path, tmp_path: Path) -> None:
     summary = run(
         load_config(
@@ -62,6 +63,7 @@ def metrics_log(run_dir: Path) -> list[dict[str, float]]:
     return [records[s] for s in sorted(records)]
 
 
+@pytest.mark.slow
 def test_early_stopping_when_eval_wer_stalls(toy_model_dir: Path, tmp_path: Path) -> None:
     summary = run(
         load_config(
@@ -88,6 +90,7 @@ def test_early_stopping_when_eval_wer_stalls(toy_model_dir: Path, tmp_path: Path
     assert not (summary.run_dir / "tensorboard").exists()
 
 
+@pytest.mark.slow
 def test_tensorboard_gets_loss_and_wer(toy_model_dir: Path, tmp_path: Path) -> None:
     summary = run(
         load_config(

@@ -77,6 +77,7 @@ def test_hf_model_transcribes_a_long_recording_in_chunks(
     assert transcript.segments[-1].end <= seconds + 1
 
 
+@pytest.mark.slow
 def test_ct2_directory_transcribes_a_long_recording_to_srt(
     long_recording: tuple[Path, str, float], tmp_path: Path
 ) -> None:

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from importlib.metadata import EntryPoint
 
 import pytest
 
-from whisper_tune.backend.protocol import Backend
+from whisper_tune.backend.protocol import Backend, Flag
 from whisper_tune.backend.reference import ReferenceBackend
 from whisper_tune.backend.registry import GROUP, Registry
 from whisper_tune.errors import BackendUnavailableError, ConfigError
@@ -55,3 +57,43 @@ def test_missing_known_backend_and_unknown_backend() -> None:
 def test_instances_can_be_registered_directly() -> None:
     backend = ReferenceBackend()
     assert Registry([], instances={"reference": backend}).get("reference") is backend
+
+
+def test_flags_are_listed_per_backend_and_a_broken_backend_is_left_out() -> None:
+    class Two(ReferenceBackend):
+        name = "two"
+        flags = (Flag("--num-processes", "backend.num_processes", "processes", min=1),)
+
+    class Three(ReferenceBackend):
+        name = "three"
+        flags = (
+            Flag("--num-processes", "backend.world", "processes"),
+            Flag("--ipus", "backend.ipus", "IPUs"),
+        )
+
+    registry = Registry(
+        [ep("broken", "whisper_tune_no_such_module:Backend")],
+        instances={"reference": ReferenceBackend(), "two": Two(), "three": Three()},
+    )
+    flags = registry.flags()
+    assert sorted(flags) == ["--ipus", "--num-processes"]
+    assert {name: f.key for name, f in flags["--num-processes"].items()} == {
+        "three": "backend.world",
+        "two": "backend.num_processes",
+    }
+    assert list(flags["--ipus"]) == ["three"]
+
+
+def test_listing_the_installed_flags_imports_nothing_heavy() -> None:
+    """Registry().flags() imports every installed backend's module: they import only light things."""
+    code = (
+        "import sys; from whisper_tune.backend.registry import Registry; flags = Registry().flags(); "
+        "heavy = [m for m in ('torch', 'transformers', 'numpy', 'accelerate', 'peft', 'datasets') "
+        "if m in sys.modules]; print(sorted(flags), heavy)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    names, heavy = out.strip().split("] ")
+    assert heavy == "[]", out
+    for name in Registry().names():
+        for flag in getattr(Registry().get(name), "flags", ()):
+            assert flag.name in names

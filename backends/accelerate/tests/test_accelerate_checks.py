@@ -10,17 +10,12 @@ from pathlib import Path
 import pytest
 from pydantic import ValidationError
 from whisper_tune_accelerate.backend import AccelerateBackend
-from whisper_tune_accelerate.launch import (
-    LaunchFiles,
-    WorkerFailed,
-    accelerate_config,
-    last_error_line,
-    launch_failure,
-)
 from whisper_tune_accelerate.options import AccelerateOptions
 
+from whisper_tune.backend.launch import Launch, accelerate_config
 from whisper_tune.backend.protocol import Capabilities, Issue
 from whisper_tune.backend.registry import Registry
+from whisper_tune.backend.runner import WorkerFailed, last_error_line, launch_failure
 from whisper_tune.config.load import load_config
 from whisper_tune.config.schema import RunConfig, TrainingConfig
 from whisper_tune.errors import ConfigError, HardwareError
@@ -57,7 +52,11 @@ def test_options_validate_machines() -> None:
 
 def test_num_processes_flag_and_unknown_option() -> None:
     cfg = load_config(
-        "quickstart", ["backend.cpu=true"], backend="accelerate", num_processes=2, registry=REGISTRY
+        "quickstart",
+        ["backend.cpu=true", "backend.num_processes=3"],
+        backend="accelerate",
+        backend_flags={"--num-processes": 2},  # a flag wins over key=value
+        registry=REGISTRY,
     )
     opts = cfg.backend.options
     assert isinstance(opts, AccelerateOptions) and opts.num_processes == 2 and opts.cpu
@@ -135,7 +134,9 @@ def test_cpu_rules() -> None:
     many = issues_at(
         BACKEND.check(config("backend.cpu=true", "backend.num_processes=8"), CPU), "backend.num_processes"
     )
-    assert many and many[0].level == "warning"
+    assert many and many[0].level == "error" and many[0].hardware and "--num-processes 2" in many[0].hint
+    with pytest.raises(HardwareError, match="99 CPU processes asked for; this machine has 2 cores"):
+        raise_issues(BACKEND.check(config("backend.cpu=true", "backend.num_processes=99"), CPU))
 
 
 def test_mixed_precision_must_agree_with_training_precision() -> None:
@@ -202,7 +203,7 @@ def test_launch_config_is_read_by_accelerate(strategy: str, tmp_path: Path) -> N
         offload=True,
     )
     path = tmp_path / "config.yaml"
-    path.write_text(yaml.safe_dump(accelerate_config(opts, "bf16", 1.0, 4)))
+    path.write_text(yaml.safe_dump(accelerate_config(opts, "bf16", 1.0, 4, opts.sharding)))
     loaded = ClusterConfig.from_yaml_file(str(path))  # Accelerate's own parser: no unknown keys
     assert loaded.num_processes == 4 and loaded.num_machines == 2 and loaded.machine_rank == 1
     assert loaded.main_process_ip == "10.0.0.1" and loaded.main_process_port == 29500
@@ -221,21 +222,24 @@ def test_launch_config_is_read_by_accelerate(strategy: str, tmp_path: Path) -> N
 
 
 def test_failures_become_one_error(tmp_path: Path) -> None:
-    files = LaunchFiles(tmp_path, 0)
-    files.launcher_log.write_text(
+    log = tmp_path / "launcher-machine0.log"
+    launch = Launch(mode="command", argv=("x",), failure_dir=str(tmp_path), launcher_log=str(log))
+    log.write_text(
         "Traceback (most recent call last):\n  File x\nConnectionError: Tried to launch on port 29500\n"
     )
-    error = launch_failure(files, 1, tmp_path / "run.log")
+    error = launch_failure(launch, 1, [], tmp_path / "run.log")
     assert isinstance(error, WorkerFailed) and "ConnectionError: Tried to launch" in error.message
-    assert str(files.launcher_log) in (error.hint or "")
+    assert str(log) in (error.hint or "")
     assert last_error_line(tmp_path / "missing.log") == ""
-    files.failure(1).write_text(
+    (tmp_path / "failure-rank1.json").write_text(
         json.dumps({"error": "ConfigError", "message": "bad checkpoint", "hint": "h"})
     )
-    error = launch_failure(files, 1, tmp_path / "run.log")
+    error = launch_failure(launch, 1, [], tmp_path / "run.log")
     assert isinstance(error, ConfigError) and error.message == "training process 1: bad checkpoint"
-    files.failure(0).write_text(json.dumps({"error": "RuntimeError", "message": "RuntimeError: boom"}))
-    error = launch_failure(files, 1, tmp_path / "run.log")
+    (tmp_path / "failure-rank0.json").write_text(
+        json.dumps({"error": "RuntimeError", "message": "RuntimeError: boom"})
+    )
+    error = launch_failure(launch, 1, [], tmp_path / "run.log")
     assert isinstance(error, WorkerFailed) and "process 0" in error.message
     assert "traceback-rank0.txt" in (error.hint or "")
 

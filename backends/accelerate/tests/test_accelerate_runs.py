@@ -4,7 +4,7 @@
 The main run accumulates 2 micro-batches per step and runs 4 steps: 4 x 2 per device x 2 processes x 2 =
 32 samples, two epochs of the 16 clips, with a checkpoint after every step.
 
-The workers write a trace (``WHISPER_TUNE_ACCELERATE_TRACE``): the labels of every batch each rank trained
+The workers write a trace (``WHISPER_TUNE_TRACE``): the labels of every batch each rank trained
 on and a hash of its weights after training. From that and the run directory the tests show that the
 gradients are synchronised (both ranks end with identical weights, which differ from the start although
 each rank saw other data), that the data is sharded (each rank's samples are disjoint and together make the
@@ -14,6 +14,7 @@ weights (5 eval clips in batches of 2: three batches over two ranks, so the padd
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
@@ -21,11 +22,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from helpers import QUICKSTART_DATA, cli_argv
+from helpers import QUICKSTART_DATA, child_process, cli_argv, run_child
+from whisper_tune_testing import needs_backend
 
-pytestmark = pytest.mark.usefixtures("installed")
+pytestmark = needs_backend("accelerate")
 
-TRACE_ENV = "WHISPER_TUNE_ACCELERATE_TRACE"
+TRACE_ENV = "WHISPER_TUNE_TRACE"
 MAIN_RUN = {"training.gradient_accumulation_steps": 2, "training.save_steps": 1}
 
 
@@ -59,12 +61,9 @@ def run_cli(
     if trace is not None:
         trace.mkdir(parents=True, exist_ok=True)
         env[TRACE_ENV] = str(trace)
-    return subprocess.run(
-        cli_argv("run", "--config", "quickstart", "--backend", "accelerate", *args),
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=timeout,
+    # in its own process group, killed with accelerate's workers if it fails or times out
+    return run_child(
+        cli_argv("run", "--config", "quickstart", "--backend", "accelerate", *args), env=env, timeout=timeout
     )
 
 
@@ -79,7 +78,8 @@ def logged_steps(run_dir: Path) -> list[dict[str, float]]:
 
 def digest_of(model_dir: Path) -> str:
     from transformers import WhisperForConditionalGeneration
-    from whisper_tune_accelerate.worker import weights_digest
+
+    from whisper_tune.backend.worker import weights_digest
 
     return weights_digest(WhisperForConditionalGeneration.from_pretrained(model_dir).state_dict())
 
@@ -148,7 +148,7 @@ def test_gathered_evaluation_equals_one_process_evaluation(
 
     run_dir = two_process_run / "two"
     config = load_config(run_dir / "config.yaml")
-    result = json.loads((run_dir / "accelerate" / "result-machine0.json").read_text())
+    result = json.loads((run_dir / "launch" / "result-machine0.json").read_text())
     eval_set = PreparedDataset(run_dir / "prepared" / "eval")
     assert len(eval_set) == 5
     processor = load_processor(str(run_dir / "final"), config.model)
@@ -209,33 +209,34 @@ def test_two_machines_over_loopback(toy_model_dir: Path, tmp_path: Path, free_po
     trace = tmp_path / "trace"
     trace.mkdir()
     env = {**os.environ, TRACE_ENV: str(trace)}
-    processes = []
-    for rank in (0, 1):
-        args = [
-            "--num-processes",
-            "1",
-            *overrides(
-                toy_model_dir,
-                tmp_path,
-                f"machine{rank}",
-                **{
-                    "backend.num_machines": 2,
-                    "backend.machine_rank": rank,
-                    "backend.main_process_ip": "127.0.0.1",
-                    "backend.main_process_port": free_port,
-                    "training.max_steps": 2,
-                    "training.save_steps": "null",
-                    "eval.before": "false",
-                    "eval.steps": 1,
-                    "eval.subset_size": 3,
-                },
-            ),
-        ]
-        command = cli_argv("run", "--config", "quickstart", "--backend", "accelerate", *args)
-        processes.append(subprocess.Popen(command, stderr=subprocess.PIPE, text=True, env=env))
-    for process in processes:
-        _, err = process.communicate(timeout=300)
-        assert process.returncode == 0, err[-3000:]
+    with contextlib.ExitStack() as stack:
+        processes = []
+        for rank in (0, 1):
+            args = [
+                "--num-processes",
+                "1",
+                *overrides(
+                    toy_model_dir,
+                    tmp_path,
+                    f"machine{rank}",
+                    **{
+                        "backend.num_machines": 2,
+                        "backend.machine_rank": rank,
+                        "backend.main_process_ip": "127.0.0.1",
+                        "backend.main_process_port": free_port,
+                        "training.max_steps": 2,
+                        "training.save_steps": "null",
+                        "eval.before": "false",
+                        "eval.steps": 1,
+                        "eval.subset_size": 3,
+                    },
+                ),
+            ]
+            command = cli_argv("run", "--config", "quickstart", "--backend", "accelerate", *args)
+            processes.append(stack.enter_context(child_process(command, stderr=subprocess.PIPE, env=env)))
+        for process in processes:  # both "machines" are killed when the block ends, also on a failure
+            _, err = process.communicate(timeout=300)
+            assert process.returncode == 0, err[-3000:]
     rank0, rank1 = traces(trace)
     assert rank0["world"] == rank1["world"] == 2
     assert rank0["weights_sha256"] == rank1["weights_sha256"]

@@ -64,6 +64,7 @@ def full_run(toy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> P
     return out / "full"
 
 
+@pytest.mark.slow
 def test_run_saves_adapter_only_checkpoints_and_prunes_them(full_run: Path, toy_model_dir: Path) -> None:
     metrics = json.loads((full_run / "metrics.json").read_text())
     assert metrics["backend"] == "cuda-lora" and metrics["train"]["steps"] == 5
@@ -99,6 +100,7 @@ def test_run_saves_adapter_only_checkpoints_and_prunes_them(full_run: Path, toy_
     assert not (final / "model.safetensors").exists()
 
 
+@pytest.mark.slow
 def test_resume_continues_the_same_loss_curve(full_run: Path, toy_model_dir: Path) -> None:
     checkpoint = full_run / "checkpoints" / "step-000003"
     out = full_run.parent
@@ -144,6 +146,7 @@ def _clip_features(model_dir: Path) -> tuple[Any, torch.Tensor]:
     return audio, processor.feature_extractor(audio, sampling_rate=16_000, return_tensors="pt").input_features
 
 
+@pytest.mark.slow
 def test_final_adapter_loads_and_merges_into_a_pipeline_model(
     full_run: Path, toy_model_dir: Path, tmp_path: Path
 ) -> None:

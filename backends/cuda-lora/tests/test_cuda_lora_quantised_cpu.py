@@ -22,7 +22,7 @@ from whisper_tune_cuda_lora.model import build_lora_model
 from whisper_tune_cuda_lora.options import CudaLoraOptions
 
 from whisper_tune import load_config, run
-from whisper_tune.backend.protocol import TrainJob
+from whisper_tune.backend.protocol import RecipeNeeds, TrainJob
 from whisper_tune.recipe.progress import Reporter
 
 pytest.importorskip("bitsandbytes")
@@ -138,8 +138,7 @@ def test_resume_continues_the_loss_curve_and_the_base_keeps_its_bytes(
     cfg = job.config
     torch.manual_seed(cfg.training.seed)
     accelerator = build_accelerator(cfg.training, cpu=True)
-    opts = cfg.backend.options
-    assert isinstance(opts, CudaLoraOptions)
+    opts = cfg.backend.options_as(CudaLoraOptions)
     model = build_lora_model(str(tiny_en_dir), cfg.model, cfg.training, opts, accelerator.device)
     q_proj = model.base_model.model.model.decoder.layers[0].self_attn.q_proj.base_layer
     assert type(q_proj).__name__ == LAYER[mode]
@@ -152,7 +151,7 @@ def test_resume_continues_the_loss_curve_and_the_base_keeps_its_bytes(
         return {k: v.detach().clone() for k, v in model.state_dict().items() if "lora_" in k}
 
     base_before = base_bytes()
-    outcome = run_phases(job, TrainingSetup(accelerator, model), QUIET)
+    outcome = run_phases(job, TrainingSetup(accelerator, model), QUIET, RecipeNeeds())
     assert outcome.result.steps == STEPS and outcome.result.predictions["before"]["eval"]
     base_after, trained_adapters = base_bytes(), adapters()
     assert base_after.keys() == base_before.keys()

@@ -22,10 +22,17 @@ if [ -z "$python" ]; then
   done
 fi
 [ -n "$python" ] || { echo "no Python 3.11 found (set IPU_STACK_PYTHON)" >&2; exit 1; }
+step() { echo "setup-stack-venv: $*" >&2; }
+step "creating or reusing $venv"
 "$python" -m venv "$venv"
-pip=("$venv/bin/python" -m pip install --quiet)
-"$venv/bin/python" -c "import torch" 2>/dev/null || "${pip[@]}" "torch==2.13.0"
+pip=("$venv/bin/python" -m pip install --progress-bar on)  # no --quiet: a first install takes minutes
+if ! "$venv/bin/python" -c "import torch" 2>/dev/null; then
+  step "installing torch 2.13.0"
+  "${pip[@]}" "torch==2.13.0"
+fi
 # optimum-graphcore's unpinned requirements (datasets, scipy, ...) come in too: it is the real package.
+step "installing optimum-graphcore 0.7.1 with the worker's pinned stack"
 "${pip[@]}" -c "$root/backends/ipu/worker/constraints.txt" "optimum-graphcore==0.7.1"
+step "installing the IPU worker"
 "${pip[@]}" --no-deps -e "$root/backends/ipu/worker"
 "$venv/bin/python" -c "import transformers, optimum, torch; print('ipu-stack venv:', 'transformers', transformers.__version__, 'torch', torch.__version__)"

@@ -15,7 +15,7 @@ import yaml
 from whisper_tune_ipu.backend import IpuBackend
 from whisper_tune_ipu.options import IpuOptions
 
-from whisper_tune.backend.protocol import Backend, Capabilities, TrainJob
+from whisper_tune.backend.protocol import Backend, Capabilities, Plan, Probe, RecipeNeeds, TrainJob
 from whisper_tune.backend.registry import Registry
 from whisper_tune.config.load import load_config
 from whisper_tune.config.presets import find_preset
@@ -32,6 +32,11 @@ needs_entry_point = pytest.mark.skipif(
 )
 
 
+@pytest.fixture()
+def no_sdk(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("WHISPER_TUNE_IPU_PYTHON", raising=False)
+
+
 def registry() -> Registry:
     return Registry(instances={"ipu": IpuBackend()})
 
@@ -40,10 +45,21 @@ def config(*overrides: str, preset: str | None = PRESET, **flags: Any) -> RunCon
     return load_config(preset, list(overrides), registry=registry(), require_backend=True, **flags)
 
 
+@pytest.mark.usefixtures("no_sdk")
 def test_is_a_backend() -> None:
+    """Not only the Protocol's attribute names: every member answers with the Protocol's types for the
+    seed 004 preset (the contract test, tests/contract, checks the same through the registry)."""
     backend = IpuBackend()
     assert isinstance(backend, Backend)
-    assert backend.name == "ipu" and backend.Options is IpuOptions
+    assert backend.name == "ipu" and backend.Options is IpuOptions and backend.description
+    assert [(f.name, f.key) for f in backend.flags] == [("--ipus", "backend.ipus")]
+    cfg = config()
+    probe = backend.probe()
+    assert isinstance(probe, Probe) and not probe.available and "WHISPER_TUNE_IPU_PYTHON" in probe.reason
+    assert backend.check(cfg, Capabilities()) == []  # the preset is a complete, runnable request
+    assert backend.recipe_needs(cfg) == RecipeNeeds(224, "float16", True)
+    plan = backend.plan(cfg, Capabilities())
+    assert isinstance(plan, Plan) and plan.backend == "ipu" and plan.launch.mode == "command"
 
 
 def test_every_option_has_a_description() -> None:
@@ -133,7 +149,7 @@ def test_run_only_problems_do_not_block_the_plan() -> None:
 
 
 def test_large_v3_is_planned_but_run_refuses_it() -> None:
-    cfg = config(preset=None, backend="ipu", model="openai/whisper-large-v3", ipus=32)
+    cfg = config(preset=None, backend="ipu", model="openai/whisper-large-v3", backend_flags={"--ipus": 32})
     found = issues(cfg)
     assert found["model.name"][1] and "transformers 4.29.2" in found["model.name"][0]
     plan = IpuBackend().plan(cfg, Capabilities())

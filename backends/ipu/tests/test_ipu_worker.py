@@ -52,14 +52,26 @@ def test_worker_imports_nothing_from_whisper_tune() -> None:
 
 
 def test_reads_the_core_prepared_format(tmp_path: Path) -> None:
-    writer = PreparedWriter(tmp_path / "set", num_mel_bins=80, dtype="float16", shard_size=2)
+    """The worker reads the core's v2 audio shards and makes the same log-mel features the core computes
+    at batch time (here with this environment's transformers; the worker's pinned 4.29.2 extractor has
+    the same NumPy path)."""
+    from whisper_tune.recipe.features import log_mel
+    from whisper_tune.recipe.prepared import PreparedDataset, to_pcm
+
+    writer = PreparedWriter(tmp_path / "set", num_mel_bins=80, shard_size=2)
     for i in range(5):
-        writer.add(np.full((80, 3000), i, dtype=np.float32), [50257, 10 + i, 50256], f"t{i}", f"k{i}", 1.0)
+        t = np.arange(int(16000 * (0.5 + i))) / 16000
+        clip = (0.2 * np.sin(2 * np.pi * (300 + 100 * i) * t)).astype(np.float32)
+        writer.add(to_pcm(clip), [50257, 10 + i, 50256], f"t{i}", f"k{i}")
     writer.close()
     data = PreparedData(str(tmp_path / "set"))
     assert len(data) == 5 and data.num_mel_bins == 80
-    assert data[4]["input_features"].dtype == np.float16 and float(data[4]["input_features"][0, 0]) == 4.0
     assert data[3]["labels"] == [50257, 13, 50256]
+    core = PreparedDataset(tmp_path / "set")
+    batch = SpeechSeq2SeqCollator(50257)([core[4]])
+    expected = log_mel(batch["audio"], 80)[0].numpy()
+    assert data[4]["input_features"].shape == (80, 3000)
+    assert np.abs(data[4]["input_features"] - expected).max() < 1e-3
     padded = PaddedToBatches(data, 4)
     assert (len(padded), padded.real) == (8, 5) and padded[7]["labels"] == data[4]["labels"]
     (tmp_path / "set/manifest.json").write_text(json.dumps({"format": "other", "version": 1}))

@@ -14,7 +14,6 @@ setup script). The worker's Python 3.8 syntax is checked separately (test_ipu_wo
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import tempfile
@@ -31,21 +30,6 @@ from whisper_tune.recipe.prepared import PreparedDataset
 from whisper_tune.recipe.progress import Reporter
 
 pytestmark = [needs_stack, pytest.mark.slow]
-
-
-def _core_fixtures() -> Any:
-    """tests/conftest.py (the core's fixtures: tiny.en, the toy model), loaded under its own name: it is
-    not a conftest of this directory."""
-    spec = importlib.util.spec_from_file_location("whisper_tune_core_fixtures", ROOT / "tests/conftest.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_core = _core_fixtures()
-tiny_en_dir = _core.tiny_en_dir
-toy_model_dir = _core.toy_model_dir
 
 
 @pytest.fixture(scope="module")

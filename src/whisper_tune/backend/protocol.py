@@ -4,7 +4,8 @@ A backend is any class with the members of ``Backend`` (a Protocol: nothing to i
 through the entry-point group ``whisper_tune.backends`` (see ``registry``). The core prepares the data,
 hands the backend a ``TrainJob`` (paths and validated config, JSON-serialisable so it can cross a process
 or Python-environment boundary), and gets a ``TrainResult`` back, from which the core computes every
-metric itself, so WER/CER come from the same code on every backend.
+metric itself, so WER/CER come from the same code on every backend. A ``Plan`` carries the run's
+``Launch`` (how training starts; ``whisper_tune.backend.launch`` plans it, ``backend.runner`` runs it).
 """
 
 from __future__ import annotations
@@ -15,12 +16,15 @@ from typing import TYPE_CHECKING, Any, ClassVar, Literal, Protocol, runtime_chec
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from whisper_tune.backend.launch import RUN_DIR as RUN_DIR
+from whisper_tune.backend.launch import Launch as Launch
 from whisper_tune.config.schema import RunConfig
 
 if TYPE_CHECKING:
     from whisper_tune.recipe.progress import Reporter
 
 BACKEND_API = 1
+#: written in a planned launch's paths where the run directory goes; resolved when it exists
 
 
 class Capabilities(BaseModel):
@@ -43,6 +47,9 @@ class Probe:
     reason: str = ""
     install_hint: str = ""
     capabilities: Capabilities = field(default_factory=Capabilities)
+    #: when available: how it can run on this machine, e.g. "1 CUDA GPU (80 GiB)" or
+    #: "CPU dev mode only (no CUDA GPU here; set backend.device=cpu)" ('whisper-tune backends' shows it)
+    mode: str = ""
 
 
 @dataclass(frozen=True)
@@ -57,6 +64,23 @@ class Issue:
     hardware: bool = False
     #: True when the problem stops a run but not planning: ``whisper-tune plan`` still shows the plan.
     run_only: bool = False
+
+
+@dataclass(frozen=True)
+class Flag:
+    """A command-line flag a backend adds to ``run``, ``eval``, ``prepare``, ``plan`` and ``config``
+    (``whisper-tune run --help`` lists those of every installed backend). Its value sets ``key``, a
+    dotted config path, with the precedence of first-class flags (above ``key=value`` overrides)."""
+
+    #: the flag as typed, e.g. "--num-processes"
+    name: str
+    #: the config key it sets, e.g. "backend.num_processes"
+    key: str
+    help: str
+    type: Literal["int", "float", "str"] = "int"
+    #: the smallest value accepted (numbers only)
+    min: float | None = None
+    metavar: str | None = None
 
 
 @dataclass(frozen=True)
@@ -91,6 +115,8 @@ class Plan:
     gradient_accumulation_steps: int
     placement: tuple[str, ...] = ()
     notes: tuple[str, ...] = ()
+    #: how training starts: in this process, or the exact command ``whisper-tune run`` executes
+    launch: Launch = field(default_factory=Launch)
 
     @property
     def global_batch(self) -> int:
@@ -108,11 +134,19 @@ class TrainJob(BaseModel):
     train_data: Path | None = Field(
         description="Prepared training data (whisper_tune.recipe.prepared format); None when only evaluating."
     )
+    train_stream: dict[str, Any] | None = Field(
+        None,
+        description="data.streaming: the training split to read as training goes (recipe.sources.SplitSpec "
+        "fields); train_data is then None.",
+    )
     eval_data: dict[str, Path] = Field(default_factory=dict, description="Prepared eval sets by name.")
     train: bool = Field(True, description="False for evaluation only ('whisper-tune eval').")
     evaluate_before: bool = True
     evaluate_after: bool = True
     resume_from: Path | None = Field(None, description="Checkpoint directory to resume from.")
+    launch: Launch | None = Field(
+        None, description="The plan's launch, resolved to this run directory (None: in this process)."
+    )
 
 
 class TrainResult(BaseModel):
@@ -136,6 +170,8 @@ class TrainResult(BaseModel):
     interrupted: bool = False
     #: evaluation during training (eval.steps): recipe.selection.BestCheckpoint.summary(); empty if off
     selection: dict[str, Any] = Field(default_factory=dict)
+    #: data.streaming: what the training stream read, kept and dropped (recipe.streaming); empty if off
+    stream: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def samples_per_second(self) -> float:
@@ -154,6 +190,8 @@ class Backend(Protocol):
     name: ClassVar[str]
     description: ClassVar[str]
     Options: ClassVar[type[BaseModel]]
+    #: the backend's own command-line flags (may be empty)
+    flags: ClassVar[tuple[Flag, ...]]
 
     def probe(self) -> Probe:
         """Is this backend usable here, and what hardware does it see? Cheap; never raises."""

@@ -8,13 +8,25 @@ from __future__ import annotations
 
 import os
 from importlib.util import find_spec
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from whisper_tune.backend.protocol import Capabilities, Issue, Plan, Probe, RecipeNeeds, TrainJob, TrainResult
+from whisper_tune.backend.protocol import (
+    Capabilities,
+    Flag,
+    Issue,
+    Plan,
+    Probe,
+    RecipeNeeds,
+    TrainJob,
+    TrainResult,
+)
 from whisper_tune.config.schema import RunConfig
 from whisper_tune.recipe.progress import Reporter
+
+if TYPE_CHECKING:
+    from whisper_tune.recipe.phases import TrainingSetup
 
 
 class ReferenceOptions(BaseModel):
@@ -30,12 +42,13 @@ class ReferenceBackend:
     name: ClassVar[str] = "reference"
     description: ClassVar[str] = "plain PyTorch on the CPU (full fine-tuning); the recipe's executable spec"
     Options: ClassVar[type[BaseModel]] = ReferenceOptions
+    flags: ClassVar[tuple[Flag, ...]] = ()
 
     def probe(self) -> Probe:
         caps = Capabilities(cpu_count=os.cpu_count() or 1)
         if find_spec("torch") is None:
             return Probe(False, "torch is not installed", "pip install torch", caps)
-        return Probe(True, "", "", caps)
+        return Probe(True, "", "", caps, mode=f"CPU, {caps.cpu_count} cores")
 
     def check(self, config: RunConfig, caps: Capabilities) -> list[Issue]:
         issues = []
@@ -47,7 +60,7 @@ class ReferenceBackend:
                     hint="use fp32 (default) or bf16",
                 )
             )
-        threads = getattr(config.backend.options, "threads", None)
+        threads = config.backend.options_as(ReferenceOptions).threads
         if threads and threads > caps.cpu_count:
             issues.append(
                 Issue(
@@ -63,8 +76,7 @@ class ReferenceBackend:
         return RecipeNeeds()
 
     def plan(self, config: RunConfig, caps: Capabilities) -> Plan:
-        opts = config.backend.options
-        threads = getattr(opts, "threads", None) or caps.cpu_count
+        threads = config.backend.options_as(ReferenceOptions).threads or caps.cpu_count
         return Plan(
             backend=self.name,
             devices=f"CPU ({threads} threads)",
@@ -75,20 +87,22 @@ class ReferenceBackend:
             notes=(f"precision {config.training.precision}",),
         )
 
-    def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
+    def uses_cpu(self, config: RunConfig) -> bool:
+        return True
+
+    def training_setup(self, job: TrainJob, accelerator: Any, reporter: Reporter) -> TrainingSetup:
         import torch
 
-        from whisper_tune.recipe.loop import build_accelerator
         from whisper_tune.recipe.model import build_full_model
-        from whisper_tune.recipe.phases import TrainingSetup, run_phases
+        from whisper_tune.recipe.phases import TrainingSetup
 
-        cfg = job.config
-        opts = cfg.backend.options
-        assert isinstance(opts, ReferenceOptions)
+        opts = job.config.backend.options_as(ReferenceOptions)
         if opts.threads:
             torch.set_num_threads(opts.threads)
-        torch.manual_seed(cfg.training.seed)
-        accelerator = build_accelerator(cfg.training, cpu=True)
-        model = build_full_model(job.model_dir, cfg.model, cfg.training)
-        setup = TrainingSetup(accelerator, model, num_workers=opts.num_workers)
-        return run_phases(job, setup, reporter).result
+        model = build_full_model(job.model_dir, job.config.model, job.config.training)
+        return TrainingSetup(accelerator, model, num_workers=opts.num_workers)
+
+    def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
+        from whisper_tune.recipe.phases import train_in_process
+
+        return train_in_process(self, job, reporter)

@@ -1,7 +1,9 @@
 """Finds backends through the entry-point group ``whisper_tune.backends`` and loads them lazily.
 
 Listing reads only distribution metadata; a backend's module is imported when it is asked for by name.
-Two distributions registering the same name is an error naming both. A backend that whisper-tune knows
+Two distributions registering the same name is an error naming both. ``flags()`` imports every installed
+backend's module to read its ``flags`` (a backend module imports only light things at its top level: a
+test holds that ``whisper-tune run --help`` imports no torch). A backend that whisper-tune knows
 of but that is not installed is reported with the command that installs it.
 """
 
@@ -11,7 +13,7 @@ import difflib
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
-from whisper_tune.backend.protocol import BACKEND_API, Backend
+from whisper_tune.backend.protocol import BACKEND_API, Backend, Flag
 from whisper_tune.errors import BackendUnavailableError, ConfigError
 
 GROUP = "whisper_tune.backends"
@@ -110,3 +112,17 @@ class Registry:
             )
         self._instances[name] = backend
         return backend
+
+    def flags(self) -> dict[str, dict[str, Flag]]:
+        """The installed backends' own command-line flags: flag name -> {backend name: its Flag}, in
+        backend-name order. A backend that cannot be loaded is left out (``whisper-tune backends`` says
+        why)."""
+        found: dict[str, dict[str, Flag]] = {}
+        for name in self.names():
+            try:
+                backend = self.get(name)
+            except Exception:  # broken or mismatched: listing flags must never fail
+                continue
+            for flag in getattr(backend, "flags", ()):
+                found.setdefault(flag.name, {})[name] = flag
+        return found

@@ -3,7 +3,7 @@
 Precedence, lowest first: schema defaults, backend option defaults, the backend's defaults for core
 fields (its optional ``defaults`` hook: e.g. LoRA's learning rate), environment defaults (a SageMaker job's
 channels, only for keys nothing else sets), the preset / YAML file, ``key=value`` overrides, first-class
-flags (``--backend``, ``--model``, ``--ipus``, ``--num-processes``).
+flags (``--backend``, ``--model`` and the flags a backend declares, such as ``--num-processes``).
 
 Phase 1 validates the core sections and the backend's name; phase 2 asks that backend's ``Options`` model
 to validate the rest of the ``backend`` section. Every problem is reported at once, each with its dotted
@@ -15,26 +15,21 @@ from __future__ import annotations
 import copy
 import difflib
 import os
+import re
 import typing
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from whisper_tune.backend.protocol import BackendDefault
 from whisper_tune.config.presets import find_preset
-from whisper_tune.config.schema import BackendConfig, RunConfig
+from whisper_tune.config.schema import BUNDLED_REGRESSION, BackendConfig, RunConfig, UncheckedOptions
 from whisper_tune.errors import BackendUnavailableError, ConfigError
 
 Raw = dict[str, Any]
-
-
-class UncheckedOptions(BaseModel):
-    """Backend options kept as given because that backend is not installed here (core-only validation)."""
-
-    model_config = ConfigDict(frozen=True, extra="allow")
 
 
 def read_yaml(path: Path) -> Raw:
@@ -77,14 +72,36 @@ def parse_override(item: str) -> tuple[list[str], Any]:
 
 
 def set_path(data: Raw, parts: Sequence[str], value: Any) -> None:
-    node = data
-    for part in parts[:-1]:
+    """Set ``value`` at a dotted path; a number indexes an existing list (``data.extra_eval.0.split``)."""
+    node: Any = data
+    for n, part in enumerate(parts):
+        last = n == len(parts) - 1
+        if isinstance(node, list):
+            if not part.isdigit() or int(part) >= len(node):
+                where = ".".join(parts[:n])
+                raise ConfigError(
+                    f"override '{'.'.join(parts)}': {where} is a list of {len(node)}, so '{part}' must be "
+                    f"an index from 0 to {len(node) - 1}"
+                    if node
+                    else f"override '{'.'.join(parts)}': {where} is an empty list"
+                )
+            index = int(part)
+            if last:
+                node[index] = value
+            elif isinstance(node[index], (dict, list)):
+                node = node[index]
+            else:
+                node[index] = {}
+                node = node[index]
+            continue
+        if last:
+            node[part] = value
+            break
         child = node.get(part)
-        if not isinstance(child, dict):
+        if not isinstance(child, (dict, list)):
             child = {}
             node[part] = child
         node = child
-    node[parts[-1]] = value
 
 
 def has_path(data: Mapping[str, Any], parts: Sequence[str]) -> bool:
@@ -134,6 +151,50 @@ def _model_in(annotation: Any) -> Any:
     return None
 
 
+MAX_SHOWN = 80
+
+
+def _short_repr(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
+
+
+def _lookup(node: Any, parts: Sequence[str]) -> tuple[bool, Any]:
+    for part in parts:
+        if isinstance(node, Mapping) and part in node:
+            node = node[part]
+        elif isinstance(node, list) and part.isdigit() and int(part) < len(node):
+            node = node[int(part)]
+        else:
+            return False, None
+    return True, node
+
+
+def _scalar(value: Any) -> bool:
+    if isinstance(value, list):
+        return all(_scalar(v) for v in value)
+    return not isinstance(value, Mapping)
+
+
+def offending_values(message: str, value: Any, loc: Sequence[str]) -> str:
+    """What to show after an error message: the value itself, or, for an error about a whole section
+    (``value`` is its dict), only the values of the keys the message names ("training.warmup_steps",
+    "max_steps") that it does not already quote. "" when there is nothing to add."""
+    if not isinstance(value, Mapping):
+        return f"got {_short_repr(value)}"
+    named: dict[str, Any] = {}
+    for token in re.findall(r"[A-Za-z_][A-Za-z0-9_]*(?:\.[A-Za-z0-9_]+)*", message):
+        parts = token.split(".")
+        relative = parts[len(loc) :] if parts[: len(loc)] == list(loc) else parts
+        for candidate in (relative, parts):
+            found, item = _lookup(value, candidate)
+            if found and candidate and _scalar(item):
+                named.setdefault(".".join(candidate), item)
+                break
+    shown = [f"{key}={_short_repr(item)}" for key, item in named.items() if repr(item) not in message]
+    return f"got {', '.join(shown)}" if shown else ""
+
+
 def format_validation_error(
     exc: ValidationError, model: type[BaseModel], prefix: Sequence[str] = (), source: str = ""
 ) -> list[str]:
@@ -149,9 +210,58 @@ def format_validation_error(
             if valid and not close:
                 message += f"; valid keys here: {', '.join(valid)}"
         elif "input_value" not in message and "input" in err and err["type"] != "missing":
-            message += f" (got {err['input']!r})"
+            got = offending_values(message, err["input"], loc)
+            if got:
+                message += f" ({got})"
         lines.append(f"{where}: {message}")
     return lines
+
+
+#: Hub ids and packaged models are names, not paths (``pip:tiny.en``, ``hf://...``).
+_NOT_A_PATH = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+MANIFEST_SUFFIXES = (".csv", ".jsonl", ".json")
+
+
+def input_path(value: Any, base: Path) -> Any:
+    """A relative input path from a YAML file in ``base``, as the path it names from any directory.
+
+    ``./x``, ``../x`` and manifests (``x.csv``) always name a path next to the file; a bare ``x/y`` does
+    when it exists there, and otherwise stays as written (a hub id such as ``openai/whisper-small``).
+    Absolute and ``~`` paths, ``pip:`` names and other non-strings are returned unchanged.
+    """
+    if not isinstance(value, str) or not value.strip() or _NOT_A_PATH.match(value):
+        return value
+    if value.startswith("~") or Path(value).is_absolute():
+        return value
+    candidate = os.path.normpath(base / value)
+    explicit = value.startswith(("./", "../")) or value in (".", "..")
+    if explicit or value.lower().endswith(MANIFEST_SUFFIXES) or Path(candidate).exists():
+        return candidate
+    return value
+
+
+def resolve_input_paths(raw: Raw, base: Path) -> None:
+    """Make the input paths of a YAML file's config independent of the working directory: data.dataset,
+    data.extra_eval[].dataset and model.name resolve against the file's folder (``base``). Output paths
+    (output.dir, output.model_dir) and training.resume_from stay relative to the working directory."""
+    base = Path(os.path.abspath(base))
+    data, model = raw.get("data"), raw.get("model")
+    if isinstance(data, dict):
+        if "dataset" in data:
+            data["dataset"] = input_path(data["dataset"], base)
+        for extra in data.get("extra_eval") or []:
+            if isinstance(extra, dict) and "dataset" in extra:
+                extra["dataset"] = input_path(extra["dataset"], base)
+    if isinstance(model, dict) and "name" in model:
+        model["name"] = input_path(model["name"], base)
+
+
+def read_config_file(config: str | Path) -> Raw:
+    """A preset or YAML file as a raw dict, its input paths resolved against its folder."""
+    path = find_preset(config)
+    raw = copy.deepcopy(read_yaml(path))
+    resolve_input_paths(raw, path.parent)
+    return raw
 
 
 def merge_sources(
@@ -160,20 +270,51 @@ def merge_sources(
     *,
     flags: Mapping[str, Any] | None = None,
     env: Mapping[str, str] | None = None,
+    data: str | None = None,
 ) -> Raw:
-    """The raw (unvalidated) config dict after applying every layer."""
-    raw: Raw = copy.deepcopy(read_yaml(find_preset(config))) if config is not None else {}
+    """The raw (unvalidated) config dict after applying every layer.
+
+    ``data`` is ``--data``: a dataset whose splits are detected (``data_shortcut``); it replaces the
+    preset's data set and extra eval sets, while ``key=value`` overrides of ``data.*`` still win.
+    """
+    raw: Raw = read_config_file(config) if config is not None else {}
     if isinstance(raw.get("backend"), str):  # "backend: cuda-lora" is short for "backend: {name: cuda-lora}"
         raw["backend"] = {"name": raw["backend"]}
     for path, value in sagemaker_defaults(os.environ if env is None else env):
         if not has_path(raw, path):
             set_path(raw, path, value)
-    for item in overrides:
-        set_path(raw, *parse_override(item))
+    parsed = [parse_override(item) for item in overrides]
+    for parts, value in parsed:
+        set_path(raw, parts, value)
+    if data is not None:
+        apply_data_shortcut(raw, data, {".".join(parts) for parts, _ in parsed})
     for dotted, value in (flags or {}).items():
         if value is not None:
             set_path(raw, dotted.split("."), value)
     return raw
+
+
+def apply_data_shortcut(raw: Raw, dataset: str, overridden: set[str]) -> None:
+    """``--data DIR_OR_MANIFEST``: use this data set with the splits it has, and none of the preset's
+    extra eval sets. Keys given as ``key=value`` overrides are left as the user set them."""
+    import logging
+
+    from whisper_tune.recipe.sources import data_shortcut
+
+    current = raw.get("data") if isinstance(raw.get("data"), dict) else {}
+    updates, note = data_shortcut(dataset, dict(current or {}))
+    if "data.test_size" in overridden and raw.get("data", {}).get("test_size") is not None:
+        updates["eval_split"], updates["test_size"] = None, raw["data"]["test_size"]
+    if "data.eval_split" in overridden and raw.get("data", {}).get("eval_split") is not None:
+        updates["test_size"] = None
+    for key, value in updates.items():
+        if f"data.{key}" not in overridden:
+            set_path(raw, ["data", key], value)
+    regression = raw.get("eval", {}).get("regression_set") if isinstance(raw.get("eval"), dict) else None
+    extra_names = {e.get("name") for e in raw["data"].get("extra_eval") or [] if isinstance(e, dict)}
+    if regression not in (None, BUNDLED_REGRESSION) and regression not in extra_names:
+        set_path(raw, ["eval", "regression_set"], BUNDLED_REGRESSION)  # it named a dropped preset set
+    logging.getLogger("whisper_tune").info(note)
 
 
 def validate(raw: Raw, *, registry: Any | None = None, require_backend: bool = True) -> RunConfig:
@@ -225,6 +366,31 @@ def validate(raw: Raw, *, registry: Any | None = None, require_backend: bool = T
     return core.model_copy(update={"backend": BackendConfig(name=str(name), options=options)})
 
 
+def apply_backend_flags(raw: Raw, given: Mapping[str, Any], registry: Any) -> None:
+    """Backend flags (``{"--num-processes": 4}``, declared by the backends in their ``flags``) set the key
+    the configured backend gives them. A flag the configured backend does not declare is a ConfigError
+    naming the backends that do."""
+    given = {flag: value for flag, value in given.items() if value is not None}
+    if not given:
+        return
+    section = raw.get("backend")
+    name = str((section or {}).get("name") or BackendConfig.model_fields["name"].default)
+    declared = registry.flags()
+    for flag_name, value in given.items():
+        owners = declared.get(flag_name, {})
+        flag = owners.get(name)
+        if flag is None:
+            if not owners:
+                raise ConfigError(f"{flag_name}: no installed backend has this flag")
+            names = sorted(owners)
+            raise ConfigError(
+                f"{flag_name} is a flag of the {' / '.join(names)} backend{'s' if len(names) > 1 else ''}, "
+                f"not of the configured backend '{name}'",
+                hint=f"choose the backend, e.g. --backend {names[0]}, or leave {flag_name} out",
+            )
+        set_path(raw, flag.key.split("."), value)
+
+
 def backend_defaults(raw: Raw, backend: Any, options: BaseModel) -> dict[str, BackendDefault]:
     """What ``backend`` supplies (its optional ``defaults(options)`` hook) for core fields that no layer
     of ``raw`` set: dotted key -> ``BackendDefault(value, reason)``."""
@@ -270,38 +436,44 @@ def resolve_config(
     config: str | Path | None = None,
     overrides: Iterable[str] = (),
     *,
+    backend: str | None = None,
+    model: str | None = None,
+    backend_flags: Mapping[str, Any] | None = None,
+    data: str | None = None,
     registry: Any | None = None,
     env: Mapping[str, str] | None = None,
     require_backend: bool = True,
-    **flags: Any,
 ) -> Resolved:
     """``load_config`` (same arguments), plus which fields the backend's defaults filled in."""
-    raw = merge_sources(config, overrides, flags=_flag_paths(**flags), env=env)
+    raw, registry = _raw_config(config, overrides, backend, model, backend_flags, data, registry, env)
     resolved = validate(raw, registry=registry, require_backend=require_backend)
     options = resolved.backend.options
     supplied: dict[str, BackendDefault] = {}
     if not isinstance(options, UncheckedOptions):
-        if registry is None:
-            from whisper_tune.backend.registry import Registry
-
-            registry = Registry()
         core_raw = {k: v for k, v in raw.items() if k != "backend"}
         supplied = backend_defaults(core_raw, registry.get(resolved.backend.name), options)
     return Resolved(resolved, supplied)
 
 
-def _flag_paths(
-    backend: str | None = None,
-    model: str | None = None,
-    ipus: int | None = None,
-    num_processes: int | None = None,
-) -> dict[str, Any]:
-    return {
-        "backend.name": backend,
-        "model.name": model,
-        "backend.ipus": ipus,
-        "backend.num_processes": num_processes,
-    }
+def _raw_config(
+    config: str | Path | None,
+    overrides: Iterable[str],
+    backend: str | None,
+    model: str | None,
+    backend_flags: Mapping[str, Any] | None,
+    data: str | None,
+    registry: Any | None,
+    env: Mapping[str, str] | None,
+) -> tuple[Raw, Any]:
+    """The merged layers (preset/YAML, ``--data``, overrides, flags, backend flags) and the registry."""
+    flags = {"backend.name": backend, "model.name": model}
+    raw = merge_sources(config, overrides, flags=flags, env=env, data=data)
+    if registry is None:
+        from whisper_tune.backend.registry import Registry
+
+        registry = Registry()
+    apply_backend_flags(raw, backend_flags or {}, registry)
+    return raw, registry
 
 
 def load_config(
@@ -310,23 +482,21 @@ def load_config(
     *,
     backend: str | None = None,
     model: str | None = None,
-    ipus: int | None = None,
-    num_processes: int | None = None,
+    backend_flags: Mapping[str, Any] | None = None,
+    data: str | None = None,
     registry: Any | None = None,
     env: Mapping[str, str] | None = None,
     require_backend: bool = True,
 ) -> RunConfig:
     """Build a validated ``RunConfig`` from a preset name or YAML path plus overrides.
 
+    Relative input paths in the YAML file resolve against its folder (``resolve_input_paths``); ``data``
+    is the ``--data`` shortcut (``apply_data_shortcut``); ``backend_flags`` are the configured backend's
+    own flags by name (``{"--num-processes": 4}``, ``apply_backend_flags``).
+
     >>> load_config("quickstart", ["training.max_steps=10"])  # doctest: +SKIP
     """
-    flags = {
-        "backend.name": backend,
-        "model.name": model,
-        "backend.ipus": ipus,
-        "backend.num_processes": num_processes,
-    }
-    raw = merge_sources(config, overrides, flags=flags, env=env)
+    raw, registry = _raw_config(config, overrides, backend, model, backend_flags, data, registry, env)
     return validate(raw, registry=registry, require_backend=require_backend)
 
 

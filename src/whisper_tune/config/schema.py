@@ -7,11 +7,13 @@ second phase by ``whisper_tune.config.load`` once the backend is known.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 from pydantic import BaseModel, ConfigDict, Field, SerializeAsAny, field_validator, model_validator
 
+from whisper_tune.errors import ConfigError
 from whisper_tune.languages import language_code
 
 SAMPLING_RATE = 16_000
@@ -56,7 +58,8 @@ class ModelConfig(Section):
         description=(
             "Which Whisper to fine-tune: a Hugging Face hub id (openai/whisper-small), a local Hugging Face "
             "model directory, a CTranslate2 / faster-whisper directory (imported to Hugging Face weights on "
-            "first use), or 'pip:tiny.en' / 'pip:base' for pretrained weights installed from a pip package."
+            "first use), or 'pip:tiny.en' / 'pip:base' for pretrained weights installed from a pip package. "
+            "A relative directory in a YAML file is relative to that file's folder (see data.dataset)."
         ),
     )
     language: str | None = Field(
@@ -101,7 +104,10 @@ class EvalSetConfig(Section):
     """A further dataset evaluated before and after training but never trained on."""
 
     name: str = Field(description="Name of the set in reports (metrics.json, plots).")
-    dataset: str = Field(description="Dataset for this set; same forms as data.dataset.")
+    dataset: str = Field(
+        description="Dataset for this set; same forms as data.dataset (relative paths in a YAML file are "
+        "relative to that file's folder)."
+    )
     subset: str | None = Field(None, description="Dataset configuration name (e.g. a language code).")
     split: str = Field("test", description="Split to evaluate; audiofolders use sub-folder names.")
     audio_column: str | None = Field(None, description="Audio column; defaults to data.audio_column.")
@@ -121,7 +127,10 @@ class DataConfig(Section):
         description=(
             "Where the data is: a Hugging Face dataset name, a local audiofolder (audio files + "
             "metadata.csv, one sub-folder per split), a CSV or JSONL manifest, or a directory written by "
-            "'whisper-tune prepare'. Inside a SageMaker job it defaults to the 'train' channel."
+            "'whisper-tune prepare'. In a YAML file a relative path is relative to that file's folder "
+            "('./x', '../x' and 'x.csv' always; 'x/y' when it exists there, else it is a hub name); on the "
+            "command line it is relative to the working directory. 'whisper-tune run --data PATH' sets it "
+            "and picks the splits the data has. Inside a SageMaker job it defaults to the 'train' channel."
         ),
     )
     kind: DatasetKind = Field(
@@ -173,6 +182,12 @@ class DataConfig(Section):
         le=MAX_LABEL_TOKENS,
         description="Drop samples whose tokenised transcript (with prefix tokens) is longer than this.",
     )
+    num_workers: int | None = Field(
+        None,
+        ge=1,
+        description="Processes that decode, resample and tokenise while preparing data (null: one per CPU "
+        "core; 1: in the main process). The output and its order do not depend on it.",
+    )
     extra_eval: tuple[EvalSetConfig, ...] = Field(
         (),
         description="More datasets evaluated before and after training and never trained on, to see "
@@ -199,7 +214,12 @@ class TrainingConfig(Section):
         None, gt=0, description="Optimizer steps to run; overrides num_epochs when set."
     )
     num_epochs: float = Field(1.0, gt=0, description="Passes over the training data when max_steps is unset.")
-    warmup_steps: int = Field(0, ge=0, description="Linear warm-up steps.")
+    warmup_steps: int = Field(
+        0,
+        ge=0,
+        description="Linear warm-up steps. A run warns when they are not fewer than its training steps "
+        "(the learning rate would never reach learning_rate).",
+    )
     lr_scheduler: Literal["linear", "constant", "cosine"] = Field(
         "linear", description="Learning-rate schedule after warm-up."
     )
@@ -213,13 +233,19 @@ class TrainingConfig(Section):
     seed: int = Field(42, description="Seed for weights of new layers, shuffling and dropout.")
     logging_steps: int = Field(1, gt=0, description="Log the loss every this many optimizer steps.")
     save_steps: int | None = Field(
-        None, gt=0, description="Save a resumable checkpoint every this many steps (and always at the end)."
+        None,
+        gt=0,
+        description="Save a resumable checkpoint every this many steps and at the last step. Unset: no "
+        "checkpoint is written (final/ still holds the trained weights) except when the run is interrupted "
+        "(Ctrl-C / SIGTERM), which always saves one to resume from.",
     )
     save_total_limit: int = Field(
         2, gt=0, description="Keep at most this many checkpoints; older are pruned."
     )
     resume_from: str | None = Field(
-        None, description="Resume from a checkpoint directory, or 'latest' for the newest in output.dir."
+        None,
+        description="Resume from a checkpoint directory (relative to the working directory, like "
+        "output.dir), or 'latest' for the newest in output.dir.",
     )
     report_to: tuple[TrackerName, ...] = Field(
         ("auto",),
@@ -227,12 +253,6 @@ class TrainingConfig(Section):
         "when the tensorboard package is installed), 'none', or Accelerate tracker names (tensorboard, "
         "wandb, mlflow, comet_ml, clearml, dvclive, aim, swanlab, trackio).",
     )
-
-    @model_validator(mode="after")
-    def _warmup_fits(self) -> TrainingConfig:
-        if self.max_steps is not None and self.warmup_steps > self.max_steps:
-            raise ValueError("training.warmup_steps is larger than training.max_steps")
-        return self
 
 
 class EvalConfig(Section):
@@ -295,7 +315,8 @@ class EvalConfig(Section):
 class OutputConfig(Section):
     dir: str = Field(
         "runs",
-        description="Parent directory of run directories. Inside a SageMaker job it defaults to "
+        description="Parent directory of run directories, relative to the working directory (also in a "
+        "YAML file: outputs never go next to a preset). Inside a SageMaker job it defaults to "
         "SM_OUTPUT_DATA_DIR.",
     )
     run_name: str | None = Field(
@@ -317,6 +338,9 @@ class OutputConfig(Section):
         return value
 
 
+OptionsT = TypeVar("OptionsT", bound=BaseModel)
+
+
 class BackendConfig(Section):
     name: str = Field(
         "reference", description="Backend that runs the training (see 'whisper-tune backends')."
@@ -326,9 +350,37 @@ class BackendConfig(Section):
         description="The backend's own options, written next to 'name' in YAML and validated by the backend.",
     )
 
+    @field_validator("options", mode="before")
+    @classmethod
+    def _keep_unvalidated_keys(cls, value: Any) -> Any:
+        """A mapping (a config read back from JSON) keeps its keys until its backend validates them."""
+        return UncheckedOptions(**value) if isinstance(value, Mapping) else value
+
+    def options_as(self, options_model: type[OptionsT]) -> OptionsT:
+        """The options as ``options_model``, the backend's ``Options``, which validated them once (phase 2
+        of ``whisper_tune.config.load.validate``). A config built in Python without options gets that
+        model's defaults; options its backend never validated are a ConfigError, not validated here."""
+        if isinstance(self.options, options_model):
+            return self.options
+        if type(self.options) is NoOptions:
+            return options_model()
+        raise ConfigError(
+            f"backend '{self.name}': its options were not validated by {options_model.__name__} "
+            f"(they are a {type(self.options).__name__})",
+            hint="build the configuration with whisper_tune.load_config (or config.load.validate), or "
+            "pass the backend's own options model as backend.options",
+        )
+
 
 class NoOptions(Section):
-    """Options model of a backend that has none."""
+    """Options model of a backend that has none (and of a config built in Python without options)."""
+
+
+class UncheckedOptions(BaseModel):
+    """Backend options kept as given: their backend is not installed here (core-only validation), or the
+    config was read back from JSON and its backend has not validated them yet."""
+
+    model_config = ConfigDict(frozen=True, extra="allow")
 
 
 class RunConfig(Section):

@@ -25,7 +25,7 @@ METRIC = "normalized_wer"
 
 @dataclass
 class Clips:
-    """Prepared samples ({"input_features", "labels"}) and their reference transcripts."""
+    """Prepared samples ({"audio", "labels"}) and their reference transcripts."""
 
     samples: list[dict[str, Any]]
     texts: list[str]
@@ -86,7 +86,6 @@ def _prepare_audiofolder(
         feature_extractor=processor.feature_extractor,
         tokenizer=processor.tokenizer,
         filters=Filters(max_duration_s=30.0, min_duration_s=0.0, max_label_tokens=448),
-        feature_dtype="float32",
         limit=limit,
         reporter=reporter,
         name="parity clips",
@@ -134,14 +133,18 @@ def decode_ct2(
     import ctranslate2
     import numpy as np
 
+    from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
+    from whisper_tune.recipe.features import model_inputs
+
+    collator = SpeechSeq2SeqCollator(decoder_start_token_id=prompt[0])
+    num_mel_bins = int(whisper.n_mels)
     out: list[list[int]] = []
     n = len(clips.samples)
     with reporter.progress(f"decode {name}", total=n, unit="utt") as bar:
         for start in range(0, n, eval_cfg.batch_size):
             batch = clips.samples[start : start + eval_cfg.batch_size]
-            features = np.ascontiguousarray(
-                np.stack([np.asarray(s["input_features"]) for s in batch]), np.float32
-            )
+            inputs = collator(batch)
+            features = np.ascontiguousarray(model_inputs(inputs, num_mel_bins).numpy(), np.float32)
             results = whisper.generate(
                 ctranslate2.StorageView.from_array(features),
                 [prompt] * len(batch),

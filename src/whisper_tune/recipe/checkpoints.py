@@ -170,6 +170,16 @@ def load_tensors_file(checkpoint: Path, name: str) -> Any:
         raise damaged(checkpoint, name, f"damaged ({type(exc).__name__})") from None
 
 
+def read_totals(checkpoint: Path) -> tuple[int, float]:
+    """(training samples, training seconds) of every session up to ``checkpoint`` (0 for checkpoints
+    written before they were recorded)."""
+    try:
+        state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
+        return int(state.get("samples", 0)), float(state.get("seconds", 0.0))
+    except (OSError, ValueError, TypeError):
+        return 0, 0.0
+
+
 def publish_checkpoint(tmp: Path, target: Path, keep: int) -> list[Path]:
     """Move a finished ``.partial`` checkpoint into place and prune all but the newest ``keep``."""
     shutil.rmtree(target, ignore_errors=True)

@@ -1,4 +1,9 @@
-"""Batches for Whisper: stacked log-mel features and labels padded with -100.
+"""Batches for Whisper: audio padded to the 30 s window (or stacked log-mel features) and labels padded
+with -100.
+
+Prepared samples carry 16 kHz audio: the collator zero-pads each clip to 480000 samples (what Whisper's
+feature extractor does) and the log-mel features are computed on the training device from the batch
+(``features.model_inputs``). Samples that carry precomputed ``input_features`` are stacked as they are.
 
 The leading decoder-start token is stripped from the labels when every row has it (the model prepends it
 again when it shifts labels right), as in the seeds. Labels are padded to the longest row (dynamic, the
@@ -37,6 +42,14 @@ class SpeechSeq2SeqCollator:
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
+        from whisper_tune.recipe.features import WINDOW_SAMPLES
+
+        labels = torch.from_numpy(self.pad_labels([list(item["labels"]) for item in items]))
+        if items and "audio" in items[0]:
+            audio = np.zeros((len(items), WINDOW_SAMPLES), dtype=np.float32)
+            for i, item in enumerate(items):
+                clip = np.asarray(item["audio"])[:WINDOW_SAMPLES]
+                audio[i, : len(clip)] = clip
+            return {"audio": torch.from_numpy(audio), "labels": labels}
         features = np.stack([np.asarray(item["input_features"]) for item in items]).astype(self.feature_dtype)
-        labels = self.pad_labels([list(item["labels"]) for item in items])
-        return {"input_features": torch.from_numpy(features), "labels": torch.from_numpy(labels)}
+        return {"input_features": torch.from_numpy(features), "labels": labels}

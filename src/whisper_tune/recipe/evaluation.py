@@ -18,6 +18,7 @@ from typing import Any, Protocol, TypeVar
 
 from whisper_tune.config.schema import EvalConfig, ModelConfig
 from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
+from whisper_tune.recipe.features import model_inputs
 from whisper_tune.recipe.metrics import make_normalizer, pick_normalizer, score
 from whisper_tune.recipe.model import generate_kwargs, is_multilingual
 from whisper_tune.recipe.progress import Reporter
@@ -26,7 +27,8 @@ T = TypeVar("T")
 
 
 class SupportsSamples(Protocol):
-    """A list of samples, or a PreparedDataset: ``len`` and ``[i]`` -> {"input_features", "labels"}."""
+    """A list of samples, or a PreparedDataset: ``len`` and ``[i]`` -> {"audio" (16 kHz) or
+    "input_features", "labels"}."""
 
     def __len__(self) -> int: ...
 
@@ -160,6 +162,7 @@ def _over_batches(
     was_training = unwrapped.training
     unwrapped.eval()
     dtype = next(unwrapped.parameters()).dtype
+    num_mel_bins = int(unwrapped.config.num_mel_bins)
     reporter, title = bar if bar is not None else (Reporter.silent(), "")
     local: list[tuple[int, list[T]]] = []
     with (
@@ -171,7 +174,7 @@ def _over_batches(
         for start in mine:
             first = start if start is not None else starts[-1]
             items = [dataset[i] for i in range(first, min(n, first + batch_size))]
-            features = collator(items)["input_features"].to(device=device, dtype=dtype)
+            features = model_inputs(collator(items), num_mel_bins, device=device, dtype=dtype)
             with mixed_precision():
                 rows = batch_rows(method(unwrapped), features, first)
             if start is not None:

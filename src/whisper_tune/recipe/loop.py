@@ -39,13 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from whisper_tune.config.schema import TrainingConfig
-from whisper_tune.errors import ConfigError
+from whisper_tune.errors import ConfigError, OutputError
 from whisper_tune.recipe.checkpoints import (
     list_checkpoints,
     load_tensors_file,
     optimizer_file,
     publish_checkpoint,
     read_state,
+    read_totals,
     restore_rng,
     rng_file,
     save_rng,
@@ -109,23 +110,38 @@ def total_steps(cfg: TrainingConfig, num_samples: int, drop_last: bool = False, 
     return max(1, math.ceil(cfg.num_epochs * batches / cfg.gradient_accumulation_steps))
 
 
+def disk_full(exc: BaseException) -> bool:
+    """A write failed for lack of space (``torch.save`` reports it as a RuntimeError from its zip writer)."""
+    import errno
+
+    if isinstance(exc, OSError):
+        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
+    text = str(exc)
+    return "unexpected pos" in text or "No space left" in text or "failed writing" in text
+
+
 def label_tokens(batch: dict[str, Any]) -> int:
     """The label tokens a batch is scored on (padding excluded)."""
     return int((batch["labels"] != LABEL_PAD).sum())
 
 
-def summed_token_loss(model: Any, batch: dict[str, Any], decoder_start: int, pad: int) -> Any:
+def summed_token_loss(
+    model: Any, batch: dict[str, Any], config: Any, feature_dtype: str | None = None
+) -> Any:
     """Cross-entropy summed over the batch's label tokens (the model's own loss is a per-batch mean,
-    which cannot be weighted by tokens across micro-batches). Decoder inputs are the labels shifted
-    right, exactly as Whisper's forward builds them from ``labels``."""
+    which cannot be weighted by tokens across micro-batches). The log-mel features are computed here, on
+    the batch's device, from its audio; decoder inputs are the labels shifted right, exactly as Whisper's
+    forward builds them from ``labels``."""
     import torch
     from transformers.models.whisper.modeling_whisper import shift_tokens_right
 
+    from whisper_tune.recipe.features import model_inputs
+
     labels = batch["labels"]
-    decoder_input_ids = shift_tokens_right(labels, pad, decoder_start)
-    logits = model(
-        input_features=batch["input_features"], decoder_input_ids=decoder_input_ids, use_cache=False
-    ).logits
+    decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
+    dtype = getattr(torch, feature_dtype) if feature_dtype else None
+    features = model_inputs(batch, config.num_mel_bins, device=labels.device, dtype=dtype)
+    logits = model(input_features=features, decoder_input_ids=decoder_input_ids, use_cache=False).logits
     return torch.nn.functional.cross_entropy(
         logits.float().reshape(-1, logits.shape[-1]),
         labels.reshape(-1),
@@ -134,7 +150,9 @@ def summed_token_loss(model: Any, batch: dict[str, Any], decoder_start: int, pad
     )
 
 
-def backward_step(accelerator: Any, model: Any, micro_batches: list[dict[str, Any]]) -> tuple[float, int]:
+def backward_step(
+    accelerator: Any, model: Any, micro_batches: list[dict[str, Any]], feature_dtype: str | None = None
+) -> tuple[float, int]:
     """Forward and backward of one optimizer step's micro-batches with the token-weighted loss.
 
     Leaves the step's gradient ``d(sum of token losses over all processes) / d(theta) / tokens`` in the
@@ -150,7 +168,7 @@ def backward_step(accelerator: Any, model: Any, micro_batches: list[dict[str, An
     loss_sum = 0.0
     for batch in micro_batches:
         with accelerator.accumulate(model):
-            loss = summed_token_loss(model, batch, config.decoder_start_token_id, config.pad_token_id)
+            loss = summed_token_loss(model, batch, config, feature_dtype)
             accelerator.backward(loss * scale)
         loss_sum += float(loss.detach())
     return loss_sum, tokens
@@ -185,6 +203,12 @@ class TrainLoop:
     best: BestCheckpoint | None = None
     #: called with every training micro-batch before its forward pass (a diagnostics hook)
     on_batch: Callable[[dict[str, Any]], None] | None = None
+    _passes: int = 0
+    #: the newest complete checkpoint (the one resumed from, until this run writes one)
+    _last_checkpoint: Path | None = None
+    _prior: tuple[int, float] = (0, 0.0)
+    _local_samples: int = 0
+    _start: float = 0.0
 
     def run(self, resume_from: Path | None = None) -> LoopResult:
         import torch
@@ -192,13 +216,20 @@ class TrainLoop:
 
         acc, cfg = self.accelerator, self.cfg
         check_accelerator(acc, cfg.gradient_accumulation_steps)
-        steps = total_steps(cfg, len(self.dataset), self.drop_last, acc.num_processes)
+        if self.streaming and cfg.max_steps is None:
+            raise ConfigError("a streamed training set needs training.max_steps (its length is unknown)")
+        size = 0 if self.streaming else len(self.dataset)
+        steps = total_steps(cfg, size, self.drop_last, acc.num_processes)
         result = LoopResult()
         step = 0
+        prior_samples, prior_seconds = 0, 0.0
         if resume_from is not None:
+            self._last_checkpoint = resume_from
             step, result.log_history = read_state(resume_from)
+            prior_samples, prior_seconds = read_totals(resume_from)
             # into the plain model before prepare: FSDP / DeepSpeed then shard the restored weights
             self.weights.load(self.model, resume_from / "weights")
+        self._prior = (prior_samples, prior_seconds)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("no trainable parameters: nothing would be learnt")
@@ -213,7 +244,8 @@ class TrainLoop:
             self.reporter.info(f"resumed from {resume_from} at step {step}")
         if self.best is not None:
             self.best.bind(save=lambda d: self._save_weights(model, d), load=self._load_best)
-        batches_per_epoch = len(self._epoch_loader(0))  # per process
+        # per process; a stream's length is unknown (None): its passes are counted as it restarts
+        batches_per_epoch = None if self.streaming else len(self._epoch_loader(0))
         if batches_per_epoch == 0:
             raise ConfigError(
                 f"training.batch_size {cfg.batch_size} x {acc.num_processes} processes is larger than the "
@@ -223,8 +255,8 @@ class TrainLoop:
         stream = self._micro_batches(micro, batches_per_epoch)
         model.train()
         window: list[tuple[float, int]] = []  # (local loss sum, global tokens) per step since the last log
-        local_samples = 0
-        start = time.perf_counter()
+        self._local_samples = 0
+        self._start = start = time.perf_counter()
         bar = self.reporter.progress("train", total=steps, unit="step")
         bar.update(step)
         stop = False
@@ -232,8 +264,8 @@ class TrainLoop:
             with bar:
                 while step < steps and not stop:
                     group = [next(stream) for _ in range(cfg.gradient_accumulation_steps)]
-                    loss_sum, tokens = backward_step(acc, model, group)
-                    local_samples += sum(int(b["labels"].shape[0]) for b in group)
+                    loss_sum, tokens = backward_step(acc, model, group, self.collator.feature_dtype)
+                    self._local_samples += sum(int(b["labels"].shape[0]) for b in group)
                     micro += len(group)
                     if cfg.max_grad_norm is not None:
                         acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -243,7 +275,8 @@ class TrainLoop:
                     step += 1
                     window.append((loss_sum, tokens))
                     if step % cfg.logging_steps == 0 or step == steps:
-                        record = self._log(step, micro / batches_per_epoch, window, scheduler)
+                        epoch = micro / batches_per_epoch if batches_per_epoch else self._passes
+                        record = self._log(step, epoch, window, scheduler)
                         result.log_history.append(record)
                         window = []
                     bar.update(1, loss=result.log_history[-1]["loss"] if result.log_history else None)
@@ -259,9 +292,10 @@ class TrainLoop:
         except KeyboardInterrupt:
             result.interrupted = True
             self.reporter.warning(f"interrupted at step {step}; saving a checkpoint to resume from")
-        result.seconds = time.perf_counter() - start
+        # every session's samples and seconds (a resumed run adds to what its checkpoint had seen)
+        result.seconds = prior_seconds + time.perf_counter() - start
         result.steps = step
-        result.samples = int(acc.reduce(torch.tensor(local_samples, device=acc.device), reduction="sum"))
+        result.samples = prior_samples + self._global_samples()
         if step > 0 and (result.interrupted or cfg.save_steps):
             result.checkpoints = self._save(model, optimizer, scheduler, step, result.log_history)
         if self.best is not None and not result.interrupted:
@@ -270,13 +304,30 @@ class TrainLoop:
         model.eval()
         return result
 
+    def _global_samples(self) -> int:
+        """Training samples this session has seen, all processes together (a collective call)."""
+        import torch
+
+        acc = self.accelerator
+        return int(acc.reduce(torch.tensor(self._local_samples, device=acc.device), reduction="sum"))
+
     # --- data ------------------------------------------------------------------------------------
 
+    @property
+    def streaming(self) -> bool:
+        from torch.utils.data import IterableDataset
+
+        return isinstance(self.dataset, IterableDataset)
+
     def _epoch_loader(self, epoch: int) -> Any:
-        """Epoch ``epoch``'s batches for this process: a permutation seeded by ``seed + epoch``, sharded."""
+        """Epoch ``epoch``'s batches for this process: a permutation seeded by ``seed + epoch``, sharded
+        (a stream: its batches in order, dispatched to the processes by Accelerate)."""
         import torch
         from torch.utils.data import DataLoader, RandomSampler
 
+        if self.streaming:
+            stream = DataLoader(self.dataset, batch_size=self.cfg.batch_size, collate_fn=self.collator)
+            return self.accelerator.prepare_data_loader(stream)
         seed = self.cfg.seed + epoch
         loader = DataLoader(
             self.dataset,
@@ -291,8 +342,24 @@ class TrainLoop:
         )
         return self.accelerator.prepare_data_loader(loader)
 
-    def _micro_batches(self, micro: int, batches_per_epoch: int) -> Iterator[dict[str, Any]]:
-        """This process's micro-batches from position ``micro`` on, epoch after epoch."""
+    def _micro_batches(self, micro: int, batches_per_epoch: int | None) -> Iterator[dict[str, Any]]:
+        """This process's micro-batches from position ``micro`` on, epoch after epoch (a stream: pass
+        after pass, the first ``micro`` batches read and skipped)."""
+        if batches_per_epoch is None:
+            skip = micro
+            while True:
+                self._passes += 1
+                empty = True
+                for batch in self._epoch_loader(self._passes - 1):
+                    empty = False
+                    if skip:
+                        skip -= 1
+                        continue
+                    if self.on_batch is not None:
+                        self.on_batch(batch)
+                    yield batch
+                if empty:
+                    raise ConfigError("the training stream yielded no usable sample")
         while True:
             epoch, skip = divmod(micro, batches_per_epoch)
             loader = self._epoch_loader(epoch)
@@ -340,12 +407,44 @@ class TrainLoop:
     def _save(
         self, model: Any, optimizer: Any, scheduler: Any, step: int, history: list[dict[str, float]]
     ) -> list[Path]:
-        """Write ``step-NNNNNN`` (a collective call: every process makes it at the same step)."""
+        """Write ``step-NNNNNN`` (a collective call: every process makes it at the same step). A full disk
+        removes the partial checkpoint and stops the run with how much space it needs; the previous
+        checkpoint is untouched (checkpoints are written aside and renamed when complete)."""
+        tmp = self.checkpoint_dir / f".step-{step:06d}.partial"
+        try:
+            kept_checkpoints = self._write_checkpoint(model, optimizer, scheduler, step, history, tmp)
+        except (OSError, RuntimeError) as exc:
+            if not disk_full(exc):
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+            previous = self._last_checkpoint
+            size = sum(f.stat().st_size for f in previous.rglob("*") if f.is_file()) if previous else 0
+            kept = f"; {previous} is intact" if previous else ""
+            raise OutputError(
+                f"no space left on the device to write checkpoint step-{step:06d} in {self.checkpoint_dir}"
+                + (f" (it needs about {size / 1e6:.0f} MB, the size of the last one)" if size else "")
+                + kept,
+                hint="free space there (or lower training.save_total_limit), then resume with "
+                "training.resume_from=latest",
+            ) from None
+        self._last_checkpoint = kept_checkpoints[-1] if kept_checkpoints else None
+        return kept_checkpoints
+
+    def _write_checkpoint(
+        self,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        step: int,
+        history: list[dict[str, float]],
+        tmp: Path,
+    ) -> list[Path]:
         import torch
 
         acc = self.accelerator
         target = self.checkpoint_dir / f"step-{step:06d}"
-        tmp = self.checkpoint_dir / f".step-{step:06d}.partial"
+        samples = self._prior[0] + self._global_samples()  # collective
+        seconds = self._prior[1] + time.perf_counter() - self._start
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -358,7 +457,9 @@ class TrainLoop:
         acc.wait_for_everyone()
         if acc.is_main_process:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-            write_state(tmp, step, history, processes=acc.num_processes)
+            write_state(
+                tmp, step, history, processes=acc.num_processes, samples=samples, seconds=round(seconds, 3)
+            )
             publish_checkpoint(tmp, target, self.cfg.save_total_limit)
             self.reporter.debug(f"saved checkpoint {target}")
         acc.wait_for_everyone()

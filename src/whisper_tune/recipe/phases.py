@@ -7,8 +7,10 @@
 5. **result** — a ``TrainResult`` (predictions as token ids; the core scores them).
 
 A backend supplies only what differs, as a ``TrainingSetup``: the accelerator (device, processes, mixed
-precision), the model it built (full, LoRA, quantised) and how its weights are saved and loaded. The IPU
-worker runs under its own pinned stack and stays apart.
+precision), the model it built (full, LoRA, quantised) and how its weights are saved and loaded; its
+``recipe_needs`` (``RecipeNeeds``: labels padded to a multiple of a fixed length, the feature dtype fed to
+the model, dropping the last incomplete batch) shape the collator and the training loop here. The IPU
+worker runs under its own pinned stack and stays apart (it applies the same needs itself).
 """
 
 from __future__ import annotations
@@ -17,9 +19,10 @@ import resource
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
-from whisper_tune.backend.protocol import TrainJob, TrainResult
+from whisper_tune.backend.protocol import RecipeNeeds, TrainJob, TrainResult
+from whisper_tune.config.schema import RunConfig
 from whisper_tune.recipe.progress import Reporter
 from whisper_tune.recipe.weights import WeightsFormat, weights_format_of
 
@@ -48,9 +51,14 @@ class Outcome:
     model: Any
 
 
-def run_phases(job: TrainJob, setup: TrainingSetup, reporter: Reporter) -> Outcome:
+def run_phases(
+    job: TrainJob, setup: TrainingSetup, reporter: Reporter, needs: RecipeNeeds
+) -> Outcome:
     """Evaluate before -> fit -> save -> evaluate after -> result. On several processes every one of
-    them calls this; the main process writes files, and every process returns the same result."""
+    them calls this; the main process writes files, and every process returns the same result.
+    ``needs`` is the backend's ``recipe_needs(job.config)``: the collator pads labels to a multiple of
+    ``label_pad_multiple`` and feeds features as ``feature_dtype`` (training and evaluation); the
+    training loop drops the last incomplete batch with ``drop_last``."""
     from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
     from whisper_tune.recipe.evaluation import PhaseOutput, evaluate_sets, result_fields
     from whisper_tune.recipe.prepared import PreparedDataset
@@ -58,7 +66,11 @@ def run_phases(job: TrainJob, setup: TrainingSetup, reporter: Reporter) -> Outco
     acc, cfg = setup.accelerator, job.config
     weights = setup.weights or weights_format_of(setup.model)
     model = setup.model
-    collator = SpeechSeq2SeqCollator(acc.unwrap_model(model).config.decoder_start_token_id)
+    collator = SpeechSeq2SeqCollator(
+        acc.unwrap_model(model).config.decoder_start_token_id,
+        label_pad_multiple=needs.label_pad_multiple,
+        feature_dtype=needs.feature_dtype,
+    )
     eval_sets = {name: PreparedDataset(path) for name, path in job.eval_data.items()}
     phases: dict[str, PhaseOutput] = {}
 
@@ -77,8 +89,8 @@ def run_phases(job: TrainJob, setup: TrainingSetup, reporter: Reporter) -> Outco
     if job.evaluate_before and eval_sets:
         evaluate("before")
     fitted = None
-    if job.train and job.train_data is not None:
-        fitted = fit(job, setup, weights, collator, reporter)
+    if job.train and (job.train_data is not None or job.train_stream is not None):
+        fitted = fit(job, setup, weights, collator, reporter, drop_last=needs.drop_last)
         model = fitted.model
     finished = fitted is not None and not fitted.interrupted
     final_dir = save_final(job, acc, model, weights) if finished and cfg.output.save_final_model else None
@@ -95,6 +107,7 @@ def run_phases(job: TrainJob, setup: TrainingSetup, reporter: Reporter) -> Outco
         checkpoints=fitted.checkpoints if fitted else [],
         interrupted=bool(fitted and fitted.interrupted),
         selection=fitted.selection if fitted else {},
+        stream=fitted.stream if fitted else {},
     )
     return Outcome(result, model)
 
@@ -109,10 +122,17 @@ class Fitted:
     checkpoints: list[Path]
     interrupted: bool
     selection: dict[str, Any]
+    stream: dict[str, Any]
 
 
 def fit(
-    job: TrainJob, setup: TrainingSetup, weights: WeightsFormat, collator: Any, reporter: Reporter
+    job: TrainJob,
+    setup: TrainingSetup,
+    weights: WeightsFormat,
+    collator: Any,
+    reporter: Reporter,
+    *,
+    drop_last: bool = False,
 ) -> Fitted:
     """The training loop over the job's prepared training set, from its checkpoint when resuming."""
     from whisper_tune.recipe.loop import TrainLoop
@@ -120,7 +140,15 @@ def fit(
     from whisper_tune.recipe.selection import best_checkpoint_tracker
 
     acc = setup.accelerator
-    assert job.train_data is not None
+    if job.train_data is not None:
+        dataset: Any = PreparedDataset(job.train_data)
+    else:
+        from whisper_tune.recipe.model import load_processor
+        from whisper_tune.recipe.streaming import open_stream
+
+        assert job.train_stream is not None
+        tokenizer = load_processor(job.model_dir, job.config.model).tokenizer
+        dataset = open_stream(job.train_stream, job.config.data, tokenizer)
     checkpoint_dir = machine_zero_path(acc, Path(job.run_dir) / "checkpoints")
     best = best_checkpoint_tracker(
         job.config,
@@ -135,13 +163,14 @@ def fit(
     )
     loop = TrainLoop(
         setup.model,
-        PreparedDataset(job.train_data),
+        dataset,
         collator,
         job.config.training,
         checkpoint_dir,
         reporter,
         accelerator=acc,
         weights=weights,
+        drop_last=drop_last,
         num_workers=setup.num_workers,
         best=best,
         on_batch=setup.on_batch,
@@ -156,6 +185,7 @@ def fit(
         checkpoints=out.checkpoints,
         interrupted=out.interrupted,
         selection=best.summary() if best is not None else {},
+        stream=dataset.report() if hasattr(dataset, "report") else {},
     )
 
 
@@ -172,15 +202,24 @@ def machine_zero_path(accelerator: Any, path: Path) -> Path:
 
 
 def save_final(job: TrainJob, accelerator: Any, model: Any, weights: WeightsFormat) -> Path:
-    """``final/`` (or ``output.model_dir``) in the weights format, written by the main process (a
-    collective call: FSDP / ZeRO-3 gather the shards on every process)."""
+    """``final/`` (or ``output.model_dir``): the weights in the backend's format and the processor files,
+    written by the main process under a temporary name and renamed when complete (a collective call:
+    FSDP / ZeRO-3 gather the shards on every process)."""
+    import shutil
+
     from whisper_tune.recipe.loop import shards_state
+    from whisper_tune.recipe.model import load_processor, save_processor
 
     cfg = job.config
     final_dir = Path(cfg.output.model_dir) if cfg.output.model_dir else Path(job.run_dir) / "final"
     state = accelerator.get_state_dict(model) if shards_state(accelerator) else None
     if accelerator.is_main_process:
-        weights.save(accelerator.unwrap_model(model), final_dir, state)
+        tmp = final_dir.with_name(f".{final_dir.name}.partial")
+        shutil.rmtree(tmp, ignore_errors=True)
+        weights.save(accelerator.unwrap_model(model), tmp, state)
+        save_processor(load_processor(job.model_dir, cfg.model), tmp)
+        shutil.rmtree(final_dir, ignore_errors=True)
+        tmp.rename(final_dir)
     accelerator.wait_for_everyone()
     return final_dir
 
@@ -194,3 +233,39 @@ def peak_memory_bytes(accelerator: Any) -> int:
     else:
         local = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
     return int(accelerator.reduce(torch.tensor(local, device=accelerator.device), reduction="max"))
+
+
+class InProcessTrainer(Protocol):
+    """What a backend that trains through these phases provides (reference, cuda-lora, accelerate): the
+    rest — accelerator, seeding, the loop, evaluation — is the core's, in one process or in each worker
+    that ``accelerate launch`` starts (``whisper_tune.backend.worker``)."""
+
+    def uses_cpu(self, config: RunConfig) -> bool:
+        """Train on the CPU (gloo between processes) rather than CUDA devices."""
+        ...
+
+    def training_setup(self, job: TrainJob, accelerator: Any, reporter: Reporter) -> TrainingSetup:
+        """Build the model on ``accelerator.device`` (full, LoRA, quantised) and say how it is saved."""
+        ...
+
+    def recipe_needs(self, config: RunConfig) -> RecipeNeeds:
+        """Static padding, feature dtype and drop_last for the collator and the loop."""
+        ...
+
+
+def start(backend: InProcessTrainer, job: TrainJob) -> Any:
+    """The run's accelerator, with every RNG seeded from ``training.seed`` (each process the same)."""
+    from accelerate.utils import set_seed
+
+    from whisper_tune.recipe.loop import build_accelerator
+
+    accelerator = build_accelerator(job.config.training, cpu=backend.uses_cpu(job.config))
+    set_seed(job.config.training.seed)
+    return accelerator
+
+
+def train_in_process(backend: InProcessTrainer, job: TrainJob, reporter: Reporter) -> TrainResult:
+    """A backend's ``train`` when its plan launches in this process."""
+    accelerator = start(backend, job)
+    setup = backend.training_setup(job, accelerator, reporter)
+    return run_phases(job, setup, reporter, backend.recipe_needs(job.config)).result

@@ -1,4 +1,8 @@
-"""Raw samples -> 16 kHz audio -> filters -> log-mel features + prefixed labels -> prepared directory.
+"""Raw samples -> 16 kHz audio -> filters -> int16 audio + prefixed labels -> prepared directory.
+
+Decoding, resampling and tokenising run in worker processes (``data.num_workers``, default one per core),
+a window of samples at a time, results in input order, so the output does not depend on the number of
+workers.
 
 Bad samples (unreadable or empty audio, empty transcripts, clips over ``max_duration_s``, labels over
 ``max_label_tokens``) are skipped and counted by reason; the counts land in the prepared manifest and in
@@ -7,16 +11,18 @@ the run report. Only an empty result is an error.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import errno
+import os
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from whisper_tune.config.schema import SAMPLING_RATE, DataConfig
-from whisper_tune.errors import ConfigError, DataError
+from whisper_tune.errors import ConfigError, DataError, OutputError
 from whisper_tune.languages import language_code
 from whisper_tune.recipe.audio import BadAudio, decode, from_array
-from whisper_tune.recipe.prepared import PreparedWriter
+from whisper_tune.recipe.prepared import PreparedWriter, to_pcm
 from whisper_tune.recipe.progress import Reporter
 from whisper_tune.recipe.sources import RawSample
 
@@ -49,6 +55,110 @@ def decode_raw(audio: Any) -> Any:
     return decode(audio)
 
 
+@dataclass(frozen=True)
+class Prepared:
+    """One sample ready to write: int16 audio and labels."""
+
+    key: str
+    pcm: Any
+    labels: list[int]
+    text: str
+    language: str | None
+    audio: str | None
+
+
+@dataclass(frozen=True)
+class Dropped:
+    key: str
+    reason: str
+
+
+#: what a worker process holds: the tokenizer (sent once) and the filters
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(tokenizer: Any, filters: Filters) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    _WORKER["tokenizer"], _WORKER["filters"] = tokenizer, filters
+
+
+def _in_worker(sample: RawSample) -> Prepared | Dropped:
+    return prepare_one(sample, _WORKER["tokenizer"], _WORKER["filters"])
+
+
+class Workers:
+    """The processes that prepare samples, started on first use and shared by every set of a run.
+
+    ``count`` 1 prepares in this process. Windows smaller than ``min_parallel`` samples run in this
+    process too (starting processes costs seconds: not worth it for a handful of clips)."""
+
+    def __init__(self, count: int | None, tokenizer: Any, filters: Filters, min_parallel: int = 32) -> None:
+        self.count = max(1, count or os.cpu_count() or 1)
+        self.tokenizer, self.filters, self.min_parallel = tokenizer, filters, min_parallel
+        self._pool: Any = None
+
+    @property
+    def started(self) -> bool:
+        return self._pool is not None
+
+    def map(self, batch: list[RawSample]) -> list[Prepared | Dropped]:
+        return self.submit(batch)()
+
+    def submit(self, batch: list[RawSample]) -> Callable[[], list[Prepared | Dropped]]:
+        """Start preparing ``batch``; returns a function that waits for the results (in the worker
+        processes the work goes on while this process writes the previous window)."""
+        if self.count <= 1 or len(batch) < self.min_parallel:
+            results = [prepare_one(sample, self.tokenizer, self.filters) for sample in batch]
+            return lambda: results
+        if self._pool is None:
+            import multiprocessing
+
+            # spawn, not fork: this process holds torch's and the tokenizer's threads
+            context = multiprocessing.get_context("spawn")
+            self._pool = context.Pool(
+                self.count, initializer=_init_worker, initargs=(self.tokenizer, self.filters)
+            )
+        chunk = max(1, len(batch) // (4 * self.count))
+        pending = self._pool.map_async(_in_worker, batch, chunksize=chunk)
+        return lambda: list(pending.get())
+
+    def close(self) -> None:
+        if self._pool is not None:
+            self._pool.terminate()
+            self._pool.join()
+            self._pool = None
+
+    def __enter__(self) -> Workers:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def prepared_stream(
+    samples: Iterable[RawSample], workers: Workers, window: int = 256
+) -> Iterator[Prepared | Dropped]:
+    """``prepare_one`` over ``samples``, in input order, a window of samples at a time (bounded memory: at
+    most two windows in flight, the next prepared by the workers while this one is written)."""
+    pending: Callable[[], list[Prepared | Dropped]] | None = None
+    batch: list[RawSample] = []
+    for sample in samples:
+        batch.append(sample)
+        if len(batch) >= window:
+            submitted = workers.submit(batch)
+            batch = []
+            if pending is not None:
+                yield from pending()
+            pending = submitted
+    if batch:
+        submitted = workers.submit(batch)
+        if pending is not None:
+            yield from pending()
+        pending = submitted
+    if pending is not None:
+        yield from pending()
+
+
 def prepare_samples(
     samples: Iterable[RawSample],
     out_dir: Path,
@@ -56,84 +166,146 @@ def prepare_samples(
     feature_extractor: Any,
     tokenizer: Any,
     filters: Filters,
-    feature_dtype: str = "float16",
     limit: int | None = None,
     total: int | None = None,
     reporter: Reporter | None = None,
     name: str = "data",
     meta: dict[str, Any] | None = None,
+    workers: Workers | None = None,
+    fingerprint: str | None = None,
 ) -> Path:
     """Prepare samples into ``out_dir`` (see ``prepared``); returns the directory.
 
-    ``tokenizer`` must already carry the language/task prefix (``set_prefix_tokens``).
+    Decoding, resampling and tokenising run in ``workers`` (default: one process per core); the output is
+    the same, in the same order, whatever their number. ``tokenizer`` must already carry the
+    language/task prefix (``set_prefix_tokens``); ``feature_extractor`` gives the model's mel bins,
+    recorded in the manifest (features are computed at batch time). With a ``fingerprint``
+    (``recipe/fingerprint.py``) an existing ``out_dir`` prepared with the same one is reused as it is.
     """
+    if fingerprint is not None and reusable(out_dir, fingerprint, int(feature_extractor.feature_size)):
+        if reporter is not None:
+            reporter.info(f"{name}: reusing {out_dir} (prepared earlier from the same data and settings)")
+        return out_dir
+    extra = {"fingerprint": fingerprint} if fingerprint else {}
     writer = PreparedWriter(
         out_dir,
         num_mel_bins=int(feature_extractor.feature_size),
-        dtype=feature_dtype,
-        meta={"name": name, **(meta or {})},
+        meta={"name": name, **(meta or {}), **extra},
     )
     progress = (reporter or Reporter.silent()).progress(f"prepare {name}", total=limit or total, unit="clip")
+    pool = workers if workers is not None else Workers(None, tokenizer, filters)
+    # with a limit, windows no larger than it: a 16-clip subset of a big set decodes about 16 clips
+    window = 256 if limit is None else max(8, min(256, limit))
     try:
         with progress:
-            for sample in samples:
+            for item in prepared_stream(samples, pool, window):
                 if limit is not None and writer.count >= limit:
                     break
-                _prepare_one(sample, writer, feature_extractor, tokenizer, filters)
+                if isinstance(item, Dropped):
+                    writer.drops.add(item.reason, item.key)
+                else:
+                    writer.add(
+                        item.pcm, item.labels, item.text, item.key, language=item.language, audio=item.audio
+                    )
                 progress.update(1, kept=writer.count, dropped=writer.drops.total)
+    except OSError as exc:
+        raise _disk_full(exc, writer, name, out_dir) from None
     except BaseException:
         writer.abort()
         raise
+    finally:
+        if workers is None:
+            pool.close()
     if writer.count == 0:
         writer.abort()
+        if writer.drops.total == 0:
+            raise DataError(
+                f"{name} is empty: its split has no samples",
+                hint="check the split names (data.train_split / data.eval_split / data.extra_eval.N.split)",
+            )
         raise DataError(
             f"no usable samples in {name}: {writer.drops.summary()}",
             hint="check the audio/text columns and the duration and label-length filters",
         )
     if reporter is not None:
-        reporter.info(
-            f"{name}: {writer.count} samples ({writer.seconds / 60:.1f} min); {writer.drops.summary()}"
-        )
+        parallel = f" ({pool.count} worker processes)" if pool.started else ""
+        minutes = f"{writer.seconds / 60:.1f} min"
+        reporter.info(f"{name}: {writer.count} samples ({minutes}); {writer.drops.summary()}{parallel}")
         for reason, keys in writer.drops.examples.items():
             reporter.debug(f"{name}: {reason} e.g. {', '.join(keys)}")
-    return writer.close()
+    try:
+        return writer.close()
+    except OSError as exc:
+        raise _disk_full(exc, writer, name, out_dir) from None
 
 
-def _prepare_one(
-    sample: RawSample, writer: PreparedWriter, feature_extractor: Any, tokenizer: Any, filters: Filters
-) -> None:
+def _disk_full(exc: OSError, writer: PreparedWriter, name: str, out_dir: Path) -> Exception:
+    """A full disk while writing a prepared set: the partial set is removed and the run stops with one
+    error saying how much was written (any other OSError is returned as it is)."""
+    written = sum(f.stat().st_size for f in writer.tmp_dir.glob("*") if f.is_file()) / 1e6
+    writer.abort()
+    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
+        return exc
+    return OutputError(
+        f"no space left on the device while writing the prepared {name} set to {out_dir} "
+        f"({written:.0f} MB written for {writer.count} clips; prepared audio takes about 115 MB per hour)",
+        hint="free space there or set output.dir to a larger disk; nothing partial was kept",
+    )
+
+
+def reusable(out_dir: Path, fingerprint: str, num_mel_bins: int) -> bool:
+    """A complete prepared set in ``out_dir`` made from the same data and settings."""
+    import json
+
+    from whisper_tune.recipe.prepared import MANIFEST, VERSION
+
+    try:
+        manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return bool(
+        manifest.get("fingerprint") == fingerprint
+        and manifest.get("version") == VERSION
+        and manifest.get("num_mel_bins") == num_mel_bins
+    )
+
+
+def prepare_one(sample: RawSample, tokenizer: Any, filters: Filters) -> Prepared | Dropped:
+    """Decode, filter and tokenise one sample (runs in a worker process)."""
     text = sample.text.strip() if isinstance(sample.text, str) else ""
     if not text:
-        writer.drops.add("empty_transcript", sample.key)
-        return
+        return Dropped(sample.key, "empty_transcript")
     try:
         audio = decode_raw(sample.audio)
     except BadAudio as bad:
-        writer.drops.add(bad.reason, sample.key)
-        return
+        return Dropped(sample.key, bad.reason)
     if audio.seconds > filters.max_duration_s:
-        writer.drops.add("audio_too_long", sample.key)
-        return
+        return Dropped(sample.key, "audio_too_long")
     if audio.seconds < filters.min_duration_s:
-        writer.drops.add("audio_too_short", sample.key)
-        return
+        return Dropped(sample.key, "audio_too_short")
     language = None
     if sample.language is not None and str(sample.language).strip():
         try:
             language = language_code(str(sample.language))
         except ValueError:
-            writer.drops.add("unknown_language", sample.key)
-            return
+            return Dropped(sample.key, "unknown_language")
     labels = list(tokenizer(text).input_ids)
     if language is not None:
         labels = with_language(labels, tokenizer, language)
     if len(labels) > filters.max_label_tokens:
-        writer.drops.add("label_too_long", sample.key)
-        return
-    features = feature_extractor(
-        audio.samples, sampling_rate=SAMPLING_RATE, return_tensors="np"
-    ).input_features[0]
-    writer.add(features, labels, text, sample.key, audio.seconds, language=language)
+        return Dropped(sample.key, "label_too_long")
+    return Prepared(sample.key, to_pcm(audio.samples), labels, text, language, audio_file(sample.audio))
+
+
+def audio_file(audio: Any) -> str | None:
+    """The absolute path of the file a sample's audio came from, when it came from a local file."""
+    if isinstance(audio, dict):
+        audio = audio.get("path")
+    if isinstance(audio, (str, os.PathLike)) and str(audio):
+        path = Path(audio).expanduser()
+        if path.is_file():
+            return os.path.abspath(path)
+    return None
 
 
 def with_language(labels: list[int], tokenizer: Any, language: str) -> list[int]:

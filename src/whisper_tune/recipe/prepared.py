@@ -1,11 +1,21 @@
-"""The project-owned on-disk format for prepared data (log-mel features + label token ids).
+"""The project-owned on-disk format for prepared data: decoded 16 kHz mono audio + label token ids.
 
-It depends on nothing but NumPy and JSON, so any worker can read it whatever its ``datasets`` or
-``transformers`` version (the IPU worker runs a 2023 stack)::
+Format ``whisper-tune-prepared`` version 2. It depends on nothing but NumPy and JSON, so any worker can
+read it whatever its ``datasets`` or ``transformers`` version (the IPU worker runs a 2023 stack)::
 
-    <dir>/manifest.json          format, version, counts, mel bins, dtype, shards, drop report
-    <dir>/features-00000.npy     float16/float32 array (n, num_mel_bins, 3000), memory-mapped on read
-    <dir>/samples.jsonl          one line per sample: {"key", "text", "seconds", "labels": [ids]}
+    <dir>/manifest.json          format, version, counts, durations, sampling rate, shards, drop report,
+                                 and what the labels were made with (model, language, task, decoder prefix)
+    <dir>/audio-00000.npy        int16 PCM at 16 kHz: the shard's clips end to end (one 1-D array),
+                                 memory-mapped on read
+    <dir>/samples.jsonl          one line per sample: {"key", "text", "seconds", "labels": [ids],
+                                 "shard", "offset", "length"} (where its audio is in which shard), plus
+                                 "audio" (the source file's absolute path, when it came from a file) and
+                                 "language" (data.language_column) where they apply
+
+Audio, not log-mel features: 32 kB per second of audio (115 MB per hour) whatever a clip's length, where
+the 30 s log-mel window of version 1 took ~0.9 MB per clip even for a 2 s clip. Features are computed
+per batch on the training device (``features.py``). Version 1 directories are refused with a message
+saying to prepare again.
 
 The manifest is written last and the directory is built under a temporary name then renamed, so a
 directory with a manifest is always complete.
@@ -28,7 +38,9 @@ import numpy.typing as npt
 from whisper_tune.errors import DataError
 
 FORMAT = "whisper-tune-prepared"
-VERSION = 1
+VERSION = 2
+SAMPLING_RATE = 16_000
+PCM_SCALE = 32768.0
 MANIFEST = "manifest.json"
 SAMPLES = "samples.jsonl"
 
@@ -60,6 +72,13 @@ class DropReport:
         return f"dropped {self.total}: {parts}"
 
 
+def to_pcm(samples: npt.NDArray[Any]) -> npt.NDArray[np.int16]:
+    """float audio in [-1, 1] -> int16 PCM (clipped; rounding to the nearest step)."""
+    scaled = np.rint(np.asarray(samples, dtype=np.float32) * PCM_SCALE)
+    pcm: npt.NDArray[np.int16] = np.clip(scaled, -32768, 32767).astype(np.int16)
+    return pcm
+
+
 class PreparedWriter:
     """Appends prepared samples in shards; ``close`` publishes the directory atomically."""
 
@@ -68,7 +87,6 @@ class PreparedWriter:
         out_dir: Path,
         *,
         num_mel_bins: int,
-        dtype: str,
         shard_size: int = 512,
         meta: dict[str, Any] | None = None,
     ) -> None:
@@ -78,11 +96,11 @@ class PreparedWriter:
             shutil.rmtree(self.tmp_dir)
         self.tmp_dir.mkdir(parents=True)
         self.num_mel_bins = num_mel_bins
-        self.dtype = np.dtype(dtype)
         self.shard_size = shard_size
         self.meta = dict(meta or {})
         self.drops = DropReport()
-        self._buffer: list[npt.NDArray[Any]] = []
+        self._buffer: list[npt.NDArray[np.int16]] = []
+        self._offset = 0
         self._shards: list[dict[str, Any]] = []
         self._samples = (self.tmp_dir / SAMPLES).open("w", encoding="utf-8")
         self.count = 0
@@ -90,20 +108,33 @@ class PreparedWriter:
 
     def add(
         self,
-        features: npt.NDArray[Any],
+        pcm: npt.NDArray[np.int16],
         labels: list[int],
         text: str,
         key: str,
-        seconds: float,
         *,
         language: str | None = None,
+        audio: str | None = None,
     ) -> None:
-        if features.shape[0] != self.num_mel_bins:
-            raise ValueError(f"features have {features.shape[0]} mel bins, expected {self.num_mel_bins}")
-        self._buffer.append(features.astype(self.dtype, copy=False))
-        record: dict[str, Any] = {"key": key, "text": text, "seconds": round(seconds, 3), "labels": labels}
+        """One sample: its 16 kHz int16 audio (``to_pcm``) and its labels."""
+        if pcm.dtype != np.int16 or pcm.ndim != 1:
+            raise ValueError(f"audio must be 1-D int16 PCM, got {pcm.dtype} {pcm.shape}")
+        seconds = len(pcm) / SAMPLING_RATE
+        record: dict[str, Any] = {
+            "key": key,
+            "text": text,
+            "seconds": round(seconds, 3),
+            "labels": labels,
+            "shard": len(self._shards),
+            "offset": self._offset,
+            "length": len(pcm),
+        }
         if language is not None:
             record["language"] = language
+        if audio is not None:
+            record["audio"] = audio
+        self._buffer.append(pcm)
+        self._offset += len(pcm)
         self._samples.write(json.dumps(record) + "\n")
         self.count += 1
         self.seconds += seconds
@@ -113,10 +144,11 @@ class PreparedWriter:
     def _flush(self) -> None:
         if not self._buffer:
             return
-        name = f"features-{len(self._shards):05d}.npy"
-        np.save(self.tmp_dir / name, np.stack(self._buffer))
-        self._shards.append({"file": name, "count": len(self._buffer)})
+        name = f"audio-{len(self._shards):05d}.npy"
+        np.save(self.tmp_dir / name, np.concatenate(self._buffer))
+        self._shards.append({"file": name, "count": len(self._buffer), "samples": self._offset})
         self._buffer = []
+        self._offset = 0
 
     def close(self) -> Path:
         self._flush()
@@ -126,7 +158,8 @@ class PreparedWriter:
             "version": VERSION,
             "num_samples": self.count,
             "num_mel_bins": self.num_mel_bins,
-            "feature_dtype": self.dtype.name,
+            "sampling_rate": SAMPLING_RATE,
+            "audio_dtype": "int16",
             "total_seconds": round(self.seconds, 2),
             "shards": self._shards,
             "dropped": self.drops.to_json(),
@@ -158,27 +191,38 @@ class PreparedDataset:
             ) from None
         except (OSError, json.JSONDecodeError) as exc:
             raise DataError(f"cannot read {manifest_path}: {exc}") from None
+        if self.manifest.get("format") == FORMAT and self.manifest.get("version") == 1:
+            raise DataError(
+                f"{self.path} was prepared by an older whisper-tune (format v1: log-mel features)",
+                hint="prepare it again: delete the folder (a run's prepared/ is rebuilt) or run "
+                "'whisper-tune prepare'",
+            )
         if self.manifest.get("format") != FORMAT or self.manifest.get("version") != VERSION:
             raise DataError(
                 f"{self.path} was written in an unknown format/version "
                 f"({self.manifest.get('format')} v{self.manifest.get('version')})"
             )
-        self._shards = [np.load(self.path / s["file"], mmap_mode="r") for s in self.manifest["shards"]]
-        self._offsets = np.cumsum([0] + [s["count"] for s in self.manifest["shards"]])
-        with (self.path / SAMPLES).open(encoding="utf-8") as fh:
-            self.samples: list[dict[str, Any]] = [json.loads(line) for line in fh if line.strip()]
-        if len(self.samples) != self.manifest["num_samples"] or self._offsets[-1] != len(self.samples):
+        try:
+            self._shards = [np.load(self.path / s["file"], mmap_mode="r") for s in self.manifest["shards"]]
+            with (self.path / SAMPLES).open(encoding="utf-8") as fh:
+                self.samples: list[dict[str, Any]] = [json.loads(line) for line in fh if line.strip()]
+        except (OSError, ValueError) as exc:
+            raise DataError(f"{self.path} is damaged: {exc}") from None
+        counts = sum(s["count"] for s in self.manifest["shards"])
+        if len(self.samples) != self.manifest["num_samples"] or counts != len(self.samples):
             raise DataError(f"{self.path} is inconsistent: manifest, shards and samples.jsonl disagree")
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> dict[str, Any]:
+        """{"audio": float32 16 kHz samples in [-1, 1), "labels": token ids}."""
         if not 0 <= index < len(self):
             raise IndexError(index)
-        shard = int(np.searchsorted(self._offsets, index, side="right") - 1)
-        features = self._shards[shard][index - self._offsets[shard]]
-        return {"input_features": features, "labels": self.samples[index]["labels"]}
+        sample = self.samples[index]
+        start = int(sample["offset"])
+        pcm = self._shards[int(sample["shard"])][start : start + int(sample["length"])]
+        return {"audio": pcm.astype(np.float32) / PCM_SCALE, "labels": sample["labels"]}
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
         for i in range(len(self)):

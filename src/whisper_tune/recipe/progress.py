@@ -58,7 +58,11 @@ def quiet_libraries() -> None:
 
 
 class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
-    """The one console handler whisper-tune adds to its logger (found again by type, never added twice)."""
+    """The one console handler whisper-tune adds to its logger (found again by type, never added twice).
+    Records marked ``file_only`` (``Reporter.log_only``) are not shown."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not getattr(record, "file_only", False) and bool(super().filter(record))
 
 
 class Reporter:
@@ -108,6 +112,10 @@ class Reporter:
 
     def debug(self, message: str) -> None:
         self.logger.debug(message)
+
+    def log_only(self, message: str) -> None:
+        """To run.log only, not the console (for what the caller prints itself)."""
+        self.logger.info(message, extra={"file_only": True})
 
     def log_metrics(self, record: dict[str, float]) -> None:
         """One training log record ({"step", "loss", ...}): to run.log as JSON, and to the trackers."""

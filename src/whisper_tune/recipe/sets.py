@@ -11,7 +11,7 @@ from typing import Any
 
 from whisper_tune.config.schema import DataConfig, EvalSetConfig
 from whisper_tune.errors import DataError
-from whisper_tune.recipe.prepare import Filters, prepare_samples
+from whisper_tune.recipe.prepare import Filters, Workers, prepare_samples
 from whisper_tune.recipe.prepared import PreparedDataset
 from whisper_tune.recipe.progress import Reporter
 from whisper_tune.recipe.sources import (
@@ -64,21 +64,33 @@ def prepare_all(
     *,
     feature_extractor: Any,
     tokenizer: Any,
-    feature_dtype: str,
     reporter: Reporter,
     include_train: bool = True,
     meta: dict[str, Any] | None = None,
 ) -> PreparedSets:
-    """Prepare train + eval (+ extra eval sets) into ``out_dir/<name>``; reuse prepared input as is."""
+    """Prepare train + eval (+ extra eval sets) into ``out_dir/<name>``; reuse prepared input as is.
+    Every set is prepared by the same worker processes (``data.num_workers``)."""
     filters = Filters.from_config(data)
-    common = dict(
-        feature_extractor=feature_extractor,
-        tokenizer=tokenizer,
-        filters=filters,
-        feature_dtype=feature_dtype,
-        reporter=reporter,
-        meta=meta,
-    )
+    with Workers(data.num_workers, tokenizer, filters) as workers:
+        common = dict(
+            feature_extractor=feature_extractor,
+            tokenizer=tokenizer,
+            filters=filters,
+            reporter=reporter,
+            meta=meta,
+            workers=workers,
+        )
+        return _prepare_all(data, out_dir, feature_extractor, include_train, reporter, common)
+
+
+def _prepare_all(
+    data: DataConfig,
+    out_dir: Path,
+    feature_extractor: Any,
+    include_train: bool,
+    reporter: Reporter,
+    common: dict[str, Any],
+) -> PreparedSets:
     train_dir: Path | None = None
     evals: dict[str, Path] = {}
     if data.dataset is not None and resolve_kind(data.dataset, data.kind) == "prepared":
@@ -96,6 +108,7 @@ def prepare_all(
                 f"split {len(everything)} samples: {len(train_samples)} train, {len(eval_samples)} eval "
                 f"(test_size {data.test_size}, seed {data.split_seed})"
             )
+            held_out = {"test_size": data.test_size, "split_seed": data.split_seed}
             if include_train:
                 train_dir = prepare_samples(
                     train_samples,
@@ -103,6 +116,9 @@ def prepare_all(
                     limit=data.max_train_samples,
                     total=len(train_samples),
                     name="train",
+                    fingerprint=_fingerprint(
+                        train_spec, data.max_train_samples, common, part="train", **held_out
+                    ),
                     **common,
                 )
             evals[EVAL] = prepare_samples(
@@ -111,6 +127,7 @@ def prepare_all(
                 limit=data.max_eval_samples,
                 total=len(eval_samples),
                 name=EVAL,
+                fingerprint=_fingerprint(train_spec, data.max_eval_samples, common, part="eval", **held_out),
                 **common,
             )
         else:
@@ -120,11 +137,17 @@ def prepare_all(
                     out_dir / "train",
                     limit=data.max_train_samples,
                     name="train",
+                    fingerprint=_fingerprint(train_spec, data.max_train_samples, common),
                     **common,
                 )
             if eval_spec is not None:
                 evals[EVAL] = prepare_samples(
-                    iter_split(eval_spec), out_dir / EVAL, limit=data.max_eval_samples, name=EVAL, **common
+                    iter_split(eval_spec),
+                    out_dir / EVAL,
+                    limit=data.max_eval_samples,
+                    name=EVAL,
+                    fingerprint=_fingerprint(eval_spec, data.max_eval_samples, common),
+                    **common,
                 )
     for extra in data.extra_eval:
         evals[extra.name] = _prepare_extra(extra, data, out_dir, common)
@@ -147,8 +170,19 @@ def _prepare_extra(extra: EvalSetConfig, data: DataConfig, out_dir: Path, common
         language_column=extra.language_column or data.language_column,
     )
     return prepare_samples(
-        iter_split(spec), out_dir / extra.name, limit=extra.max_samples, name=extra.name, **common
+        iter_split(spec),
+        out_dir / extra.name,
+        limit=extra.max_samples,
+        name=extra.name,
+        fingerprint=_fingerprint(spec, extra.max_samples, common),
+        **common,
     )
+
+
+def _fingerprint(spec: SplitSpec, limit: int | None, common: dict[str, Any], **extra: Any) -> str:
+    from whisper_tune.recipe.fingerprint import set_fingerprint
+
+    return set_fingerprint(spec, common["filters"], limit, common["meta"], **extra)
 
 
 def _check_mel_bins(paths: list[Path], expected: int) -> None:

@@ -2,6 +2,8 @@
 
 Every source yields ``RawSample``s (an id, something decodable, a transcript); decoding happens later in
 ``prepare`` so that one bad file is counted and skipped, never fatal. The layouts are in docs/data.md.
+``available_splits`` and ``data_shortcut`` (``--data``) look at a local data set without reading audio.
+Nothing heavy is imported at module level (NumPy only for ``seeded_split``).
 """
 
 from __future__ import annotations
@@ -11,12 +13,11 @@ import json
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
-
-import numpy as np
+from typing import Any, NoReturn
 
 from whisper_tune.config.schema import DataConfig, DatasetKind
 from whisper_tune.errors import DataError
+from whisper_tune.hub import NO_LOCAL_DIRECTORY, hub_offline, is_network_error, missing_locally
 
 PREPARED_MANIFEST = "manifest.json"
 AUDIOFOLDER_METADATA = "metadata.csv"
@@ -25,6 +26,10 @@ NO_NETWORK_HINT = (
     "no longer runs; point data.dataset at a local copy (audiofolder, CSV/JSONL manifest or parquet), "
     "see docs/data.md"
 )
+SPLIT_COLUMN = "split"
+#: ``--data`` evaluates on the first of these splits the data has (else it holds out DEFAULT_TEST_SIZE)
+EVAL_SPLIT_NAMES = ("eval", "test", "validation", "valid", "dev")
+DEFAULT_TEST_SIZE = 0.1
 
 
 @dataclass(frozen=True)
@@ -173,6 +178,19 @@ def _iter_audiofolder(spec: SplitSpec, part: str) -> Iterator[RawSample]:
         )
 
 
+def _raise_hub_error(spec: SplitSpec, part: str, exc: Exception) -> NoReturn:
+    if isinstance(exc, ValueError):
+        raise DataError(f"cannot load split '{part}' of {spec.dataset}: {str(exc).splitlines()[0]}") from None
+    # datasets raises its own classes (DatasetNotFoundError, ...) that share no useful base.
+    if isinstance(exc, (FileNotFoundError, ConnectionError, OSError, RuntimeError)) or type(
+        exc
+    ).__module__.startswith(("datasets", "huggingface_hub")):
+        raise DataError(
+            f"cannot load dataset {spec.dataset}: {str(exc).splitlines()[0]}", hint=NO_NETWORK_HINT
+        ) from None
+    raise exc
+
+
 def _load_hub_split(spec: SplitSpec, part: str) -> Any:
     try:
         import datasets
@@ -182,19 +200,14 @@ def _load_hub_split(spec: SplitSpec, part: str) -> Any:
         ) from exc
     try:
         ds = datasets.load_dataset(spec.dataset, spec.subset, split=part, streaming=spec.streaming)
-    except ValueError as exc:
-        raise DataError(f"cannot load split '{part}' of {spec.dataset}: {str(exc).splitlines()[0]}") from None
-    except (FileNotFoundError, ConnectionError, OSError, RuntimeError) as exc:
-        raise DataError(
-            f"cannot load dataset {spec.dataset}: {str(exc).splitlines()[0]}", hint=NO_NETWORK_HINT
-        ) from None
     except Exception as exc:
-        # datasets raises its own classes (DatasetNotFoundError, ...) that share no useful base.
-        if type(exc).__module__.startswith(("datasets", "huggingface_hub")):
+        if missing_locally(spec.dataset) and (hub_offline() or is_network_error(exc)):
             raise DataError(
-                f"cannot load dataset {spec.dataset}: {str(exc).splitlines()[0]}", hint=NO_NETWORK_HINT
+                f"cannot load dataset {spec.dataset}: {NO_LOCAL_DIRECTORY}",
+                hint=f"the hub is not reachable here ({str(exc).splitlines()[0]}); give the path of a "
+                "local copy (audiofolder, CSV/JSONL manifest or parquet), see docs/data.md",
             ) from None
-        raise
+        _raise_hub_error(spec, part, exc)
     columns = list(ds.features or {}) if ds.features is not None else []
     if columns:
         _require_columns(columns, spec, f"dataset {spec.dataset} ({part})")
@@ -236,6 +249,8 @@ def seeded_split(
     """Hold out ``test_size`` of the samples for evaluation, reproducibly (same seed, same split)."""
     if len(samples) < 2:
         raise DataError(f"cannot split {len(samples)} sample(s) into train and test")
+    import numpy as np
+
     n_test = max(1, round(len(samples) * test_size))
     order = np.random.default_rng(seed).permutation(len(samples))
     test_idx = set(order[:n_test].tolist())
@@ -266,3 +281,60 @@ def train_and_eval_specs(data: DataConfig) -> tuple[SplitSpec, SplitSpec | None]
         train = SplitSpec(split="all", **common)  # type: ignore[arg-type]
     evaluation = SplitSpec(split=data.eval_split, **common) if data.eval_split else None  # type: ignore[arg-type]
     return train, evaluation
+
+
+def available_splits(dataset: str, kind: DatasetKind) -> list[str] | None:
+    """The splits a local data set has, without reading audio: sub-folders of an audiofolder or prepared
+    directory (a top-level metadata.csv / manifest.json is ``train``), values of a manifest's ``split``
+    column (``[]`` when it has none: the whole file is one set). None when only loading can tell (hub)."""
+    root = Path(dataset).expanduser()
+    if kind in ("audiofolder", "prepared"):
+        marker = AUDIOFOLDER_METADATA if kind == "audiofolder" else PREPARED_MANIFEST
+        splits = sorted(p.parent.name for p in root.glob(f"*/{marker}"))
+        if (root / marker).is_file() and "train" not in splits:
+            splits.insert(0, "train")
+        return splits
+    if kind in ("csv", "jsonl"):
+        columns, rows = _read_table(root)
+        if SPLIT_COLUMN not in columns:
+            return []
+        return sorted({str(row.get(SPLIT_COLUMN)) for row in rows if row.get(SPLIT_COLUMN) not in (None, "")})
+    return None
+
+
+def data_shortcut(dataset: str, current: dict[str, Any]) -> tuple[dict[str, Any], str]:
+    """``--data DIR_OR_MANIFEST``: the ``data`` keys that use this data set with the splits it has, and a
+    line saying what was chosen. Trains on ``train`` (or the only split), evaluates on the first of
+    EVAL_SPLIT_NAMES it has, else holds out a seeded ``test_size`` of the training data; the preset's
+    extra eval sets are dropped (they belong to the preset's data)."""
+    kind = detect_kind(dataset)
+    updates: dict[str, Any] = {"dataset": dataset, "kind": "auto", "extra_eval": []}
+    dropped = "; the preset's extra eval sets are not used" if current.get("extra_eval") else ""
+    splits = available_splits(dataset, kind)
+    if splits is None:
+        train = current.get("train_split", DataConfig.model_fields["train_split"].default)
+        evaluation = current.get("eval_split", DataConfig.model_fields["eval_split"].default)
+        return updates, (
+            f"data: {dataset} (read with `datasets`; splits as configured: train '{train}', "
+            f"eval '{evaluation}'){dropped}"
+        )
+    updates.update(subset=None, streaming=False)
+    test_size = current.get("test_size") or DEFAULT_TEST_SIZE
+    seed = current.get("split_seed", DataConfig.model_fields["split_seed"].default)
+    holdout = f"holding out {test_size:.0%} of it for evaluation (data.test_size={test_size:g}, seed {seed})"
+    if not splits:
+        updates.update(eval_split=None, test_size=test_size)
+        return updates, f"data: {dataset} ({kind}, no split column): train on all rows, {holdout}{dropped}"
+    train = "train" if "train" in splits else (splits[0] if len(splits) == 1 else None)
+    if train is not None:
+        updates["train_split"] = train
+    else:  # several splits, none called train: the user names it (the check before the run says so)
+        train = current.get("train_split", DataConfig.model_fields["train_split"].default)
+    evaluation = next((name for name in EVAL_SPLIT_NAMES if name in splits and name != train), None)
+    if evaluation is not None:
+        updates.update(eval_split=evaluation, test_size=None)
+        chosen = f"train split '{train}', eval split '{evaluation}'"
+    else:
+        updates.update(eval_split=None, test_size=test_size)
+        chosen = f"train split '{train}', {holdout}"
+    return updates, f"data: {dataset} ({kind}, splits: {', '.join(splits)}): {chosen}{dropped}"

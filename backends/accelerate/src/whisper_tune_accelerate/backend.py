@@ -1,8 +1,9 @@
 """The ``accelerate`` backend: full fine-tuning over many GPUs / nodes through HF Accelerate.
 
 ``whisper-tune run --backend accelerate --num-processes N`` prepares the data once in this process, then
-starts N training processes per machine with ``accelerate launch`` (``launch``); each runs the shared
-``TrainLoop`` with an ``Accelerator`` (``worker``). Semantics:
+runs the ``accelerate launch`` its plan returned (the core's ``backend/launch.py``): N training processes
+per machine, each running the core's phases and its one training loop (``whisper_tune.backend.worker``).
+Semantics:
 
 * ``training.batch_size`` is per device; the global batch is batch x processes x machines x accumulation,
   and ``max_steps`` / epochs count steps of that global batch. The learning rate is never rescaled.
@@ -13,40 +14,35 @@ starts N training processes per machine with ``accelerate launch`` (``launch``);
 
 from __future__ import annotations
 
-import logging
 import os
 import socket
 from importlib.util import find_spec
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
-from whisper_tune.backend.protocol import Capabilities, Issue, Plan, Probe, RecipeNeeds, TrainJob, TrainResult
+from whisper_tune.backend.launch import accelerate_launch
+from whisper_tune.backend.protocol import (
+    Capabilities,
+    Flag,
+    Issue,
+    Plan,
+    Probe,
+    RecipeNeeds,
+    TrainJob,
+    TrainResult,
+)
 from whisper_tune.config.schema import RunConfig
-from whisper_tune.errors import ConfigError
-from whisper_tune_accelerate.launch import launch_command, run_launcher, write_launch_files
 from whisper_tune_accelerate.options import AccelerateOptions, precision_to_mixed
 
 if TYPE_CHECKING:
+    from whisper_tune.recipe.phases import TrainingSetup
     from whisper_tune.recipe.progress import Reporter
 
 CUDA_LORA_HINT = (
-    "LoRA on an int8 / 4-bit base is the cuda-lora backend (--backend cuda-lora, one GPU); this backend "
-    "trains every weight in bf16 / fp16 / fp32"
+    "LoRA on an int8 / 4-bit base is the cuda-lora backend (--backend cuda-lora, one or several "
+    "processes); this backend trains every weight in bf16 / fp16 / fp32"
 )
-
-
-def accelerate_options(config: RunConfig) -> AccelerateOptions:
-    """The config's backend options as ``AccelerateOptions`` (validating other forms)."""
-    options = config.backend.options
-    if isinstance(options, AccelerateOptions):
-        return options
-    try:
-        return AccelerateOptions.model_validate(options.model_dump())
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"backend.{where}: {first['msg']}") from None
 
 
 def port_in_use(port: int, host: str = "") -> bool:
@@ -81,6 +77,14 @@ class AccelerateBackend:
         "full fine-tuning on many GPUs / nodes through Hugging Face Accelerate (DDP, FSDP, DeepSpeed)"
     )
     Options: ClassVar[type[BaseModel]] = AccelerateOptions
+    flags: ClassVar[tuple[Flag, ...]] = (
+        Flag(
+            "--num-processes",
+            "backend.num_processes",
+            "Training processes on this machine, one per GPU (per machine with several machines).",
+            min=1,
+        ),
+    )
 
     def probe(self) -> Probe:
         cpu = os.cpu_count() or 1
@@ -89,10 +93,14 @@ class AccelerateBackend:
                 return Probe(False, f"{module} is not installed", hint, Capabilities(cpu_count=cpu))
         count, memory, bf16 = cuda_capabilities()
         caps = Capabilities(cpu_count=cpu, cuda_devices=count, cuda_memory_gib=memory, cuda_bf16=bf16)
-        return Probe(True, "", "", caps)
+        if count:
+            mode = f"GPU: {count} CUDA device(s), up to {count} processes here (more over several machines)"
+        else:
+            mode = f"CPU dev mode only (no CUDA GPU here; runs need backend.cpu=true, {cpu} cores)"
+        return Probe(True, "", "", caps, mode=mode)
 
     def check(self, config: RunConfig, caps: Capabilities) -> list[Issue]:
-        opts = accelerate_options(config)
+        opts = config.backend.options_as(AccelerateOptions)
         precision = config.training.precision
         issues: list[Issue] = []
         if config.eval.steps is not None and config.eval.keep_best and opts.strategy != "ddp":
@@ -169,9 +177,11 @@ class AccelerateBackend:
             issues.append(
                 Issue(
                     "backend.num_processes",
-                    f"{opts.num_processes} CPU processes asked for; this machine has {caps.cpu_count} cores",
+                    f"{opts.num_processes} CPU processes asked for; this machine has {caps.cpu_count} cores "
+                    "(each process holds a copy of the model: more processes than cores only run out of "
+                    "memory)",
                     hint=f"use at most --num-processes {caps.cpu_count}",
-                    level="warning",
+                    hardware=True,
                 )
             )
         return issues
@@ -212,7 +222,7 @@ class AccelerateBackend:
         return RecipeNeeds()
 
     def plan(self, config: RunConfig, caps: Capabilities) -> Plan:
-        opts = accelerate_options(config)
+        opts = config.backend.options_as(AccelerateOptions)
         training = config.training
         where = "CPU processes (gloo)" if opts.cpu else "CUDA GPUs, one process each"
         machines = f" on each of {opts.num_machines} machines" if opts.num_machines > 1 else ""
@@ -246,21 +256,34 @@ class AccelerateBackend:
             gradient_accumulation_steps=training.gradient_accumulation_steps,
             placement=(placement,),
             notes=tuple(notes),
+            launch=accelerate_launch(
+                opts,
+                training.precision,
+                training.max_grad_norm,
+                training.gradient_accumulation_steps,
+                opts.sharding,
+            ),
         )
 
+    def uses_cpu(self, config: RunConfig) -> bool:
+        return config.backend.options_as(AccelerateOptions).cpu
+
+    def training_setup(self, job: TrainJob, accelerator: Any, reporter: Reporter) -> TrainingSetup:
+        from whisper_tune.recipe.model import build_full_model
+        from whisper_tune.recipe.phases import TrainingSetup
+
+        opts = job.config.backend.options_as(AccelerateOptions)
+        # whole on every process for the evaluation before training (FSDP / DeepSpeed shard it in prepare)
+        model = build_full_model(job.model_dir, job.config.model, job.config.training).to(accelerator.device)
+        return TrainingSetup(accelerator, model, num_workers=opts.num_workers)
+
     def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
-        opts = accelerate_options(job.config)
-        verbose = any(
-            h.level <= logging.DEBUG
-            for h in reporter.logger.handlers
-            if type(h) is not logging.FileHandler and isinstance(h, logging.StreamHandler)
-        )
-        console = {"quiet": reporter.quiet, "progress": reporter.show_progress, "verbose": verbose}
-        files = write_launch_files(job, opts, console)
+        """Run the planned ``accelerate launch``: every process runs the core's phases."""
+        from whisper_tune.backend.runner import run_launch
+
+        opts = job.config.backend.options_as(AccelerateOptions)
         reporter.info(
             f"starting {opts.num_processes} training processes on this machine "
             f"({opts.world_size} in all) with accelerate launch"
         )
-        reporter.debug(" ".join(launch_command(files)))
-        raw = run_launcher(files, job.run_dir / "run.log")
-        return TrainResult.model_validate(raw)
+        return run_launch(job, reporter)

@@ -10,39 +10,19 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator
+
+from whisper_tune.backend.launch import ProcessOptions, Sharding
 
 Strategy = Literal["ddp", "fsdp", "deepspeed-zero2", "deepspeed-zero3"]
 
 
-class AccelerateOptions(BaseModel):
-    """Options of the ``accelerate`` backend (full fine-tuning through Hugging Face Accelerate)."""
+class AccelerateOptions(ProcessOptions):
+    """Options of the ``accelerate`` backend (full fine-tuning through Hugging Face Accelerate); the
+    process and machine fields are the core's ``ProcessOptions``, shared with cuda-lora."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
 
-    num_processes: int = Field(
-        1,
-        ge=1,
-        description="Training processes on this machine, one per GPU ('--num-processes'). The global "
-        "batch is training.batch_size x num_processes x num_machines x gradient_accumulation_steps.",
-    )
-    num_machines: int = Field(
-        1, ge=1, description="Machines (nodes) taking part; each runs the same command."
-    )
-    machine_rank: int = Field(
-        0, ge=0, description="This machine's rank, 0 .. num_machines-1; machine 0 hosts the rendezvous."
-    )
-    main_process_ip: str | None = Field(
-        None,
-        description="Address of machine 0, reachable from every machine; required with num_machines > 1.",
-    )
-    main_process_port: int | None = Field(
-        None,
-        ge=1,
-        le=65535,
-        description="Rendezvous port on machine 0; required with num_machines > 1. Unset on one machine: a "
-        "free port is picked.",
-    )
     strategy: Strategy = Field(
         "ddp",
         description="How the model is spread: 'ddp' (a full copy per process, gradients all-reduced), "
@@ -64,8 +44,8 @@ class AccelerateOptions(BaseModel):
     )
     quantization: Literal["none", "int8", "4bit"] = Field(
         "none",
-        description="Only 'none': int8 / 4-bit bases are for LoRA on one GPU (the cuda-lora backend), not "
-        "for full fine-tuning over many processes.",
+        description="Only 'none': int8 / 4-bit bases are for LoRA (the cuda-lora backend, on one or several "
+        "processes), not for full fine-tuning.",
     )
     cpu: bool = Field(
         False,
@@ -79,19 +59,9 @@ class AccelerateOptions(BaseModel):
     def _yaml_no(cls, value: Any) -> Any:
         return "no" if value is False else value  # YAML 1.1 reads a bare `no` as false
 
-    @model_validator(mode="after")
-    def _machines(self) -> AccelerateOptions:
-        if self.machine_rank >= self.num_machines:
-            raise ValueError(
-                f"machine_rank {self.machine_rank} must be below num_machines {self.num_machines}"
-            )
-        if self.num_machines > 1 and (self.main_process_ip is None or self.main_process_port is None):
-            raise ValueError("num_machines > 1 needs main_process_ip and main_process_port (of machine 0)")
-        return self
-
     @property
-    def world_size(self) -> int:
-        return self.num_processes * self.num_machines
+    def sharding(self) -> Sharding:
+        return Sharding(self.strategy, self.fsdp_sharding_strategy, self.offload)
 
 
 def precision_to_mixed(precision: str) -> Literal["no", "fp16", "bf16"]:

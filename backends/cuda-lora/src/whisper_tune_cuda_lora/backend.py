@@ -1,26 +1,30 @@
-"""The ``cuda-lora`` backend: LoRA (peft) on one GPU over an int8 / 4-bit (bitsandbytes) or bf16 base.
+"""The ``cuda-lora`` backend: LoRA (peft) over an int8 / 4-bit (bitsandbytes) or bf16 base, on one GPU or
+on several processes.
 
-The backend builds the LoRA model (``model.py``) and an Accelerator on GPU 0 (or the CPU with
-``device: cpu``, int8 and 4-bit included) with fp16/bf16 mixed precision; the core's phases
-(``recipe/phases.py``) do the rest: evaluation before and after, the one training loop, adapter-only
-weights in every checkpoint and in the final model directory (``adapter_config.json`` naming the base +
-``adapter_model.safetensors`` + the generation config; the core adds the processor files). Evaluation
-is the core's batched ``generate_predictions`` under the accelerator's autocast, which works under
-int8/4-bit where ``predict_with_generate`` does not. ``whisper-tune merge`` folds the adapter into a
-plain model.
+The backend builds the LoRA model (``model.py``) on the Accelerator's device (GPU 0, or the CPU with
+``device: cpu``, int8 and 4-bit included; with ``--num-processes N`` every process started by the
+planned ``accelerate launch`` builds its own on its own device) with fp16/bf16 mixed precision; the
+core's phases (``recipe/phases.py``) do the rest: evaluation before and after, the one training loop,
+adapter-only weights in every checkpoint and in the final model directory (``adapter_config.json``
+naming the base + ``adapter_model.safetensors`` + the generation config; the core adds the processor
+files). Evaluation is the core's batched
+``generate_predictions`` under the accelerator's autocast, which works under int8/4-bit where
+``predict_with_generate`` does not. ``whisper-tune merge`` folds the adapter into a plain model.
 """
 
 from __future__ import annotations
 
 import os
 from importlib.util import find_spec
-from typing import TYPE_CHECKING, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
+from whisper_tune.backend.launch import Launch, accelerate_launch
 from whisper_tune.backend.protocol import (
     BackendDefault,
     Capabilities,
+    Flag,
     Issue,
     Plan,
     Probe,
@@ -34,6 +38,7 @@ from whisper_tune_cuda_lora.memory import lora_params, model_shape
 from whisper_tune_cuda_lora.options import CudaLoraOptions
 
 if TYPE_CHECKING:
+    from whisper_tune.recipe.phases import TrainingSetup
     from whisper_tune.recipe.progress import Reporter
 
 
@@ -77,12 +82,26 @@ class CudaLoraBackend:
     name: ClassVar[str] = "cuda-lora"
     description: ClassVar[str] = "one GPU, LoRA (peft) on an int8 / 4-bit (bitsandbytes) or bf16 base"
     Options: ClassVar[type[BaseModel]] = CudaLoraOptions
+    flags: ClassVar[tuple[Flag, ...]] = (
+        Flag(
+            "--num-processes",
+            "backend.num_processes",
+            "Training processes on this machine, one per GPU (per machine with several machines).",
+            min=1,
+        ),
+    )
 
     def probe(self) -> Probe:
         for module, hint in (("torch", "pip install torch"), ("peft", "pip install peft")):
             if find_spec(module) is None:
                 return Probe(False, f"{module} is not installed", hint)
-        return Probe(True, "", "", cuda_capabilities())
+        caps = cuda_capabilities()
+        if caps.cuda_devices:
+            memory = f" ({caps.cuda_memory_gib[0]:.0f} GiB)" if caps.cuda_memory_gib else ""
+            mode = f"GPU: cuda:0 of {caps.cuda_devices} CUDA device(s){memory}"
+        else:
+            mode = "CPU dev mode only (no CUDA GPU here; runs need backend.device=cpu)"
+        return Probe(True, "", "", caps, mode=mode)
 
     def defaults(self, options: BaseModel) -> dict[str, BackendDefault]:
         """LoRA's learning rate, and bf16 on a GPU, for configs that do not set them."""
@@ -108,7 +127,7 @@ class CudaLoraBackend:
         return RecipeNeeds()
 
     def plan(self, config: RunConfig, caps: Capabilities) -> Plan:
-        opts = _options(config)
+        opts = config.backend.options_as(CudaLoraOptions)
         training = config.training
         if opts.device == "cpu":
             devices = f"CPU ({caps.cpu_count} cores)"
@@ -143,31 +162,55 @@ class CudaLoraBackend:
                         f"; the largest batch that fits is about {est.largest_batch(caps.cuda_memory_gib[0])}"
                     )
                 notes.append(line)
+        several = opts.world_size > 1
+        if several:
+            where = "CPU processes (gloo)" if opts.device == "cpu" else "CUDA GPUs, one process each"
+            machines = f" on each of {opts.num_machines} machines" if opts.num_machines > 1 else ""
+            devices = f"{opts.num_processes} {where}{machines}"
+            placement: tuple[str, ...] = (
+                "DDP: each process holds its own copy of the base on its own device; only the adapters' "
+                "gradients are all-reduced",
+            )
+            notes.append(
+                f"learning rate {training.learning_rate} as configured (not rescaled by the process count)"
+            )
+        else:
+            placement = (
+                f"whole model on {opts.device if opts.device == 'cpu' else 'cuda:0'}; adapters only train",
+            )
+        launch = (
+            accelerate_launch(
+                opts, training.precision, training.max_grad_norm, training.gradient_accumulation_steps
+            )
+            if several
+            else Launch()
+        )
         return Plan(
             backend=self.name,
             devices=devices,
-            processes=1,
+            processes=opts.world_size,
             batch_per_device=training.batch_size,
             gradient_accumulation_steps=training.gradient_accumulation_steps,
-            placement=(
-                f"whole model on {opts.device if opts.device == 'cpu' else 'cuda:0'}; adapters only train",
-            ),
+            placement=placement,
             notes=tuple(notes),
+            launch=launch,
         )
 
-    def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
+    def uses_cpu(self, config: RunConfig) -> bool:
+        return config.backend.options_as(CudaLoraOptions).device == "cpu"
+
+    def training_setup(self, job: TrainJob, accelerator: Any, reporter: Reporter) -> TrainingSetup:
+        """The LoRA model on this process's device: each process loads its own copy of the (quantised)
+        base there (one process never spans several devices: the peft#414 trap)."""
         import torch
 
-        from whisper_tune.recipe.loop import build_accelerator
-        from whisper_tune.recipe.phases import TrainingSetup, run_phases
+        from whisper_tune.recipe.phases import TrainingSetup
         from whisper_tune_cuda_lora.model import build_lora_model, load_base, trainable_parameters
 
         cfg = job.config
-        opts = _options(cfg)
-        torch.manual_seed(cfg.training.seed)
-        accelerator = build_accelerator(cfg.training, cpu=opts.device == "cpu")
+        opts = cfg.backend.options_as(CudaLoraOptions)
         if accelerator.device.type == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+            torch.cuda.reset_peak_memory_stats(accelerator.device)
         if job.train:
             model = build_lora_model(job.model_dir, cfg.model, cfg.training, opts, accelerator.device)
             trainable, total = trainable_parameters(model)
@@ -177,12 +220,13 @@ class CudaLoraBackend:
             )
         else:  # evaluation only: the base itself (a fresh adapter would change nothing)
             model = load_base(job.model_dir, cfg.model, cfg.training, opts, accelerator.device)
-        setup = TrainingSetup(accelerator, model, num_workers=opts.num_workers)
-        return run_phases(job, setup, reporter).result
+        return TrainingSetup(accelerator, model, num_workers=opts.num_workers)
 
+    def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
+        """In this process (one process), or the planned ``accelerate launch`` (several)."""
+        from whisper_tune.backend.runner import run_launch
+        from whisper_tune.recipe.phases import train_in_process
 
-def _options(config: RunConfig) -> CudaLoraOptions:
-    options = config.backend.options
-    if isinstance(options, CudaLoraOptions):
-        return options
-    return CudaLoraOptions.model_validate(options.model_dump())
+        if job.launch is not None and job.launch.mode == "command":
+            return run_launch(job, reporter)
+        return train_in_process(self, job, reporter)

@@ -26,8 +26,7 @@ BNB_CPU_MIN = (0, 47)
 
 def check_config(config: RunConfig, caps: Capabilities, *, bnb_version: str | None) -> list[Issue]:
     """``bnb_version``: the installed bitsandbytes version, None when it is not installed."""
-    opts = config.backend.options
-    assert isinstance(opts, CudaLoraOptions)
+    opts = config.backend.options_as(CudaLoraOptions)
     issues = [*_device_issues(opts, caps), *_precision_issues(config, opts, caps)]
     if opts.quantization != "none":
         issues += _bnb_issues(opts, bnb_version)
@@ -79,6 +78,25 @@ def _device_issues(opts: CudaLoraOptions, caps: Capabilities) -> list[Issue]:
                 "backend.device",
                 "no CUDA device found (torch.cuda.is_available() is False)",
                 hint="run on a machine with an NVIDIA GPU and a CUDA build of torch, " + CPU_MODE_HINT,
+                hardware=True,
+            )
+        ]
+    if opts.device == "cuda" and opts.num_processes > caps.cuda_devices:
+        return [
+            Issue(
+                "backend.num_processes",
+                f"{opts.num_processes} processes asked for; {caps.cuda_devices} CUDA GPUs are visible",
+                hint=f"use --num-processes {caps.cuda_devices} (one process per GPU) or check "
+                "CUDA_VISIBLE_DEVICES",
+                hardware=True,
+            )
+        ]
+    if opts.device == "cpu" and opts.num_processes > caps.cpu_count:
+        return [
+            Issue(
+                "backend.num_processes",
+                f"{opts.num_processes} CPU processes asked for; this machine has {caps.cpu_count} cores",
+                hint=f"use at most --num-processes {caps.cpu_count}",
                 hardware=True,
             )
         ]

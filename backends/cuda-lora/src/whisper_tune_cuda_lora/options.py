@@ -6,6 +6,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from whisper_tune.backend.launch import ProcessOptions
+
 Quantization = Literal["int8", "4bit", "none"]
 
 #: What the ``[bnb]`` extra (and the core's ``test`` extra, for CI) installs. 0.47 is the oldest release
@@ -34,7 +36,11 @@ class LoraOptions(BaseModel):
     )
 
 
-class CudaLoraOptions(BaseModel):
+class CudaLoraOptions(ProcessOptions):
+    """Options of the ``cuda-lora`` backend. With ``num_processes`` > 1 (or several machines) it trains
+    data-parallel through ``accelerate launch`` like the accelerate backend (the core's ``ProcessOptions``);
+    each process holds its own copy of the (quantised) base on its own device."""
+
     model_config = ConfigDict(frozen=True, extra="forbid")
 
     quantization: Quantization = Field(
@@ -47,9 +53,10 @@ class CudaLoraOptions(BaseModel):
     )
     device: Literal["cuda", "cpu"] = Field(
         "cuda",
-        description="'cuda' (GPU 0). 'cpu' runs the same LoRA recipe on the CPU in every quantization "
-        "mode (int8 and 4bit through bitsandbytes' CPU backend; fp32 or bf16, not fp16): slow, for tests, "
-        "trying the seeds' recipe and comparing modes without a GPU.",
+        description="'cuda' (GPU 0; with several processes, each process's own GPU). 'cpu' runs the same "
+        "LoRA recipe on the CPU in every quantization mode (int8 and 4bit through bitsandbytes' CPU "
+        "backend; fp32 or bf16, not fp16): slow, for tests, trying the seeds' recipe and comparing modes "
+        "without a GPU.",
     )
     lora: LoraOptions = Field(default_factory=LoraOptions, description="The LoRA adapter (peft LoraConfig).")
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field(

@@ -26,10 +26,11 @@ import os
 from pathlib import Path
 from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel
 
 from whisper_tune.backend.protocol import (
     Capabilities,
+    Flag,
     Issue,
     Plan,
     Probe,
@@ -39,6 +40,7 @@ from whisper_tune.backend.protocol import (
 )
 from whisper_tune.config.schema import RunConfig
 from whisper_tune.errors import BackendUnavailableError, ConfigError, ModelError
+from whisper_tune_ipu.launch import ipu_launch
 from whisper_tune_ipu.models import WhisperArch, resolve_model
 from whisper_tune_ipu.options import SDK_PYTHON_ENV, IpuOptions
 from whisper_tune_ipu.planner import IpuPlan, PlanError, PlanRequest, plan_ipu
@@ -57,19 +59,6 @@ SDK_STEPS = (
 #: The largest vocabulary and mel-bin count transformers 4.29.2 handles (whisper <= large-v2).
 PINNED_MEL_BINS = 80
 PINNED_MAX_VOCAB = 51865
-
-
-def ipu_options(config: RunConfig) -> IpuOptions:
-    """The config's backend options as ``IpuOptions`` (validating them if they came in another form)."""
-    options = config.backend.options
-    if isinstance(options, IpuOptions):
-        return options
-    try:
-        return IpuOptions.model_validate(options.model_dump())
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise ConfigError(f"backend.{where}: {first['msg']}") from None
 
 
 def plan_request(config: RunConfig, options: IpuOptions) -> PlanRequest:
@@ -100,7 +89,7 @@ def plan_request(config: RunConfig, options: IpuOptions) -> PlanRequest:
 
 def make_plan(config: RunConfig) -> tuple[WhisperArch, IpuPlan]:
     """Resolve the model (offline) and plan it; ConfigError / ModelError / PlanError if impossible."""
-    options = ipu_options(config)
+    options = config.backend.options_as(IpuOptions)
     arch = resolve_model(config.model.name)
     return arch, plan_ipu(arch, plan_request(config, options))
 
@@ -177,7 +166,7 @@ def run_blockers(config: RunConfig, arch: WhisperArch, plan: IpuPlan, caps: Capa
                 run_only=True,
             )
         )
-    python = ipu_options(config).sdk_python
+    python = config.backend.options_as(IpuOptions).sdk_python
     if python and not Path(python).expanduser().is_file():
         issues.append(
             Issue(
@@ -197,6 +186,9 @@ class IpuBackend:
         "and validated against upstream code, never run on IPU hardware"
     )
     Options: ClassVar[type[BaseModel]] = IpuOptions
+    flags: ClassVar[tuple[Flag, ...]] = (
+        Flag("--ipus", "backend.ipus", "IPUs to use in all, a power of two.", min=1),
+    )
 
     def probe(self) -> Probe:
         """Available when ``$WHISPER_TUNE_IPU_PYTHON`` names an existing Python (the SDK environment's, with
@@ -215,15 +207,13 @@ class IpuBackend:
                 )
             if not Path(python).expanduser().is_file():
                 return Probe(False, f"{SDK_PYTHON_ENV}={python} does not exist", SDK_STEPS, caps)
-            return Probe(True, "", "", caps)
+            mode = f"through the Poplar SDK Python {python} (IPUs are counted when a run starts)"
+            return Probe(True, "", "", caps, mode=mode)
         except Exception as exc:  # a probe never raises
             return Probe(False, f"cannot check the Poplar SDK: {exc}", SDK_STEPS, caps)
 
     def check(self, config: RunConfig, caps: Capabilities) -> list[Issue]:
-        try:
-            options = ipu_options(config)
-        except ConfigError as exc:
-            return [Issue("backend", exc.message, hint=exc.hint or "")]
+        options = config.backend.options_as(IpuOptions)
         issues = []
         if not options.drop_last:
             issues.append(
@@ -245,7 +235,7 @@ class IpuBackend:
         return issues + run_blockers(config, arch, plan, caps)
 
     def recipe_needs(self, config: RunConfig) -> RecipeNeeds:
-        options = ipu_options(config)
+        options = config.backend.options_as(IpuOptions)
         return RecipeNeeds(
             label_pad_multiple=options.max_label_length, feature_dtype="float16", drop_last=True
         )
@@ -291,14 +281,16 @@ class IpuBackend:
             batch_per_device=config.training.batch_size,
             gradient_accumulation_steps=config.training.gradient_accumulation_steps,
             placement=plan.placement(),
+            launch=ipu_launch(config.backend.options_as(IpuOptions), failure_hint=SDK_STEPS),
             notes=tuple(notes),
         )
 
     def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
-        """Run the IPU worker under the SDK's Python on ``job`` and return its result."""
-        from whisper_tune_ipu.launch import run_worker
+        """Run the planned IPU worker under the SDK's Python on ``job`` and return its result."""
+        from whisper_tune.backend.runner import run_launch
+        from whisper_tune_ipu.launch import worker_job
 
-        options = ipu_options(job.config)
+        options = job.config.backend.options_as(IpuOptions)
         python = options.sdk_python
         if not python:
             raise BackendUnavailableError(
@@ -307,5 +299,8 @@ class IpuBackend:
             )
         if not Path(python).expanduser().is_file():
             raise BackendUnavailableError(f"the Poplar SDK Python {python} does not exist", hint=SDK_STEPS)
+        assert job.launch is not None, "the IPU worker runs as a planned command"
         _, plan = make_plan(job.config)
-        return run_worker(python, job, plan, options, reporter, SDK_STEPS)
+        trainer = "stand-in: Seq2SeqTrainer on the CPU" if options.stand_in else "IPUSeq2SeqTrainer"
+        reporter.info(f"IPU worker ({trainer}): {job.launch.command_line()}")
+        return run_launch(job, reporter, backend_job=worker_job(job, plan, options))

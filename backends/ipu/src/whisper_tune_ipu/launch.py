@@ -1,5 +1,6 @@
-"""Run the IPU worker: write its job file, start it with the SDK's Python, stream its output, read back
-its result.
+"""The IPU worker's launch and job file. The core's ``run_launch`` (``whisper_tune.backend.launch``) runs it
+like every planned command: writes the job file, starts it with the SDK's Python, streams its output,
+maps its one-line errors, reads back its result.
 
 The worker (``backends/ipu/worker``, package ``whisper_tune_ipu_worker``) runs in the Poplar SDK's Python
 environment (Python 3.8, torch 2.0.1, transformers 4.29.2), so everything crosses as files: a JSON job
@@ -13,23 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import re
-import subprocess
-from collections import deque
 from pathlib import Path
 from typing import Any
 
-from pydantic import ValidationError
-
-from whisper_tune.backend.protocol import TrainJob, TrainResult
-from whisper_tune.errors import (
-    BackendUnavailableError,
-    DataError,
-    InterruptedRun,
-    ModelError,
-    WhisperTuneError,
-)
-from whisper_tune.recipe.progress import Reporter
+from whisper_tune.backend.launch import RUN_DIR, Launch
+from whisper_tune.backend.protocol import TrainJob
+from whisper_tune.errors import DataError
 from whisper_tune_ipu.options import IpuOptions
 from whisper_tune_ipu.planner import IpuPlan
 
@@ -39,9 +29,6 @@ FORMAT_VERSION = 1
 WORKER_MODULE = "whisper_tune_ipu_worker"
 #: The worker's source in a whisper-tune checkout (used when the SDK Python has not installed it).
 CHECKOUT_WORKER = Path(__file__).resolve().parents[2] / "worker"
-#: The worker's exit code for a problem it reports in one line.
-WORKER_ERROR_EXIT = 2
-WORKER_ERROR = re.compile(r"^whisper-tune-ipu-worker: error\[(\w+)\]: (.*)$")
 
 
 def ipu_config_dict(plan: IpuPlan, options: IpuOptions, job: TrainJob) -> dict[str, Any]:
@@ -133,95 +120,25 @@ def worker_job(job: TrainJob, plan: IpuPlan, options: IpuOptions) -> dict[str, A
     }
 
 
-def worker_env() -> dict[str, str]:
-    """The environment for the worker: the checkout's worker source on PYTHONPATH when there is one (an
-    installed worker in the SDK environment works without it), and nothing of whisper-tune's own path."""
-    env = dict(os.environ)
+def ipu_launch(options: IpuOptions, failure_hint: str | None = None) -> Launch:
+    """The worker's command under the SDK's Python (a pure function of the options; paths hold
+    ``{run_dir}``). The checkout's worker source goes on PYTHONPATH when there is one (an installed worker
+    in the SDK environment works without it), and nothing of whisper-tune's own path."""
+    work = f"{RUN_DIR}/ipu-worker"
+    python = str(Path(options.sdk_python).expanduser()) if options.sdk_python else "<sdk python>"
     paths = [str(CHECKOUT_WORKER)] if (CHECKOUT_WORKER / WORKER_MODULE).is_dir() else []
-    env["PYTHONPATH"] = os.pathsep.join(paths)
-    env.setdefault("PYTHONUNBUFFERED", "1")
-    return env
-
-
-def run_worker(
-    python: str, job: TrainJob, plan: IpuPlan, options: IpuOptions, reporter: Reporter, sdk_steps: str
-) -> TrainResult:
-    """Write the job file, run the worker to the end (its output goes to the log), parse its result."""
-    spec = worker_job(job, plan, options)
-    work = job.run_dir / "ipu-worker"
-    work.mkdir(parents=True, exist_ok=True)
-    job_file = work / "job.json"
-    job_file.write_text(json.dumps(spec, indent=1) + "\n", encoding="utf-8")
-    result_file = Path(spec["result_file"])
-    result_file.unlink(missing_ok=True)
-    command = [str(Path(python).expanduser()), "-m", WORKER_MODULE, str(job_file)]
-    reporter.info(
-        f"IPU worker ({'stand-in: Seq2SeqTrainer on the CPU' if options.stand_in else 'IPUSeq2SeqTrainer'})"
-        f": {' '.join(command)}"
+    return Launch(
+        mode="command",
+        argv=(python, "-m", WORKER_MODULE, f"{work}/job.json"),
+        env=(("PYTHONPATH", os.pathsep.join(paths)), ("PYTHONUNBUFFERED", "1")),
+        cwd=work,
+        job_file=f"{work}/job.json",
+        job_format="backend",
+        result_file=f"{work}/result.json",
+        result_key="train_result",
+        result_format=f"{RESULT_FORMAT}/{FORMAT_VERSION}",
+        error_prefix="whisper-tune-ipu-worker",
+        error_kinds=(("sdk", "backend"), ("job", "backend"), ("model", "model"), ("data", "data")),
+        failure_hint=failure_hint,
+        output="reporter",
     )
-    tail: deque[str] = deque(maxlen=40)
-    try:
-        process = subprocess.Popen(
-            command,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.STDOUT,
-            text=True,
-            env=worker_env(),
-            cwd=str(work),
-        )
-    except OSError as exc:
-        raise BackendUnavailableError(
-            f"cannot start the IPU worker with {python}: {exc.strerror or exc}", hint=sdk_steps
-        ) from None
-    try:
-        assert process.stdout is not None
-        for line in process.stdout:
-            line = line.rstrip("\n")
-            tail.append(line)
-            (reporter.info if line.startswith("[ipu-worker]") else reporter.debug)(line)
-        code = process.wait()
-    except KeyboardInterrupt:
-        process.terminate()
-        process.wait()
-        raise InterruptedRun(f"interrupted; the IPU worker was stopped; its files are in {work}") from None
-    if code != 0:
-        raise _failure(code, list(tail), python, sdk_steps)
-    return read_result(result_file)
-
-
-def _failure(code: int, tail: list[str], python: str, sdk_steps: str) -> WhisperTuneError:
-    """One error for a failed worker: its own one-line report mapped onto whisper-tune's error classes, or
-    (a crash) the end of its output."""
-    for line in reversed(tail):
-        found = WORKER_ERROR.match(line)
-        if code == WORKER_ERROR_EXIT and found:
-            kind, message = found.group(1), found.group(2)
-            if kind in ("sdk", "job"):
-                return BackendUnavailableError(f"the IPU worker cannot run: {message}", hint=sdk_steps)
-            return (ModelError if kind == "model" else DataError)(f"the IPU worker stopped: {message}")
-    if any(f"No module named {WORKER_MODULE}" in line for line in tail):
-        return BackendUnavailableError(
-            f"{python} cannot import the IPU worker ({WORKER_MODULE})",
-            hint="install it into the SDK environment: pip install -c backends/ipu/worker/constraints.txt "
-            f"backends/ipu/worker; {sdk_steps}",
-        )
-    last = "\n    ".join(tail[-12:])
-    return WhisperTuneError(f"the IPU worker failed (exit code {code}); the end of its output:\n    {last}")
-
-
-def read_result(path: Path) -> TrainResult:
-    try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise WhisperTuneError(
-            f"the IPU worker finished without a readable result file {path}: {exc}"
-        ) from None
-    if raw.get("format") != RESULT_FORMAT or raw.get("version") != FORMAT_VERSION:
-        raise WhisperTuneError(
-            f"{path} is not a {RESULT_FORMAT} v{FORMAT_VERSION} file: the plugin and the worker come from "
-            "different whisper-tune versions"
-        )
-    try:
-        return TrainResult.model_validate(raw["train_result"])
-    except (KeyError, ValidationError) as exc:
-        raise WhisperTuneError(f"the IPU worker's result {path} is malformed: {exc}") from None

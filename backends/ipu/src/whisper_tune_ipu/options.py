@@ -145,6 +145,7 @@ class IpuOptions(BaseModel):
         default_factory=lambda: os.environ.get(SDK_PYTHON_ENV) or None,
         description="Python of the Poplar SDK environment that runs the IPU worker (Python 3.8 with "
         f"poptorch). Default: ${SDK_PYTHON_ENV}.",
+        json_schema_extra={"doc_default": f"`${SDK_PYTHON_ENV}`"},
     )
     stand_in: bool = Field(
         False,

