@@ -127,8 +127,8 @@ def mode_settings(mode: str, checkpointing: bool, device: str) -> tuple[Any, Any
 
     from whisper_tune.config.schema import TrainingConfig
 
-    # the seeds' fp16 for int8 and bf16 otherwise on a GPU; fp32 on the CPU (fp16 is refused there and
-    # bitsandbytes' CPU kernels are several times slower under bf16)
+    # the seeds' fp16 for int8 and bf16 otherwise on a GPU; fp32 on the CPU (fp16 is refused there; fp32
+    # keeps its speed when other jobs share the cores, bf16 did not: docs/benchmarks.md)
     precision = ("fp16" if mode == "int8" else "bf16") if device == "cuda" else "fp32"
     training = TrainingConfig(precision=precision, gradient_checkpointing=checkpointing)  # type: ignore[arg-type]
     opts = CudaLoraOptions(quantization=mode, device="cpu" if device == "cpu" else "cuda")  # type: ignore[arg-type]

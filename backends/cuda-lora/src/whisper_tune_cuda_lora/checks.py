@@ -110,17 +110,6 @@ def _precision_issues(config: RunConfig, opts: CudaLoraOptions, caps: Capabiliti
         issues.append(
             Issue("training.precision", "fp16 is not supported on the CPU", hint="use fp32 or bf16")
         )
-    if opts.device == "cpu" and precision == "bf16" and opts.quantization != "none":
-        # measured on tiny.en, 2 cores (docs/benchmarks.md): int8 0.31 vs 1.41 samples/s, 4-bit 0.59 vs 1.66
-        issues.append(
-            Issue(
-                "training.precision",
-                f"bf16 with quantization '{opts.quantization}' is several times slower on the CPU than "
-                "fp32 (bitsandbytes' CPU kernels convert every bf16 input)",
-                level="warning",
-                hint="set training.precision=fp32",
-            )
-        )
     if opts.device == "cuda" and precision == "bf16" and caps.cuda_devices > 0 and not caps.cuda_bf16:
         issues.append(
             Issue(
