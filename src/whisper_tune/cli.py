@@ -275,7 +275,11 @@ def plan(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], 
     click.echo(f"global batch:       {the_plan.global_batch}")
     for line in the_plan.placement:
         click.echo(f"placement:          {line}")
-    for key, label in (("training.learning_rate", "learning rate"), ("training.precision", "precision")):
+    for key, label in (
+        ("training.method", "method"),
+        ("training.learning_rate", "learning rate"),
+        ("training.precision", "precision"),
+    ):
         click.echo(f"{label + ':':20}{_value_and_origin(resolved, key)}")
     for line in the_plan.notes:
         click.echo(f"note:               {line}")
@@ -294,6 +298,8 @@ def _value_and_origin(resolved: Any, key: str) -> str:
         origin = f"{resolved.config.backend.name} default: {default.reason}"
     elif field in part.model_fields_set:
         origin = "set in the config"
+    elif key == "training.learning_rate":
+        origin = f"whisper-tune default for training.method {resolved.config.training.method}"
     else:
         origin = "whisper-tune default"
     return f"{value} ({origin})"

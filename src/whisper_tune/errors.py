@@ -72,6 +72,13 @@ class ExportError(WhisperTuneError):
     kind = "export"
 
 
+class GuardRailError(WhisperTuneError):
+    """A guard rail fired and eval.fail_on_regression is set: a held-out set got worse beyond its margin."""
+
+    exit_code = 9
+    kind = "guard-rail"
+
+
 class InterruptedRun(WhisperTuneError):
     """The run was interrupted (Ctrl-C / SIGTERM); what was written so far is kept."""
 
@@ -93,6 +100,7 @@ EXIT_CODES: dict[int, tuple[str, str]] = {
             HardwareError,
             OutputError,
             ExportError,
+            GuardRailError,
             InterruptedRun,
         )
     },

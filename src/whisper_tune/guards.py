@@ -10,8 +10,11 @@
 * Hallucination signals (insertion rate, repeated n-gram rate) are in every set's metrics
   (``recipe.metrics``) and in the report lines here when they rise.
 
-The run warns (log and ``metrics.json`` ``guard.warnings``); it does not fail, since a rise can be the
-price a user accepts for a domain gain. The thresholds are config fields.
+The run warns (log and ``metrics.json`` ``guard.warnings``; every watched set's before/after/margin is in
+``guard.sets``); by default it does not fail, since a rise can be the price a user accepts for a domain
+gain. ``eval.fail_on_regression`` makes any warning an error (exit code 9) once everything is written,
+for pipelines. The thresholds are config fields: ``eval.regression_margin`` and each extra set's own
+``regression_margin``.
 """
 
 from __future__ import annotations
@@ -80,6 +83,14 @@ def language_share(detected: Sequence[str], expected: Sequence[str | None]) -> f
     return round(100.0 * sum(d == e for d, e in pairs) / len(pairs), 2)
 
 
+def set_margin(config: RunConfig, set_name: str) -> float:
+    """How many WER points ``set_name`` may rise: its own ``regression_margin``, else the run's."""
+    for extra in config.data.extra_eval:
+        if extra.name == set_name and extra.regression_margin is not None:
+            return extra.regression_margin
+    return config.eval.regression_margin
+
+
 def guard_report(config: RunConfig, evaluation: dict[str, dict[str, dict[str, Any]]]) -> dict[str, Any]:
     """The ``guard`` block of metrics.json: regression-set change, language retention, hallucination
     signals, and the warnings they raise."""
@@ -90,17 +101,19 @@ def guard_report(config: RunConfig, evaluation: dict[str, dict[str, dict[str, An
     if name and name in before and name in after:
         b, a = before[name]["normalized_wer"], after[name]["normalized_wer"]
         change = round(a - b, 3)
+        margin = set_margin(config, name)
         report["regression"] = {
             "set": name,
             "before": b,
             "after": a,
             "change": change,
-            "margin": config.eval.regression_margin,
+            "margin": margin,
+            "regressed": change > margin,
         }
-        if change > config.eval.regression_margin:
+        if change > margin:
             warnings.append(
                 f"regression set '{name}': WER rose {b:.1f}% -> {a:.1f}% (+{change:.1f} points, margin "
-                f"{config.eval.regression_margin:g}): the fine-tune may have cost general ability"
+                f"{margin:g}): the fine-tune may have cost general ability"
             )
     report["sets"] = {}
     for set_name in before:
@@ -108,11 +121,18 @@ def guard_report(config: RunConfig, evaluation: dict[str, dict[str, dict[str, An
             continue
         b, a = before[set_name]["normalized_wer"], after[set_name]["normalized_wer"]
         change = round(a - b, 3)
-        report["sets"][set_name] = {"before": b, "after": a, "change": change}
-        if set_name != name and change > config.eval.regression_margin:
+        margin = set_margin(config, set_name)
+        report["sets"][set_name] = {
+            "before": b,
+            "after": a,
+            "change": change,
+            "margin": margin,
+            "regressed": change > margin,
+        }
+        if set_name != name and change > margin:  # the regression set's warning is above
             warnings.append(
                 f"{set_name}: WER rose {b:.1f}% -> {a:.1f}% (+{change:.1f} points, margin "
-                f"{config.eval.regression_margin:g}): the fine-tune made this set worse"
+                f"{margin:g}): the fine-tune made this set worse"
             )
     for set_name in dict.fromkeys([*before, *after]):
         shares = {

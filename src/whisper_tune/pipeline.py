@@ -25,6 +25,7 @@ from whisper_tune.errors import (
     BackendUnavailableError,
     ConfigError,
     DataError,
+    GuardRailError,
     HardwareError,
     InterruptedRun,
     ModelError,
@@ -334,6 +335,7 @@ def run(
                 f"interrupted after {result.steps} steps; checkpoint and metrics are in {run_dir}",
                 hint=f"resume with training.resume_from=latest output.run_name={run_dir.name}",
             )
+        fail_on_guard_warnings(config, metrics["guard"]["warnings"], run_dir)
         return RunSummary(run_dir, metrics, lines)
     except KeyboardInterrupt:
         raise InterruptedRun(f"interrupted; what was written so far is in {run_dir}") from None
@@ -349,6 +351,18 @@ def run(
         reporter.close()
         if discard:
             shutil.rmtree(run_dir, ignore_errors=True)
+
+
+def fail_on_guard_warnings(config: RunConfig, warnings: list[str], run_dir: Path) -> None:
+    """With ``eval.fail_on_regression``, a guard-rail warning is an error (exit code 9), raised once
+    everything is written."""
+    if config.eval.fail_on_regression and warnings:
+        more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
+        raise GuardRailError(
+            f"guard rail: {warnings[0]}{more}; eval.fail_on_regression is set",
+            hint=f"the run is complete in {run_dir} (final/, metrics.json 'guard'); lower the learning "
+            "rate, train fewer steps or use training.method=lora, or raise eval.regression_margin",
+        )
 
 
 def train_stream_spec(config: RunConfig) -> dict[str, Any] | None:

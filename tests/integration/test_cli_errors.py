@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -19,6 +20,7 @@ from helpers import (
     missing_known_backend,
     run_child,
     tone,
+    toy_overrides,
     write_audiofolder,
 )
 
@@ -215,3 +217,29 @@ def test_quickstart_data_is_present() -> None:
     # The errors above use the bundled dataset; make a missing checkout obvious.
     assert (QUICKSTART_DATA / "train" / "metadata.csv").is_file()
     assert np.isfinite(sf.read(next((QUICKSTART_DATA / "eval").glob("*.ogg")))[0]).all()
+
+
+def test_guard_rail_error_with_fail_on_regression_after_a_lora_run(tmp_path: Path, tiny_en_dir: Path) -> None:
+    """LoRA on the reference backend at a rate that wrecks real tiny.en: the other voice's WER rises, the
+    run writes everything (adapter-only final/, metrics.json) and then exits 9."""
+    overrides = toy_overrides(
+        tiny_en_dir,
+        tmp_path,
+        **{
+            "training.method": "lora",
+            "training.lora.target_modules": "all-linear",
+            "training.learning_rate": 0.3,
+            "eval.max_new_tokens": 12,
+            "eval.regression_margin": 0,
+            "eval.fail_on_regression": "true",
+            "output.run_name": "wrecked",
+            "output.plot": "false",
+        },
+    )
+    result = cli("run", "--config", "quickstart", *overrides)
+    assert_clean_error(result, 9, "guard rail: other-voice: WER rose", "fail_on_regression")
+    run_dir = tmp_path / "wrecked"
+    assert (run_dir / "final" / "adapter_model.safetensors").is_file()
+    assert not (run_dir / "final" / "model.safetensors").exists()  # the base is never written
+    guard = json.loads((run_dir / "metrics.json").read_text())["guard"]
+    assert guard["sets"]["other-voice"]["regressed"] and guard["warnings"]

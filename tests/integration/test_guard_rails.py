@@ -137,7 +137,9 @@ def test_guard_report_warns_on_regression_language_loss_and_hallucinations() -> 
         config, {"before": {"held": scores(20.0, 90.0)}, "after": {"held": scores(21.5, 88.0)}}
     )
     assert fine["warnings"] == []
-    assert fine["regression"] == {"set": "held", "before": 20.0, "after": 21.5, "change": 1.5, "margin": 2.0}
+    assert fine["regression"] == {
+        "set": "held", "before": 20.0, "after": 21.5, "change": 1.5, "margin": 2.0, "regressed": False
+    }
     bad = guard_report(
         config,
         {"before": {"held": scores(20.0, 90.0)}, "after": {"held": scores(26.0, 60.0, insertions=9.0)}},
@@ -171,6 +173,28 @@ def test_every_held_out_set_is_watched_not_only_the_regression_set() -> None:
     evaluation["after"]["other-voice"] = scores(6.0, 90.0)
     warnings = guard_report(config, evaluation)["warnings"]
     assert any(w.startswith("other-voice: WER rose 2.0% -> 6.0%") for w in warnings)
+
+
+def test_each_extra_set_can_have_its_own_margin() -> None:
+    config = RunConfig.model_validate(
+        {
+            "data": {
+                "extra_eval": [
+                    {"name": "strict", "dataset": "x", "regression_margin": 0.5},
+                    {"name": "loose", "dataset": "y", "regression_margin": 10.0},
+                    {"name": "plain", "dataset": "z"},
+                ]
+            },
+            "eval": {"regression_set": None, "regression_margin": 2.0},
+        }
+    )
+    rise = {"strict": scores(5.0, 90.0), "loose": scores(5.0, 90.0), "plain": scores(5.0, 90.0)}
+    after = {name: scores(8.0, 90.0) for name in rise}
+    report = guard_report(config, {"before": rise, "after": after})
+    assert {n: (s["margin"], s["regressed"]) for n, s in report["sets"].items()} == {
+        "strict": (0.5, True), "loose": (10.0, False), "plain": (2.0, True)
+    }
+    assert [w.split(":")[0] for w in report["warnings"]] == ["strict", "plain"]
 
 
 def test_the_bundled_real_speech_set_goes_with_the_regression_slice() -> None:

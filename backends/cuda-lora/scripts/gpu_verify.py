@@ -130,7 +130,7 @@ def mode_settings(mode: str, checkpointing: bool, device: str) -> tuple[Any, Any
     # the seeds' fp16 for int8 and bf16 otherwise on a GPU; fp32 on the CPU (fp16 is refused there; fp32
     # keeps its speed when other jobs share the cores, bf16 did not: docs/benchmarks.md)
     precision = ("fp16" if mode == "int8" else "bf16") if device == "cuda" else "fp32"
-    training = TrainingConfig(precision=precision, gradient_checkpointing=checkpointing)  # type: ignore[arg-type]
+    training = TrainingConfig(method="lora", precision=precision, gradient_checkpointing=checkpointing)  # type: ignore[arg-type]
     opts = CudaLoraOptions(quantization=mode, device="cpu" if device == "cpu" else "cuda")  # type: ignore[arg-type]
     return training, opts, precision
 
@@ -144,13 +144,12 @@ def build(
     lora: dict[str, Any] | None = None,
 ) -> tuple[Any, Callable[[], Any], Any]:
     from whisper_tune_cuda_lora.model import autocast_factory, build_lora_model
-    from whisper_tune_cuda_lora.options import LoraOptions
 
-    from whisper_tune.config.schema import ModelConfig
+    from whisper_tune.config.schema import LoraConfig, ModelConfig
 
     training, opts, precision = mode_settings(mode, checkpointing, device)
     if lora:
-        opts = opts.model_copy(update={"lora": LoraOptions(**lora)})
+        training = training.model_copy(update={"lora": LoraConfig(**lora)})
     model = build_lora_model(
         str(model_dir), ModelConfig(name=str(model_dir), language=language), training, opts
     )

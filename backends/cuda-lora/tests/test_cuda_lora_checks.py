@@ -10,13 +10,14 @@ from pydantic import BaseModel, ValidationError
 from whisper_tune_cuda_lora.backend import CudaLoraBackend
 from whisper_tune_cuda_lora.checks import check_config
 from whisper_tune_cuda_lora.memory import ANCHORS, estimate, lora_params, model_shape, shape_from_name
-from whisper_tune_cuda_lora.options import CudaLoraOptions, LoraOptions
+from whisper_tune_cuda_lora.options import CudaLoraOptions
 
 from whisper_tune import load_config
 from whisper_tune.backend.protocol import Capabilities
 from whisper_tune.backend.registry import Registry
 from whisper_tune.config.load import merge_sources, validate
 from whisper_tune.config.presets import list_presets
+from whisper_tune.config.schema import LoraConfig
 from whisper_tune.errors import ConfigError, HardwareError
 from whisper_tune.pipeline import plan, raise_issues
 
@@ -42,7 +43,9 @@ def issues(cfg: object, caps: Capabilities, bnb: str | None = "0.50.2") -> dict[
 def test_defaults_are_the_seed_lora_on_an_unquantised_base() -> None:
     opts = CudaLoraOptions()
     assert opts.quantization == "none" and opts.device == "cuda"
-    assert opts.lora == LoraOptions(r=32, alpha=64, dropout=0.05, target_modules=("q_proj", "v_proj"))
+    cfg = config()
+    assert cfg.training.method == "lora"
+    assert cfg.training.lora == LoraConfig(r=32, alpha=64, dropout=0.05, target_modules=("q_proj", "v_proj"))
 
 
 def test_every_option_is_described() -> None:
@@ -51,7 +54,7 @@ def test_every_option_is_described() -> None:
             assert field.description, f"{model.__name__}.{name} has no description"
 
     walk(CudaLoraOptions)
-    walk(LoraOptions)
+    walk(LoraConfig)
 
 
 @pytest.mark.parametrize("name", ["cuda-lora/seed000-marathi-large-v2", "cuda-lora/seed002-hindi-large-v2"])
@@ -59,17 +62,27 @@ def test_seed_presets_validate_as_the_int8_recipe(name: str) -> None:
     cfg = validate(merge_sources(list_presets()[name], env={}), registry=BACKEND)
     opts = cfg.backend.options
     assert isinstance(opts, CudaLoraOptions)
-    assert opts.quantization == "int8" and opts.lora.r == 32 and opts.lora.alpha == 64
+    assert opts.quantization == "int8" and cfg.training.lora.r == 32 and cfg.training.lora.alpha == 64
+    assert cfg.training.method == "lora" and cfg.training.learning_rate == 1e-3
     assert cfg.training.precision == "fp16" and cfg.training.gradient_checkpointing
 
 
 def test_bad_options_are_config_errors() -> None:
     with pytest.raises(ConfigError, match="quantization"):
         config("backend.quantization=3bit")
-    with pytest.raises(ConfigError, match="lora"):
-        config("backend.lora.rank=8")
+    with pytest.raises(ConfigError, match="backend.lora moved to training.lora"):
+        config("backend.lora.r=8")
+    with pytest.raises(ConfigError, match="training.lora"):
+        config("training.lora.rank=8")
     with pytest.raises(ValidationError):
-        LoraOptions(target_modules=())
+        LoraConfig(target_modules=())
+    with pytest.raises(ValidationError, match="not a Whisper Linear layer"):
+        LoraConfig(target_modules=("q_proj", "query"))
+    assert LoraConfig(target_modules="all-linear").target_modules == (  # type: ignore[arg-type]
+        "q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"
+    )
+    (full,) = issues(config("backend.device=cpu", "training.method=full"), NO_GPU)["training.method"]
+    assert "trains LoRA adapters" in full.message
 
 
 def test_no_cuda_device_is_a_hardware_error_unless_on_the_cpu() -> None:
@@ -128,19 +141,22 @@ def test_lora_defaults_fill_only_the_fields_nobody_set(capsys: pytest.CaptureFix
     # only this backend: the reference backend keeps the core's defaults
     assert load_config(None).training.learning_rate == 1e-5
     resolved = resolve_config(None, ["backend.device=cpu"], backend="cuda-lora", registry=BACKEND)
-    assert resolved.config == cpu and set(resolved.backend_defaults) == {"training.learning_rate"}
-    assert "LoRA" in resolved.backend_defaults["training.learning_rate"].reason
+    assert resolved.config == cpu and set(resolved.backend_defaults) == {"training.method"}
+    assert "LoRA" in resolved.backend_defaults["training.method"].reason
 
     assert main(["config", "show", "--backend", "cuda-lora"]) == 0
     shown = capsys.readouterr().out
-    assert "  learning_rate: 0.001  # cuda-lora default: LoRA's rate" in shown
+    assert "  method: lora  # cuda-lora default: this backend trains LoRA adapters" in shown
+    assert "  learning_rate: 0.001" in shown
     assert "  precision: bf16  # cuda-lora default: bf16 autocast on a GPU" in shown
     assert main(["plan", "--backend", "cuda-lora", "backend.device=cpu", "training.precision=bf16"]) == 0
     planned = capsys.readouterr().out
-    assert "learning rate:      0.001 (cuda-lora default: LoRA's rate" in planned
+    assert "method:             lora (cuda-lora default: this backend trains LoRA" in planned
+    assert "learning rate:      0.001 (whisper-tune default for training.method lora)" in planned
     assert "precision:          bf16 (set in the config)" in planned
     assert main(["plan", "--backend", "reference"]) == 0
-    assert "learning rate:      1e-05 (whisper-tune default)" in capsys.readouterr().out
+    shown = capsys.readouterr().out
+    assert "learning rate:      1e-05 (whisper-tune default for training.method full)" in shown
 
 
 def test_precision_checks() -> None:

@@ -71,7 +71,7 @@ def test_a_seed_preset_runs_on_the_cpu_as_documented(
     config = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8"))
     language = "mr" if "marathi" in preset else "hi"
     assert config["model"]["language"] == language and config["backend"]["quantization"] == "int8"
-    assert config["training"]["gradient_checkpointing"] and config["backend"]["lora"]["r"] == 32
+    assert config["training"]["gradient_checkpointing"] and config["training"]["lora"]["r"] == 32
     metrics = json.loads((run_dir / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 1
     assert set(metrics["evaluation"]) == (set() if extra else {"after"})

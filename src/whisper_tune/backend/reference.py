@@ -1,4 +1,5 @@
-"""The CPU reference backend: full fine-tuning on the CPU in fp32 (or bf16 autocast), one process.
+"""The CPU reference backend: full fine-tuning or LoRA (``training.method``) on the CPU in fp32 (or bf16
+autocast), one process.
 
 It is the executable spec of the recipe, the quickstart's engine and CI's vehicle. Every other backend
 must agree with it on data, labels and metrics.
@@ -23,6 +24,7 @@ from whisper_tune.backend.protocol import (
     TrainResult,
 )
 from whisper_tune.config.schema import RunConfig
+from whisper_tune.recipe.lora import method_note
 from whisper_tune.recipe.progress import Reporter
 
 if TYPE_CHECKING:
@@ -40,7 +42,9 @@ class ReferenceOptions(BaseModel):
 
 class ReferenceBackend:
     name: ClassVar[str] = "reference"
-    description: ClassVar[str] = "plain PyTorch on the CPU (full fine-tuning); the recipe's executable spec"
+    description: ClassVar[str] = (
+        "plain PyTorch on the CPU (full fine-tuning or LoRA); the recipe's executable spec"
+    )
     Options: ClassVar[type[BaseModel]] = ReferenceOptions
     flags: ClassVar[tuple[Flag, ...]] = ()
 
@@ -84,7 +88,7 @@ class ReferenceBackend:
             batch_per_device=config.training.batch_size,
             gradient_accumulation_steps=config.training.gradient_accumulation_steps,
             placement=("whole model on the CPU",),
-            notes=(f"precision {config.training.precision}",),
+            notes=(f"precision {config.training.precision}", method_note(config.training)),
         )
 
     def uses_cpu(self, config: RunConfig) -> bool:
@@ -93,13 +97,16 @@ class ReferenceBackend:
     def training_setup(self, job: TrainJob, accelerator: Any, reporter: Reporter) -> TrainingSetup:
         import torch
 
-        from whisper_tune.recipe.model import build_full_model
+        from whisper_tune.recipe.lora import describe_trainable
+        from whisper_tune.recipe.model import build_training_model
         from whisper_tune.recipe.phases import TrainingSetup
 
         opts = job.config.backend.options_as(ReferenceOptions)
         if opts.threads:
             torch.set_num_threads(opts.threads)
-        model = build_full_model(job.model_dir, job.config.model, job.config.training)
+        model = build_training_model(job.model_dir, job.config.model, job.config.training)
+        if job.train:
+            reporter.info(describe_trainable(model))
         return TrainingSetup(accelerator, model, num_workers=opts.num_workers)
 
     def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:

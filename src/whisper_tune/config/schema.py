@@ -116,6 +116,12 @@ class EvalSetConfig(Section):
         None, description="Per-row language column; defaults to data.language_column."
     )
     max_samples: int | None = Field(None, gt=0, description="Evaluate at most this many samples.")
+    regression_margin: float | None = Field(
+        None,
+        ge=0,
+        description="Guard rail: warn when this set's normalised WER rises by more than this many points "
+        "during training; null = eval.regression_margin.",
+    )
 
 
 DatasetKind = Literal["auto", "hub", "audiofolder", "csv", "jsonl", "prepared"]
@@ -206,8 +212,67 @@ class DataConfig(Section):
         return self
 
 
+#: Whisper's Linear layers (attention and MLP, encoder and decoder): what LoRA can adapt
+WHISPER_LINEAR = ("q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2")
+ALL_LINEAR = "all-linear"
+TrainingMethod = Literal["full", "lora"]
+#: the peak learning rate each method gets when the config sets none (see docs/benchmarks.md)
+DEFAULT_LEARNING_RATE: dict[str, float] = {"full": 1e-5, "lora": 1e-3}
+
+
+class LoraConfig(Section):
+    """The LoRA adapter (peft ``LoraConfig``) trained with ``training.method: lora``; the defaults are the
+    seeds' (r=32, alpha=64, dropout 0.05, q_proj/v_proj)."""
+
+    r: int = Field(32, gt=0, description="LoRA rank.")
+    alpha: float = Field(64, gt=0, description="LoRA scaling numerator (lora_alpha); the update is alpha/r.")
+    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch (lora_dropout).")
+    target_modules: tuple[str, ...] = Field(
+        ("q_proj", "v_proj"),
+        min_length=1,
+        description="Module names that get adapters: any of q_proj, k_proj, v_proj, out_proj, fc1, fc2 "
+        "(matched in encoder and decoder, self- and cross-attention), or 'all-linear' for all six.",
+    )
+    bias: Literal["none", "all", "lora_only"] = Field(
+        "none", description="peft's bias setting (seeds: none)."
+    )
+
+    @field_validator("target_modules", mode="before")
+    @classmethod
+    def _all_linear(cls, value: Any) -> Any:
+        if value == ALL_LINEAR or (isinstance(value, (list, tuple)) and list(value) == [ALL_LINEAR]):
+            return WHISPER_LINEAR
+        return value
+
+    @field_validator("target_modules")
+    @classmethod
+    def _whisper_modules(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        unknown = [name for name in value if name not in WHISPER_LINEAR]
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)}: not a Whisper Linear layer; use any of {', '.join(WHISPER_LINEAR)} "
+                f"or '{ALL_LINEAR}'"
+            )
+        return tuple(dict.fromkeys(value))
+
+
 class TrainingConfig(Section):
-    learning_rate: float = Field(1e-5, gt=0, description="Peak learning rate (never rescaled silently).")
+    method: TrainingMethod = Field(
+        "full",
+        description="What trains: 'full' (every weight; the encoder too unless freeze_encoder) or 'lora' "
+        "(LoRA adapters from training.lora on a frozen base; checkpoints and final/ hold the adapter "
+        "only). Every in-process backend supports both; cuda-lora is LoRA only, ipu full only.",
+    )
+    lora: LoraConfig = Field(
+        default_factory=LoraConfig, description="The LoRA adapter, used with method 'lora'."
+    )
+    learning_rate: float = Field(
+        DEFAULT_LEARNING_RATE["full"],
+        gt=0,
+        description="Peak learning rate (never rescaled silently). Unset: "
+        + ", ".join(f"{rate:g} for method '{m}'" for m, rate in DEFAULT_LEARNING_RATE.items())
+        + ".",
+    )
     batch_size: int = Field(16, gt=0, description="Batch size per device (as in the seeds and HF Trainer).")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
     max_steps: int | None = Field(
@@ -254,6 +319,14 @@ class TrainingConfig(Section):
         "wandb, mlflow, comet_ml, clearml, dvclive, aim, swanlab, trackio).",
     )
 
+    @model_validator(mode="after")
+    def _method_learning_rate(self) -> TrainingConfig:
+        """An unset learning rate is the method's (LoRA's fresh adapters need ~100x full fine-tuning's);
+        it stays unset (``model_fields_set``), so ``plan`` names it a default."""
+        if "learning_rate" not in self.model_fields_set:
+            object.__setattr__(self, "learning_rate", DEFAULT_LEARNING_RATE[self.method])
+        return self
+
 
 class EvalConfig(Section):
     before: bool = Field(True, description="Evaluate before training (seed 003 does), to show the change.")
@@ -276,7 +349,13 @@ class EvalConfig(Section):
     regression_margin: float = Field(
         2.0,
         ge=0,
-        description="Warn when the regression set's normalised WER rises by more than this (points).",
+        description="Warn when the normalised WER of the regression set, or of any other set evaluated "
+        "before and after (data.extra_eval), rises by more than this (points).",
+    )
+    fail_on_regression: bool = Field(
+        False,
+        description="Make those warnings an error for pipelines: the run still finishes and writes "
+        "everything (final/, metrics.json with the warnings), then exits with code 9.",
     )
     detect_language: bool = Field(
         True,

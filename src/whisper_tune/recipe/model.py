@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from whisper_tune.config.schema import ModelConfig
+from whisper_tune.config.schema import ModelConfig, TrainingConfig
 from whisper_tune.errors import ModelError
 from whisper_tune.hub import NO_LOCAL_DIRECTORY, hub_offline, is_network_error, missing_locally
 from whisper_tune.models.ct2_import import MULTILINGUAL_VOCAB
@@ -151,17 +151,33 @@ def enable_activation_checkpointing(model: Any) -> None:
     model.config.use_cache = False
 
 
-def build_full_model(source: str, cfg: ModelConfig, training: Any) -> Any:
-    """The model for full fine-tuning in fp32 (mixed precision is autocast): every weight trains, except
-    the encoder with ``training.freeze_encoder``."""
+def build_training_model(source: str, cfg: ModelConfig, training: TrainingConfig) -> Any:
+    """The model to train in fp32 (mixed precision is autocast), by ``training.method``: 'full', every
+    weight trains except the encoder with ``freeze_encoder``; 'lora', adapters on a frozen base
+    (``recipe.lora``)."""
     import torch
 
     model = load_model(source, cfg, dtype=torch.float32)
+    if training.method == "lora":
+        from whisper_tune.recipe.lora import add_lora
+
+        model.requires_grad_(False)
+        if training.gradient_checkpointing:
+            enable_activation_checkpointing(model)
+            # the encoder's input is audio features, not embeddings: without this no gradient reaches
+            # the checkpointed layers of a frozen base (the seeds' hook on conv1)
+            model.model.encoder.conv1.register_forward_hook(make_output_require_grad)
+        return add_lora(model, training)
     if training.freeze_encoder:
         model.model.encoder.requires_grad_(False)
     if training.gradient_checkpointing:
         enable_activation_checkpointing(model)
     return model
+
+
+def make_output_require_grad(module: Any, inputs: Any, output: Any) -> None:
+    """The seeds' ``make_inputs_require_grad`` hook on ``model.model.encoder.conv1``."""
+    output.requires_grad_(True)
 
 
 def require_whisper(source: str, name: str) -> None:

@@ -1,4 +1,5 @@
-"""The ``accelerate`` backend: full fine-tuning over many GPUs / nodes through HF Accelerate.
+"""The ``accelerate`` backend: full fine-tuning (or LoRA, ``training.method``) over many GPUs / nodes
+through HF Accelerate.
 
 ``whisper-tune run --backend accelerate --num-processes N`` prepares the data once in this process, then
 runs the ``accelerate launch`` its plan returned (the core's ``backend/launch.py``): N training processes
@@ -33,6 +34,7 @@ from whisper_tune.backend.protocol import (
     TrainResult,
 )
 from whisper_tune.config.schema import RunConfig
+from whisper_tune.recipe.lora import method_note
 from whisper_tune_accelerate.options import AccelerateOptions, precision_to_mixed
 
 if TYPE_CHECKING:
@@ -74,7 +76,8 @@ def cuda_capabilities() -> tuple[int, tuple[float, ...], bool]:
 class AccelerateBackend:
     name: ClassVar[str] = "accelerate"
     description: ClassVar[str] = (
-        "full fine-tuning on many GPUs / nodes through Hugging Face Accelerate (DDP, FSDP, DeepSpeed)"
+        "full fine-tuning (or LoRA) on many GPUs / nodes through Hugging Face Accelerate (DDP, FSDP, "
+        "DeepSpeed)"
     )
     Options: ClassVar[type[BaseModel]] = AccelerateOptions
     flags: ClassVar[tuple[Flag, ...]] = (
@@ -110,6 +113,16 @@ class AccelerateBackend:
                     f"restoring the best checkpoint into a model sharded by {opts.strategy} is not supported",
                     hint="set eval.keep_best=false (the best weights stay in checkpoints/best/), or use "
                     "backend.strategy=ddp",
+                )
+            )
+        if config.training.method == "lora" and opts.strategy != "ddp":
+            issues.append(
+                Issue(
+                    "training.method",
+                    f"LoRA with backend.strategy={opts.strategy} has not been verified (peft under FSDP / "
+                    "ZeRO-3 needs its own wrapping rules)",
+                    hint="use backend.strategy=ddp: the adapters are small, so each process holds the "
+                    "whole model and only the adapters' gradients are all-reduced",
                 )
             )
         if opts.quantization != "none":
@@ -237,6 +250,7 @@ class AccelerateBackend:
             + (", offloaded to the CPU" if opts.offload else ""),
         }[opts.strategy]
         notes = [
+            method_note(training),
             f"precision {training.precision} (mixed_precision {precision_to_mixed(training.precision)})",
             f"learning rate {training.learning_rate} as configured (not rescaled by the process count)",
             "steps count global batches: an epoch is training samples / "
@@ -269,12 +283,16 @@ class AccelerateBackend:
         return config.backend.options_as(AccelerateOptions).cpu
 
     def training_setup(self, job: TrainJob, accelerator: Any, reporter: Reporter) -> TrainingSetup:
-        from whisper_tune.recipe.model import build_full_model
+        from whisper_tune.recipe.lora import describe_trainable
+        from whisper_tune.recipe.model import build_training_model
         from whisper_tune.recipe.phases import TrainingSetup
 
         opts = job.config.backend.options_as(AccelerateOptions)
         # whole on every process for the evaluation before training (FSDP / DeepSpeed shard it in prepare)
-        model = build_full_model(job.model_dir, job.config.model, job.config.training).to(accelerator.device)
+        model = build_training_model(job.model_dir, job.config.model, job.config.training)
+        model = model.to(accelerator.device)
+        if job.train and accelerator.is_main_process:
+            reporter.info(describe_trainable(model))
         return TrainingSetup(accelerator, model, num_workers=opts.num_workers)
 
     def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:

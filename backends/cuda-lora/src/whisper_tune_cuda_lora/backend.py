@@ -42,10 +42,6 @@ if TYPE_CHECKING:
     from whisper_tune.recipe.progress import Reporter
 
 
-#: the seeds' learning rate (seed 002), this backend's default when the config sets none
-LORA_LEARNING_RATE = 1e-3
-
-
 def installed_version(distribution: str) -> str | None:
     """The installed version of a distribution, without importing it (None: not installed)."""
     from importlib.metadata import PackageNotFoundError, version
@@ -104,13 +100,11 @@ class CudaLoraBackend:
         return Probe(True, "", "", caps, mode=mode)
 
     def defaults(self, options: BaseModel) -> dict[str, BackendDefault]:
-        """LoRA's learning rate, and bf16 on a GPU, for configs that do not set them."""
+        """LoRA (with its learning rate), and bf16 on a GPU, for configs that do not set them."""
         opts = options if isinstance(options, CudaLoraOptions) else CudaLoraOptions()
         supplied = {
-            "training.learning_rate": BackendDefault(
-                LORA_LEARNING_RATE,
-                "LoRA's rate, as in the seeds; the core's 1e-5 suits full fine-tuning and barely moves "
-                "fresh adapters",
+            "training.method": BackendDefault(
+                "lora", "this backend trains LoRA adapters (with LoRA's learning rate unless set)"
             )
         }
         if opts.device == "cuda":
@@ -138,7 +132,7 @@ class CudaLoraBackend:
         base = {"none": f"{training.precision} (unquantised)", "int8": "int8 (bitsandbytes LLM.int8)"}.get(
             opts.quantization, f"4-bit {opts.bnb_4bit_quant_type} (bitsandbytes)"
         )
-        lora = opts.lora
+        lora = training.lora
         notes = [
             f"base weights: {base}; autocast: "
             + ("none (fp32)" if training.precision == "fp32" else training.precision),
@@ -204,8 +198,9 @@ class CudaLoraBackend:
         base there (one process never spans several devices: the peft#414 trap)."""
         import torch
 
+        from whisper_tune.recipe.lora import describe_trainable
         from whisper_tune.recipe.phases import TrainingSetup
-        from whisper_tune_cuda_lora.model import build_lora_model, load_base, trainable_parameters
+        from whisper_tune_cuda_lora.model import build_lora_model, load_base
 
         cfg = job.config
         opts = cfg.backend.options_as(CudaLoraOptions)
@@ -213,11 +208,7 @@ class CudaLoraBackend:
             torch.cuda.reset_peak_memory_stats(accelerator.device)
         if job.train:
             model = build_lora_model(job.model_dir, cfg.model, cfg.training, opts, accelerator.device)
-            trainable, total = trainable_parameters(model)
-            reporter.info(
-                f"LoRA: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.2f} %), "
-                f"base {opts.quantization}"
-            )
+            reporter.info(describe_trainable(model, base=opts.quantization))
         else:  # evaluation only: the base itself (a fresh adapter would change nothing)
             model = load_base(job.model_dir, cfg.model, cfg.training, opts, accelerator.device)
         return TrainingSetup(accelerator, model, num_workers=opts.num_workers)

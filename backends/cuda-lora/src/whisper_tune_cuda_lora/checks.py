@@ -28,6 +28,15 @@ def check_config(config: RunConfig, caps: Capabilities, *, bnb_version: str | No
     """``bnb_version``: the installed bitsandbytes version, None when it is not installed."""
     opts = config.backend.options_as(CudaLoraOptions)
     issues = [*_device_issues(opts, caps), *_precision_issues(config, opts, caps)]
+    if config.training.method != "lora":
+        issues.append(
+            Issue(
+                "training.method",
+                f"the cuda-lora backend trains LoRA adapters, not training.method={config.training.method}",
+                hint="leave training.method unset (lora), or use --backend reference / accelerate for full "
+                "fine-tuning",
+            )
+        )
     if opts.quantization != "none":
         issues += _bnb_issues(opts, bnb_version)
     issues += _mel_issues(config.model.name)
@@ -175,8 +184,8 @@ def memory_estimate(
         checkpointing=config.training.gradient_checkpointing,
         batch=batch or config.training.batch_size,
         precision=config.training.precision,
-        lora_r=opts.lora.r,
-        target_modules=opts.lora.target_modules,
+        lora_r=config.training.lora.r,
+        target_modules=config.training.lora.target_modules,
         double_quant=opts.bnb_4bit_double_quant,
     )
 

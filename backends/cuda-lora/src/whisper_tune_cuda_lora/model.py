@@ -6,20 +6,23 @@ peft's ``prepare_model_for_kbit_training`` (freezes the base, casts the non-quan
 turns on gradient checkpointing when asked). none: the base is loaded in the training dtype (bf16
 with training.precision=bf16) onto the device. Then, with gradient checkpointing, the seeds' forward hook
 on the encoder's conv1 makes its output require grad (the encoder's input is audio features, not
-embeddings, so otherwise no gradient reaches the checkpointed layers), and ``get_peft_model`` adds the
-adapters. Checkpoints and the final model hold the adapter only (the core's ``recipe.weights.ADAPTER_ONLY``).
+embeddings, so otherwise no gradient reaches the checkpointed layers), and the core's ``add_lora``
+(``training.lora``) adds the adapters. Checkpoints and the final model hold the adapter only (the core's
+``recipe.weights.ADAPTER_ONLY``).
 """
 
 from __future__ import annotations
 
 import contextlib
-import warnings
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from whisper_tune.config.schema import ModelConfig, TrainingConfig
-from whisper_tune.errors import BackendUnavailableError, ConfigError
+from whisper_tune.errors import BackendUnavailableError
+from whisper_tune.recipe.lora import add_lora, peft_on_transformers_5
+from whisper_tune.recipe.lora import trainable_parameters as trainable_parameters
+from whisper_tune.recipe.model import make_output_require_grad
 from whisper_tune.recipe.weights import ADAPTER_ONLY
 from whisper_tune_cuda_lora.options import BNB_INSTALL, CudaLoraOptions
 
@@ -89,7 +92,7 @@ def load_base(
             quantization_config=quantization_config(opts, training.precision),
             device_map={"": device},
         )
-        with _peft_on_transformers_5():
+        with peft_on_transformers_5():
             model = prepare_model_for_kbit_training(  # type: ignore[no-untyped-call]
                 model,
                 use_gradient_checkpointing=training.gradient_checkpointing,
@@ -99,7 +102,7 @@ def load_base(
             )
         keep_training_layout(model)
     if training.gradient_checkpointing:
-        model.model.encoder.conv1.register_forward_hook(_make_output_require_grad)
+        model.model.encoder.conv1.register_forward_hook(make_output_require_grad)
         model.config.use_cache = False
     return model
 
@@ -118,48 +121,6 @@ def keep_training_layout(model: Any) -> None:
             module.support_avx512bf16_for_cpu = False
 
 
-@contextlib.contextmanager
-def _peft_on_transformers_5() -> Iterator[None]:
-    """peft still calls transformers' ``gradient_checkpointing_enable`` / ``is_gradient_checkpointing``,
-    which transformers 5.24 deprecates (renamed ``activation_checkpointing``) with a FutureWarning a user
-    can do nothing about: hide only those."""
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", message=".*gradient_checkpointing.*", category=FutureWarning)
-        yield
-
-
-def _make_output_require_grad(module: Any, inputs: Any, output: Any) -> None:
-    """The seeds' ``make_inputs_require_grad`` hook on ``model.model.encoder.conv1``."""
-    output.requires_grad_(True)
-
-
-def add_lora(model: Any, opts: CudaLoraOptions, training: TrainingConfig) -> Any:
-    """``get_peft_model`` with the configured LoRA; with freeze_encoder only the decoder's adapters train."""
-    from peft import LoraConfig, get_peft_model
-
-    lora = opts.lora
-    config = LoraConfig(
-        r=lora.r,
-        lora_alpha=lora.alpha,  # type: ignore[arg-type]  # peft annotates int; any positive number works
-        target_modules=list(lora.target_modules),
-        lora_dropout=lora.dropout,
-        bias=lora.bias,
-    )
-    try:
-        with _peft_on_transformers_5():
-            peft_model = get_peft_model(model, config)
-    except ValueError as exc:
-        raise ConfigError(
-            f"backend.lora.target_modules {list(lora.target_modules)}: {str(exc).splitlines()[0]}",
-            hint="Whisper's Linear layers are q_proj, k_proj, v_proj, out_proj, fc1, fc2",
-        ) from None
-    if training.freeze_encoder:
-        for name, param in peft_model.named_parameters():
-            if ".encoder.layers." in name:
-                param.requires_grad_(False)
-    return peft_model
-
-
 def build_lora_model(
     model_dir: str,
     model_cfg: ModelConfig,
@@ -167,13 +128,7 @@ def build_lora_model(
     opts: CudaLoraOptions,
     device: Any = None,
 ) -> Any:
-    return add_lora(load_base(model_dir, model_cfg, training, opts, device), opts, training)
-
-
-def trainable_parameters(model: Any) -> tuple[int, int]:
-    """(trainable, all) parameter counts (bitsandbytes 4-bit weights count as stored, i.e. halved)."""
-    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
-    return trainable, sum(p.numel() for p in model.parameters())
+    return add_lora(load_base(model_dir, model_cfg, training, opts, device), training)
 
 
 def save_adapter(model: Any, directory: Path) -> None:

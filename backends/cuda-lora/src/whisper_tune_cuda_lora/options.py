@@ -1,10 +1,12 @@
-"""The ``cuda-lora`` backend's options (``backend: {name: cuda-lora, quantization: ..., lora: {...}}``)."""
+"""The ``cuda-lora`` backend's options (``backend: {name: cuda-lora, quantization: ..., device: ...}``).
+
+The adapter itself is the core's ``training.lora`` (shared with every backend that trains LoRA)."""
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import ConfigDict, Field, model_validator
 
 from whisper_tune.backend.launch import ProcessOptions
 
@@ -15,25 +17,6 @@ Quantization = Literal["int8", "4bit", "none"]
 #: bound keeps out releases nobody has tested (bitsandbytes changes its API between minor releases).
 BNB_REQUIREMENT = "bitsandbytes>=0.47,<0.51"
 BNB_INSTALL = f"pip install 'whisper-tune-cuda-lora[bnb]' ({BNB_REQUIREMENT}: CUDA and CPU kernels)"
-
-
-class LoraOptions(BaseModel):
-    """peft ``LoraConfig``; the defaults are the seeds' (r=32, alpha=64, dropout 0.05, q_proj/v_proj)."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid")
-
-    r: int = Field(32, gt=0, description="LoRA rank.")
-    alpha: float = Field(64, gt=0, description="LoRA scaling numerator (lora_alpha); the update is alpha/r.")
-    dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA branch (lora_dropout).")
-    target_modules: tuple[str, ...] = Field(
-        ("q_proj", "v_proj"),
-        min_length=1,
-        description="Module names that get adapters: any of q_proj, k_proj, v_proj, out_proj, fc1, fc2 "
-        "(matched in encoder and decoder, self- and cross-attention).",
-    )
-    bias: Literal["none", "all", "lora_only"] = Field(
-        "none", description="peft's bias setting (seeds: none)."
-    )
 
 
 class CudaLoraOptions(ProcessOptions):
@@ -58,7 +41,6 @@ class CudaLoraOptions(ProcessOptions):
         "backend; fp32 or bf16, not fp16): slow, for tests, trying the seeds' recipe and comparing modes "
         "without a GPU.",
     )
-    lora: LoraOptions = Field(default_factory=LoraOptions, description="The LoRA adapter (peft LoraConfig).")
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field(
         "nf4", description="4-bit data type for quantization '4bit' (QLoRA uses nf4)."
     )
@@ -68,3 +50,13 @@ class CudaLoraOptions(ProcessOptions):
     num_workers: int = Field(
         0, ge=0, description="DataLoader worker processes (0 = load in the main process)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lora_moved(cls, data: Any) -> Any:
+        if isinstance(data, dict) and "lora" in data:
+            raise ValueError(
+                "backend.lora moved to training.lora (LoRA now trains on every backend): write the same "
+                "keys under training.lora"
+            )
+        return data
