@@ -112,7 +112,7 @@ def test_windows_keep_within_the_label_limit_and_the_window_length(
     for index, window in enumerate(epoch.windows):
         item = epoch[index]
         assert len(item["labels"]) <= 40 and len(item["audio"]) <= 12 * 16_000
-        for before, after in zip(window.placements, window.placements[1:]):
+        for before, after in zip(window.placements, window.placements[1:], strict=False):
             assert after.start - (before.start + windows.clips[before.clip].steps) == 50  # the 1 s gap
 
 
@@ -194,7 +194,7 @@ def test_timestamped_segments_from_a_column_become_the_labels(
         PreparedDataset(write_prepared([sample], tmp_path / "ts")), english_tokenizer, data, 0
     )
     item = windows.for_epoch(0)[0]
-    prefix, found = read_window(item["labels"], windows.special)
+    _, found = read_window(item["labels"], windows.special)
     assert [(s, e) for s, _, e in found] == [(0, 50), (60, 75)]
     assert [english_tokenizer.decode(t) for _, t, _ in found] == [" first half", " second"]
     # a prepared set without segments is refused with what to do
