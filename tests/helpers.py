@@ -148,11 +148,12 @@ def toy_overrides(model: Path, out: Path, **extra: object) -> list[str]:
 
 
 def real_samples(
-    model_dir: Path, count: int, longest_last: bool = True, audio: bool = False
+    model_dir: Path, count: int, longest_last: bool = True, audio: bool = False, text: bool = False
 ) -> list[dict[str, Any]]:
     """``count`` quickstart training clips as model inputs (log-mel features of the real audio, labels
     from the model's real tokenizer), the shortest transcripts first and the longest last (so batches
-    cut from the front and the back differ a lot in label tokens)."""
+    cut from the front and the back differ a lot in label tokens); with ``text`` each also has its
+    transcript ("text")."""
     import soundfile as sf
     import soxr
     from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
@@ -169,7 +170,7 @@ def real_samples(
         clip = soxr.resample(clip, rate, 16_000)
         labels = tokenizer(row["text"]).input_ids
         if audio:  # what prepared data holds (features are made at batch time)
-            out.append({"audio": clip, "labels": labels})
+            out.append({"audio": clip, "labels": labels, **({"text": row["text"]} if text else {})})
             continue
         features = extractor(clip, sampling_rate=16_000, return_tensors="np")["input_features"][0]
         out.append({"input_features": features, "labels": labels})

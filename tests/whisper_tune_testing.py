@@ -149,13 +149,16 @@ def toy_multilingual_dir(tmp_path_factory: pytest.TempPathFactory) -> object:
 
 
 def write_prepared(samples: Sequence[dict[str, Any]], out: Path, num_mel_bins: int = 80) -> Path:
-    """``samples`` (``{"audio", "labels"}``, e.g. ``helpers.real_samples(..., audio=True)``) as a prepared
-    data set in the project's own format (``whisper_tune.recipe.prepared``)."""
+    """``samples`` (``{"audio", "labels"}``, optionally "text" and "segments", e.g.
+    ``helpers.real_samples(..., audio=True)``) as a prepared data set in the project's own format
+    (``whisper_tune.recipe.prepared``)."""
     from whisper_tune.recipe.prepared import PreparedWriter, to_pcm
 
     writer = PreparedWriter(out, num_mel_bins=num_mel_bins, shard_size=8)
     for n, sample in enumerate(samples):
-        writer.add(to_pcm(sample["audio"]), list(sample["labels"]), f"t{n}", f"s{n}")
+        text = sample.get("text", f"t{n}")
+        segments = sample.get("segments")
+        writer.add(to_pcm(sample["audio"]), list(sample["labels"]), text, f"s{n}", segments=segments)
     return writer.close()
 
 

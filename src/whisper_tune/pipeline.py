@@ -264,7 +264,8 @@ def run(
             config, run_dir / "prepared", processor, backend, reporter, train and stream is None, data
         )
         if train and sets.train is not None and config.training.max_steps is None:
-            raise_issues(warmup_issues(config, _epoch_steps(config, backend, the_plan, sets.train)))
+            steps = _epoch_steps(config, backend, the_plan, sets.train, processor.tokenizer)
+            raise_issues(warmup_issues(config, steps))
         job = TrainJob(
             config=config,
             run_dir=run_dir,
@@ -413,14 +414,22 @@ def _prepare_sets(
     )
 
 
-def _epoch_steps(config: RunConfig, backend: Backend, the_plan: Plan, train_dir: Path) -> int:
-    """Optimizer steps of an epoch-bounded run, counted as the training loop counts them."""
+def _epoch_steps(
+    config: RunConfig, backend: Backend, the_plan: Plan, train_dir: Path, tokenizer: Any
+) -> int:
+    """Optimizer steps of an epoch-bounded run, counted as the training loop counts them (windows planned
+    per epoch when the data section asks for them)."""
     from whisper_tune.recipe.loop import total_steps
     from whisper_tune.recipe.prepared import PreparedDataset
+    from whisper_tune.recipe.windows import TrainWindows
 
-    samples = len(PreparedDataset(train_dir))
+    prepared = PreparedDataset(train_dir)
     drop_last = backend.recipe_needs(config).drop_last
-    return total_steps(config.training, samples, drop_last, the_plan.processes)
+    if not config.data.windowed:
+        return total_steps(config.training, len(prepared), drop_last, the_plan.processes)
+    windows = TrainWindows(prepared, tokenizer, config.data, config.training.seed)
+    sizes = lambda epoch: len(windows.plan(epoch).windows)  # noqa: E731
+    return total_steps(config.training, len(windows), drop_last, the_plan.processes, sizes)
 
 
 def _write_predictions(run_dir: Path, evaluation: dict[str, Any], eval_sets: dict[str, Any]) -> None:
@@ -456,8 +465,14 @@ def _metrics(
         "train": {
             "steps": result.steps,
             "samples": result.train_samples,
+            "clips": result.train_clips or result.train_samples,
+            "audio_seconds": result.train_audio_seconds,
             "seconds": result.train_seconds,
             "samples_per_second": round(result.samples_per_second, 3),
+            "audio_seconds_per_second": (
+                round(result.train_audio_seconds / result.train_seconds, 3) if result.train_seconds else 0.0
+            ),
+            **({"windows": result.train_samples, "packing": result.windows} if result.windows else {}),
             "final_loss": next((r["loss"] for r in reversed(result.log_history) if "loss" in r), None),
             "interrupted": result.interrupted,
         },

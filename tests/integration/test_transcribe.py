@@ -109,6 +109,42 @@ def test_ct2_directory_transcribes_a_long_recording_to_srt(
     assert normalised_wer(" ".join(b[2] for b in blocks), reference) < 15
 
 
+@pytest.mark.slow
+def test_srt_from_a_run_fine_tuned_on_packed_windows_with_timestamps(
+    long_recording: tuple[Path, str, float], tmp_path: Path
+) -> None:
+    """Real tiny.en, a few steps on packed windows (timestamp labels), then SRT from the run: the
+    fine-tune still predicts timestamps, and the pipeline reads them."""
+    from whisper_tune import load_config, run
+    from whisper_tune.models.resolve import resolve_run
+
+    overrides = [
+        "data.packing.enabled=true",
+        "data.max_train_samples=24",
+        "data.max_eval_samples=4",
+        "data.extra_eval=[]",
+        "eval.regression_set=null",
+        "eval.before=false",
+        "eval.after=false",
+        "training.batch_size=1",
+        "training.max_steps=2",
+        "training.warmup_steps=0",
+        "output.plot=false",
+        f"output.dir={tmp_path}",
+        "output.run_name=packed",
+    ]
+    summary = run(load_config("quickstart", overrides), reporter=QUIET)
+    assert summary.metrics["train"]["clips"] > summary.metrics["train"]["windows"] == 2
+    path, reference, seconds = long_recording
+    out = tmp_path / "long.srt"
+    transcribe_files([path], resolve_run(tmp_path / "packed"), fmt="srt", output=out, reporter=QUIET)
+    blocks = srt_blocks(out.read_text())
+    starts = [b[0] for b in blocks]
+    assert len(blocks) >= CLIPS // 2 and starts == sorted(starts)
+    assert all(end >= start for start, end, _ in blocks) and blocks[-1][1] <= seconds + 1
+    assert normalised_wer(" ".join(b[2] for b in blocks), reference) < 15
+
+
 def test_a_bad_file_stops_with_one_line_and_keeps_earlier_outputs(tmp_path: Path) -> None:
     from whisper_tune.models.packaged import resolve_packaged
 

@@ -161,7 +161,11 @@ class TrainResult(BaseModel):
     #: one record per logged step: {"step", "epoch", "loss", "learning_rate"}.
     log_history: list[dict[str, float]] = Field(default_factory=list)
     steps: int = 0
+    #: rows trained on: clips, or windows with data.packing
     train_samples: int = 0
+    #: clips inside those rows (= train_samples without packing) and their seconds of speech
+    train_clips: int = 0
+    train_audio_seconds: float = 0.0
     train_seconds: float = 0.0
     eval_seconds: dict[str, float] = Field(default_factory=dict)
     peak_memory_bytes: int | None = None
@@ -172,6 +176,8 @@ class TrainResult(BaseModel):
     selection: dict[str, Any] = Field(default_factory=dict)
     #: data.streaming: what the training stream read, kept and dropped (recipe.streaming); empty if off
     stream: dict[str, Any] = Field(default_factory=dict)
+    #: data.packing / timestamps / no-speech windows: recipe.windows.TrainWindows.report(); empty if off
+    windows: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def samples_per_second(self) -> float:

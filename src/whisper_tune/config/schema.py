@@ -127,6 +127,32 @@ class EvalSetConfig(Section):
 DatasetKind = Literal["auto", "hub", "audiofolder", "csv", "jsonl", "prepared"]
 
 
+class PackingConfig(Section):
+    """Training clips joined into 30 s windows with Whisper's timestamp tokens (recipe/packing.py)."""
+
+    enabled: bool = Field(
+        False,
+        description="Join training clips into windows of at most max_window_s (and data.max_label_tokens "
+        "label tokens), each clip a segment between timestamp tokens in Whisper's multi-segment format. "
+        "training.batch_size then counts windows. Evaluation stays per clip, without timestamps.",
+    )
+    gap_s: float = Field(
+        0.3, ge=0, le=5, description="Silence between two clips of a window, in seconds (0.02 s steps)."
+    )
+    random_offset: bool = Field(
+        False,
+        description="Start each window's first clip at a random point of the window's free time instead "
+        "of at 0 s (seeded by training.seed and the epoch), so the model does not learn that speech "
+        "always starts at 0.",
+    )
+    max_window_s: float = Field(
+        MAX_AUDIO_SECONDS,
+        gt=1,
+        le=MAX_AUDIO_SECONDS,
+        description="Audio per window at most, in seconds (Whisper's window is 30 s).",
+    )
+
+
 class DataConfig(Section):
     dataset: str | None = Field(
         None,
@@ -199,6 +225,35 @@ class DataConfig(Section):
         description="More datasets evaluated before and after training and never trained on, to see "
         "whether the model improved or merely memorised (another voice, another domain).",
     )
+    packing: PackingConfig = Field(
+        default_factory=PackingConfig,
+        description="Pack short training clips into 30 s windows with timestamp tokens (off by default).",
+    )
+    timestamps: bool = Field(
+        False,
+        description="Train with timestamp tokens from data.segments_column: each training clip's labels "
+        "become its segments, each between its start and end timestamp tokens (packed or not). "
+        "Evaluation stays without timestamps.",
+    )
+    segments_column: str = Field(
+        "sentences",
+        description="With data.timestamps: the column holding each clip's segments, a list (or a JSON "
+        "string of a list) of {start, end, text} with times in seconds from the clip's start (the layout "
+        "of Whisper-Finetune, which calls it 'sentences').",
+    )
+    no_speech_fraction: float = Field(
+        0.0,
+        ge=0,
+        le=0.5,
+        description="Share of training windows (or clips, unpacked) that are silence or noise with "
+        "Whisper's no-speech target <|startoftranscript|><|nocaptions|><|endoftext|>, added to each "
+        "epoch (seeded). 0 adds none.",
+    )
+
+    @property
+    def windowed(self) -> bool:
+        """Training reads windows built per epoch (recipe/windows.py), not the prepared clips as they are."""
+        return self.packing.enabled or self.timestamps or self.no_speech_fraction > 0
 
     @model_validator(mode="after")
     def _one_eval_source(self) -> DataConfig:
@@ -209,6 +264,11 @@ class DataConfig(Section):
             raise ValueError("data.extra_eval names must be unique and not 'eval'")
         if self.min_duration_s >= self.max_duration_s:
             raise ValueError("data.min_duration_s must be below data.max_duration_s")
+        if self.streaming and self.windowed:
+            raise ValueError(
+                "data.packing, data.timestamps and data.no_speech_fraction need a prepared training set: "
+                "set data.streaming=false"
+            )
         return self
 
 

@@ -25,6 +25,7 @@ import json
 import random
 import re
 import shutil
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -170,14 +171,33 @@ def load_tensors_file(checkpoint: Path, name: str) -> Any:
         raise damaged(checkpoint, name, f"damaged ({type(exc).__name__})") from None
 
 
-def read_totals(checkpoint: Path) -> tuple[int, float]:
-    """(training samples, training seconds) of every session up to ``checkpoint`` (0 for checkpoints
-    written before they were recorded)."""
+@dataclass(frozen=True)
+class Totals:
+    """What every training session up to a checkpoint saw, all processes together."""
+
+    #: rows of the batches: clips, or windows with data.packing
+    samples: int = 0
+    seconds: float = 0.0
+    #: clips inside those rows (= samples without packing)
+    clips: int = 0
+    #: seconds of speech audio in them
+    audio_seconds: float = 0.0
+
+
+def read_totals(checkpoint: Path) -> Totals:
+    """The ``Totals`` recorded in ``checkpoint`` (0 for checkpoints written before they were recorded;
+    clips = samples for checkpoints written before clips were counted)."""
     try:
         state = json.loads((checkpoint / STATE_FILE).read_text(encoding="utf-8"))
-        return int(state.get("samples", 0)), float(state.get("seconds", 0.0))
+        samples = int(state.get("samples", 0))
+        return Totals(
+            samples,
+            float(state.get("seconds", 0.0)),
+            int(state.get("clips", samples)),
+            float(state.get("audio_seconds", 0.0)),
+        )
     except (OSError, ValueError, TypeError):
-        return 0, 0.0
+        return Totals()
 
 
 def publish_checkpoint(tmp: Path, target: Path, keep: int) -> list[Path]:

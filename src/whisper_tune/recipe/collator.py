@@ -42,14 +42,23 @@ class SpeechSeq2SeqCollator:
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
 
-        from whisper_tune.recipe.features import WINDOW_SAMPLES
+        from whisper_tune.recipe.features import SAMPLING_RATE, WINDOW_SAMPLES
 
         labels = torch.from_numpy(self.pad_labels([list(item["labels"]) for item in items]))
         if items and "audio" in items[0]:
             audio = np.zeros((len(items), WINDOW_SAMPLES), dtype=np.float32)
+            clips = np.ones(len(items), dtype=np.int64)
+            seconds = np.zeros(len(items), dtype=np.float64)
             for i, item in enumerate(items):
                 clip = np.asarray(item["audio"])[:WINDOW_SAMPLES]
                 audio[i, : len(clip)] = clip
-            return {"audio": torch.from_numpy(audio), "labels": labels}
+                clips[i] = item.get("clips", 1)
+                seconds[i] = item.get("seconds", len(clip) / SAMPLING_RATE)
+            return {
+                "audio": torch.from_numpy(audio),
+                "labels": labels,
+                "clips": torch.from_numpy(clips),
+                "seconds": torch.from_numpy(seconds),
+            }
         features = np.stack([np.asarray(item["input_features"]) for item in items]).astype(self.feature_dtype)
         return {"input_features": torch.from_numpy(features), "labels": labels}

@@ -41,6 +41,7 @@ from typing import Any
 from whisper_tune.config.schema import TrainingConfig
 from whisper_tune.errors import ConfigError, OutputError
 from whisper_tune.recipe.checkpoints import (
+    Totals,
     list_checkpoints,
     load_tensors_file,
     optimizer_file,
@@ -98,16 +99,33 @@ def shards_state(accelerator: Any) -> bool:
     return bool(accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED))
 
 
-def total_steps(cfg: TrainingConfig, num_samples: int, drop_last: bool = False, world_size: int = 1) -> int:
+def total_steps(
+    cfg: TrainingConfig,
+    num_samples: int,
+    drop_last: bool = False,
+    world_size: int = 1,
+    epoch_samples: Callable[[int], int] | None = None,
+) -> int:
     """Optimizer steps: ``max_steps`` if set, else epochs over the data.
 
     With ``world_size`` data-parallel processes one batch is ``batch_size * world_size`` samples, so an
-    epoch is ``num_samples / (batch_size * world_size)`` micro-batches per process."""
+    epoch is ``num_samples / (batch_size * world_size)`` micro-batches per process. ``epoch_samples``
+    gives each epoch's own number of samples when it varies (packed windows, planned per epoch)."""
     if cfg.max_steps is not None:
         return cfg.max_steps
     per_batch = cfg.batch_size * world_size
-    batches = num_samples // per_batch if drop_last else math.ceil(num_samples / per_batch)
-    return max(1, math.ceil(cfg.num_epochs * batches / cfg.gradient_accumulation_steps))
+
+    def batches(samples: int) -> int:
+        return samples // per_batch if drop_last else math.ceil(samples / per_batch)
+
+    if epoch_samples is None:
+        micro = cfg.num_epochs * batches(num_samples)
+    else:
+        whole = int(cfg.num_epochs)
+        micro = sum(batches(epoch_samples(e)) for e in range(whole))
+        if cfg.num_epochs > whole:
+            micro += (cfg.num_epochs - whole) * batches(epoch_samples(whole))
+    return max(1, math.ceil(micro / cfg.gradient_accumulation_steps))
 
 
 def disk_full(exc: BaseException) -> bool:
@@ -177,9 +195,13 @@ def backward_step(
 @dataclass
 class LoopResult:
     steps: int = 0
-    #: training samples seen, all processes together (this run's part only when resumed)
+    #: training samples (rows: clips, or windows with packing) seen, all processes together, every
+    #: session of the run (a resumed run adds to what its checkpoint had seen)
     samples: int = 0
     seconds: float = 0.0
+    #: clips inside those samples, and their seconds of speech
+    clips: int = 0
+    audio_seconds: float = 0.0
     log_history: list[dict[str, float]] = field(default_factory=list)
     checkpoints: list[Path] = field(default_factory=list)
     interrupted: bool = False
@@ -206,9 +228,12 @@ class TrainLoop:
     _passes: int = 0
     #: the newest complete checkpoint (the one resumed from, until this run writes one)
     _last_checkpoint: Path | None = None
-    _prior: tuple[int, float] = (0, 0.0)
-    _local_samples: int = 0
+    _prior: Totals = field(default_factory=Totals)
+    #: this session's rows, clips and seconds of speech on this process
+    _local: list[float] = field(default_factory=lambda: [0, 0, 0.0])
     _start: float = 0.0
+    #: micro-batches per epoch on this process, by epoch (they vary with packing)
+    _batches: dict[int, int] = field(default_factory=dict)
 
     def run(self, resume_from: Path | None = None) -> LoopResult:
         import torch
@@ -219,17 +244,16 @@ class TrainLoop:
         if self.streaming and cfg.max_steps is None:
             raise ConfigError("a streamed training set needs training.max_steps (its length is unknown)")
         size = 0 if self.streaming else len(self.dataset)
-        steps = total_steps(cfg, size, self.drop_last, acc.num_processes)
+        sizes = (lambda e: len(self._epoch_dataset(e))) if self.windowed else None
+        steps = total_steps(cfg, size, self.drop_last, acc.num_processes, sizes)
         result = LoopResult()
         step = 0
-        prior_samples, prior_seconds = 0, 0.0
         if resume_from is not None:
             self._last_checkpoint = resume_from
             step, result.log_history = read_state(resume_from)
-            prior_samples, prior_seconds = read_totals(resume_from)
+            self._prior = read_totals(resume_from)
             # into the plain model before prepare: FSDP / DeepSpeed then shard the restored weights
             self.weights.load(self.model, resume_from / "weights")
-        self._prior = (prior_samples, prior_seconds)
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("no trainable parameters: nothing would be learnt")
@@ -245,7 +269,7 @@ class TrainLoop:
         if self.best is not None:
             self.best.bind(save=lambda d: self._save_weights(model, d), load=self._load_best)
         # per process; a stream's length is unknown (None): its passes are counted as it restarts
-        batches_per_epoch = None if self.streaming else len(self._epoch_loader(0))
+        batches_per_epoch = None if self.streaming else self._epoch_batches(0)
         if batches_per_epoch == 0:
             raise ConfigError(
                 f"training.batch_size {cfg.batch_size} x {acc.num_processes} processes is larger than the "
@@ -255,8 +279,8 @@ class TrainLoop:
         stream = self._micro_batches(micro, batches_per_epoch)
         model.train()
         window: list[tuple[float, int]] = []  # (local loss sum, global tokens) per step since the last log
-        self._local_samples = 0
-        self._start = start = time.perf_counter()
+        self._local = [0, 0, 0.0]
+        self._start = time.perf_counter()
         bar = self.reporter.progress("train", total=steps, unit="step")
         bar.update(step)
         stop = False
@@ -265,7 +289,7 @@ class TrainLoop:
                 while step < steps and not stop:
                     group = [next(stream) for _ in range(cfg.gradient_accumulation_steps)]
                     loss_sum, tokens = backward_step(acc, model, group, self.collator.feature_dtype)
-                    self._local_samples += sum(int(b["labels"].shape[0]) for b in group)
+                    self._count(group)
                     micro += len(group)
                     if cfg.max_grad_norm is not None:
                         acc.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
@@ -275,7 +299,7 @@ class TrainLoop:
                     step += 1
                     window.append((loss_sum, tokens))
                     if step % cfg.logging_steps == 0 or step == steps:
-                        epoch = micro / batches_per_epoch if batches_per_epoch else self._passes
+                        epoch = self._epoch_progress(micro) if batches_per_epoch else self._passes
                         record = self._log(step, epoch, window, scheduler)
                         result.log_history.append(record)
                         window = []
@@ -293,9 +317,11 @@ class TrainLoop:
             result.interrupted = True
             self.reporter.warning(f"interrupted at step {step}; saving a checkpoint to resume from")
         # every session's samples and seconds (a resumed run adds to what its checkpoint had seen)
-        result.seconds = prior_seconds + time.perf_counter() - start
+        totals = self._totals()
+        result.seconds = totals.seconds
         result.steps = step
-        result.samples = prior_samples + self._global_samples()
+        result.samples, result.clips = totals.samples, totals.clips
+        result.audio_seconds = totals.audio_seconds
         if step > 0 and (result.interrupted or cfg.save_steps):
             result.checkpoints = self._save(model, optimizer, scheduler, step, result.log_history)
         if self.best is not None and not result.interrupted:
@@ -304,12 +330,29 @@ class TrainLoop:
         model.eval()
         return result
 
-    def _global_samples(self) -> int:
-        """Training samples this session has seen, all processes together (a collective call)."""
+    def _count(self, group: list[dict[str, Any]]) -> None:
+        """Add a step's rows, clips (a packed window holds several) and seconds of speech."""
+        for batch in group:
+            rows = int(batch["labels"].shape[0])
+            self._local[0] += rows
+            self._local[1] += int(batch["clips"].sum()) if "clips" in batch else rows
+            self._local[2] += float(batch["seconds"].sum()) if "seconds" in batch else 0.0
+
+    def _totals(self) -> Totals:
+        """Every session's samples, clips, seconds of speech and training seconds up to now, all
+        processes together (a collective call)."""
         import torch
 
         acc = self.accelerator
-        return int(acc.reduce(torch.tensor(self._local_samples, device=acc.device), reduction="sum"))
+        local = torch.tensor(self._local, dtype=torch.float64, device=acc.device)
+        samples, clips, audio = (float(x) for x in acc.reduce(local, reduction="sum").tolist())
+        prior = self._prior
+        return Totals(
+            prior.samples + round(samples),
+            prior.seconds + time.perf_counter() - self._start,
+            prior.clips + round(clips),
+            prior.audio_seconds + audio,
+        )
 
     # --- data ------------------------------------------------------------------------------------
 
@@ -318,6 +361,36 @@ class TrainLoop:
         from torch.utils.data import IterableDataset
 
         return isinstance(self.dataset, IterableDataset)
+
+    @property
+    def windowed(self) -> bool:
+        """The training set is planned anew each epoch (``recipe/windows.py``: packing, timestamps,
+        no-speech windows)."""
+        return hasattr(self.dataset, "for_epoch")
+
+    def _epoch_dataset(self, epoch: int) -> Any:
+        return self.dataset.for_epoch(epoch) if self.windowed else self.dataset
+
+    def _epoch_batches(self, epoch: int) -> int:
+        """This process's micro-batches in epoch ``epoch`` (the same in every epoch unless windowed)."""
+        key = epoch if self.windowed else 0
+        if key not in self._batches:
+            self._batches[key] = len(self._epoch_loader(key))
+        return self._batches[key]
+
+    def _position(self, micro: int) -> tuple[int, int]:
+        """(epoch, micro-batches into it) of the ``micro``-th micro-batch of the run."""
+        if not self.windowed:
+            return divmod(micro, self._epoch_batches(0))
+        epoch = 0
+        while micro >= self._epoch_batches(epoch):
+            micro -= self._epoch_batches(epoch)
+            epoch += 1
+        return epoch, micro
+
+    def _epoch_progress(self, micro: int) -> float:
+        epoch, into = self._position(micro)
+        return epoch + into / self._epoch_batches(epoch)
 
     def _epoch_loader(self, epoch: int) -> Any:
         """Epoch ``epoch``'s batches for this process: a permutation seeded by ``seed + epoch``, sharded
@@ -329,10 +402,11 @@ class TrainLoop:
             stream = DataLoader(self.dataset, batch_size=self.cfg.batch_size, collate_fn=self.collator)
             return self.accelerator.prepare_data_loader(stream)
         seed = self.cfg.seed + epoch
+        dataset = self._epoch_dataset(epoch)
         loader = DataLoader(
-            self.dataset,
+            dataset,
             batch_size=self.cfg.batch_size,
-            sampler=RandomSampler(self.dataset, generator=torch.Generator().manual_seed(seed)),
+            sampler=RandomSampler(dataset, generator=torch.Generator().manual_seed(seed)),
             collate_fn=self.collator,
             drop_last=self.drop_last,
             num_workers=self.num_workers,
@@ -360,16 +434,16 @@ class TrainLoop:
                     yield batch
                 if empty:
                     raise ConfigError("the training stream yielded no usable sample")
+        epoch, skip = self._position(micro)
         while True:
-            epoch, skip = divmod(micro, batches_per_epoch)
             loader = self._epoch_loader(epoch)
             if skip:
                 loader = self.accelerator.skip_first_batches(loader, skip)
             for batch in loader:
                 if self.on_batch is not None:
                     self.on_batch(batch)
-                micro += 1
                 yield batch
+            epoch, skip = epoch + 1, 0
 
     def _log(
         self, step: int, epoch: float, window: list[tuple[float, int]], scheduler: Any
@@ -387,6 +461,9 @@ class TrainLoop:
             "loss": round(total / max(tokens, 1), 5),
             "learning_rate": scheduler.get_last_lr()[0],
         }
+        if self.windowed:  # rows are windows: say how many windows and clips the run has seen
+            totals = self._totals()
+            record.update(windows=totals.samples, clips=totals.clips)
         self.reporter.log_metrics(record)
         return record
 
@@ -443,8 +520,7 @@ class TrainLoop:
 
         acc = self.accelerator
         target = self.checkpoint_dir / f"step-{step:06d}"
-        samples = self._prior[0] + self._global_samples()  # collective
-        seconds = self._prior[1] + time.perf_counter() - self._start
+        totals = self._totals()  # collective
         if acc.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
@@ -458,7 +534,14 @@ class TrainLoop:
         if acc.is_main_process:
             torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
             write_state(
-                tmp, step, history, processes=acc.num_processes, samples=samples, seconds=round(seconds, 3)
+                tmp,
+                step,
+                history,
+                processes=acc.num_processes,
+                samples=totals.samples,
+                seconds=round(totals.seconds, 3),
+                clips=totals.clips,
+                audio_seconds=round(totals.audio_seconds, 3),
             )
             publish_checkpoint(tmp, target, self.cfg.save_total_limit)
             self.reporter.debug(f"saved checkpoint {target}")

@@ -101,6 +101,8 @@ def run_phases(
         log_history=fitted.log_history if fitted else [],
         steps=fitted.steps if fitted else 0,
         train_samples=fitted.samples if fitted else 0,
+        train_clips=fitted.clips if fitted else 0,
+        train_audio_seconds=round(fitted.audio_seconds, 3) if fitted else 0.0,
         train_seconds=round(fitted.seconds, 3) if fitted else 0.0,
         peak_memory_bytes=peak_memory_bytes(acc),
         final_model_dir=final_dir if acc.is_main_process else None,
@@ -108,6 +110,7 @@ def run_phases(
         interrupted=bool(fitted and fitted.interrupted),
         selection=fitted.selection if fitted else {},
         stream=fitted.stream if fitted else {},
+        windows=fitted.windows if fitted else {},
     )
     return Outcome(result, model)
 
@@ -117,12 +120,15 @@ class Fitted:
     model: Any
     steps: int
     samples: int
+    clips: int
+    audio_seconds: float
     seconds: float
     log_history: list[dict[str, float]]
     checkpoints: list[Path]
     interrupted: bool
     selection: dict[str, Any]
     stream: dict[str, Any]
+    windows: dict[str, Any]
 
 
 def fit(
@@ -134,14 +140,19 @@ def fit(
     *,
     drop_last: bool = False,
 ) -> Fitted:
-    """The training loop over the job's prepared training set, from its checkpoint when resuming."""
+    """The training loop over the job's prepared training set (as windows with data.packing,
+    data.timestamps or data.no_speech_fraction), from its checkpoint when resuming."""
     from whisper_tune.recipe.loop import TrainLoop
     from whisper_tune.recipe.prepared import PreparedDataset
     from whisper_tune.recipe.selection import best_checkpoint_tracker
+    from whisper_tune.recipe.windows import train_windows
 
     acc = setup.accelerator
+    cfg = job.config
     if job.train_data is not None:
-        dataset: Any = PreparedDataset(job.train_data)
+        dataset: Any = train_windows(
+            PreparedDataset(job.train_data), job.model_dir, cfg.data, cfg.model, cfg.training.seed
+        )
     else:
         from whisper_tune.recipe.model import load_processor
         from whisper_tune.recipe.streaming import open_stream
@@ -180,12 +191,15 @@ def fit(
         model=out.model,
         steps=out.steps,
         samples=out.samples,
+        clips=out.clips,
+        audio_seconds=out.audio_seconds,
         seconds=out.seconds,
         log_history=out.log_history,
         checkpoints=out.checkpoints,
         interrupted=out.interrupted,
         selection=best.summary() if best is not None else {},
-        stream=dataset.report() if hasattr(dataset, "report") else {},
+        stream=dataset.report() if job.train_stream is not None else {},
+        windows=dataset.report() if job.train_data is not None and loop.windowed else {},
     )
 
 

@@ -71,7 +71,8 @@ def check_data(data: DataConfig, *, include_train: bool = True) -> list[str]:
             whole_manifest = kind in ("csv", "jsonl") and data.eval_split is None
             if include_train:
                 split = "all" if whole_manifest else data.train_split
-                checks.append(SetCheck(data.dataset, kind, split, "data.train_split", columns))
+                segments = Column(data.segments_column if data.timestamps else None, "data.segments_column")
+                checks.append(SetCheck(data.dataset, kind, split, "data.train_split", (*columns, segments)))
             if data.eval_split:
                 train_parts = tuple(p.strip() for p in data.train_split.split("+"))
                 checks.append(

@@ -65,6 +65,8 @@ class Prepared:
     text: str
     language: str | None
     audio: str | None
+    #: data.timestamps: the clip's segments [{"start", "end", "text"}], seconds from its start
+    segments: list[dict[str, Any]] | None = None
 
 
 @dataclass(frozen=True)
@@ -205,7 +207,13 @@ def prepare_samples(
                     writer.drops.add(item.reason, item.key)
                 else:
                     writer.add(
-                        item.pcm, item.labels, item.text, item.key, language=item.language, audio=item.audio
+                        item.pcm,
+                        item.labels,
+                        item.text,
+                        item.key,
+                        language=item.language,
+                        audio=item.audio,
+                        segments=item.segments,
                     )
                 progress.update(1, kept=writer.count, dropped=writer.drops.total)
     except OSError as exc:
@@ -294,7 +302,54 @@ def prepare_one(sample: RawSample, tokenizer: Any, filters: Filters) -> Prepared
         labels = with_language(labels, tokenizer, language)
     if len(labels) > filters.max_label_tokens:
         return Dropped(sample.key, "label_too_long")
-    return Prepared(sample.key, to_pcm(audio.samples), labels, text, language, audio_file(sample.audio))
+    segments = None
+    if sample.segments is not None:
+        found = read_segments(sample.segments, audio.seconds)
+        if isinstance(found, str):
+            return Dropped(sample.key, found)
+        segments = found
+    pcm = to_pcm(audio.samples)
+    return Prepared(sample.key, pcm, labels, text, language, audio_file(sample.audio), segments)
+
+
+#: a segment may end this far past its clip's audio (rounding in the source's times); its end is clipped
+SEGMENT_END_TOLERANCE_S = 0.5
+
+
+def read_segments(value: Any, seconds: float) -> list[dict[str, Any]] | str:
+    """A row's segments (data.segments_column: a list of {start, end, text}, or that list as a JSON
+    string) as a list sorted by start, or the reason to drop the clip: ``missing_segments`` (empty cell
+    or list), ``bad_segments`` (not that form, times not 0 <= start <= end <= the clip's length, or no
+    text)."""
+    import json
+    import math
+
+    if isinstance(value, str):
+        if not value.strip():
+            return "missing_segments"
+        try:
+            value = json.loads(value)
+        except ValueError:
+            return "bad_segments"
+    if not isinstance(value, (list, tuple)):
+        return "bad_segments"
+    if not value:
+        return "missing_segments"
+    segments = []
+    for item in value:
+        if not isinstance(item, dict):
+            return "bad_segments"
+        try:
+            start, end = float(item["start"]), float(item["end"])
+        except (KeyError, TypeError, ValueError):
+            return "bad_segments"
+        text = item.get("text")
+        if not (math.isfinite(start) and math.isfinite(end)) or not 0 <= start <= end:
+            return "bad_segments"
+        if end > seconds + SEGMENT_END_TOLERANCE_S or not isinstance(text, str) or not text.strip():
+            return "bad_segments"
+        segments.append({"start": round(start, 3), "end": round(min(end, seconds), 3), "text": text.strip()})
+    return sorted(segments, key=lambda s: s["start"])
 
 
 def audio_file(audio: Any) -> str | None:

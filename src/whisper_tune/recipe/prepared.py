@@ -9,8 +9,10 @@ read it whatever its ``datasets`` or ``transformers`` version (the IPU worker ru
                                  memory-mapped on read
     <dir>/samples.jsonl          one line per sample: {"key", "text", "seconds", "labels": [ids],
                                  "shard", "offset", "length"} (where its audio is in which shard), plus
-                                 "audio" (the source file's absolute path, when it came from a file) and
-                                 "language" (data.language_column) where they apply
+                                 "audio" (the source file's absolute path, when it came from a file),
+                                 "language" (data.language_column) and "segments" (data.timestamps:
+                                 [{"start", "end", "text"}], seconds from the clip's start) where they
+                                 apply
 
 Audio, not log-mel features: 32 kB per second of audio (115 MB per hour) whatever a clip's length, where
 the 30 s log-mel window of version 1 took ~0.9 MB per clip even for a 2 s clip. Features are computed
@@ -115,8 +117,10 @@ class PreparedWriter:
         *,
         language: str | None = None,
         audio: str | None = None,
+        segments: list[dict[str, Any]] | None = None,
     ) -> None:
-        """One sample: its 16 kHz int16 audio (``to_pcm``) and its labels."""
+        """One sample: its 16 kHz int16 audio (``to_pcm``) and its labels (and its timestamped segments,
+        with data.timestamps)."""
         if pcm.dtype != np.int16 or pcm.ndim != 1:
             raise ValueError(f"audio must be 1-D int16 PCM, got {pcm.dtype} {pcm.shape}")
         seconds = len(pcm) / SAMPLING_RATE
@@ -133,6 +137,8 @@ class PreparedWriter:
             record["language"] = language
         if audio is not None:
             record["audio"] = audio
+        if segments is not None:
+            record["segments"] = segments
         self._buffer.append(pcm)
         self._offset += len(pcm)
         self._samples.write(json.dumps(record) + "\n")

@@ -38,6 +38,9 @@ class RawSample:
     audio: Any  # a path, encoded bytes, or {"array", "sampling_rate"} / {"bytes", "path"}
     text: Any
     language: Any = None  # the row's language (data.language_column), as written in the data
+    #: the row's timestamped segments (data.segments_column, with data.timestamps) as written in the data
+    #: ("" when the cell is empty); None when the split is read without them
+    segments: Any = None
 
 
 @dataclass(frozen=True)
@@ -52,6 +55,8 @@ class SplitSpec:
     text_column: str = "text"
     language_column: str | None = None
     streaming: bool = False
+    #: data.timestamps: the column with each row's segments (training split only)
+    segments_column: str | None = None
 
 
 def looks_like_path(name: str) -> bool:
@@ -94,7 +99,8 @@ def split_parts(split: str) -> list[str]:
 
 
 def _require_columns(available: list[str], spec: SplitSpec, where: str) -> None:
-    wanted = (spec.audio_column, spec.text_column, *([spec.language_column] if spec.language_column else []))
+    optional = [c for c in (spec.language_column, spec.segments_column) if c]
+    wanted = (spec.audio_column, spec.text_column, *optional)
     missing = [c for c in wanted if c not in available]
     if missing:
         raise DataError(
@@ -143,11 +149,19 @@ def _iter_table(path: Path, spec: SplitSpec, split_filter: str | None) -> Iterat
             audio=audio_path,
             text=row.get(spec.text_column),
             language=_language(row, spec),
+            segments=_segments(row, spec),
         )
 
 
 def _language(row: dict[str, Any], spec: SplitSpec) -> Any:
     return row.get(spec.language_column) if spec.language_column else None
+
+
+def _segments(row: dict[str, Any], spec: SplitSpec) -> Any:
+    if not spec.segments_column:
+        return None
+    value = row.get(spec.segments_column)
+    return "" if value is None else value
 
 
 def _audiofolder_split_dir(root: Path, split: str) -> Path:
@@ -175,6 +189,7 @@ def _iter_audiofolder(spec: SplitSpec, part: str) -> Iterator[RawSample]:
             audio=(folder / name) if name else None,
             text=row.get(spec.text_column),
             language=_language(row, spec),
+            segments=_segments(row, spec),
         )
 
 
@@ -227,6 +242,7 @@ def _iter_hub(spec: SplitSpec, part: str, ds: Any | None = None) -> Iterator[Raw
             audio=row.get(spec.audio_column),
             text=row.get(spec.text_column),
             language=_language(row, spec),
+            segments=_segments(row, spec),
         )
 
 
@@ -275,10 +291,11 @@ def train_and_eval_specs(data: DataConfig) -> tuple[SplitSpec, SplitSpec | None]
         language_column=data.language_column,
         streaming=data.streaming,
     )
-    train = SplitSpec(split=data.train_split, **common)  # type: ignore[arg-type]
+    segments = data.segments_column if data.timestamps else None
+    train = SplitSpec(split=data.train_split, segments_column=segments, **common)  # type: ignore[arg-type]
     manifest = kind in ("csv", "jsonl")
     if manifest and data.eval_split is None:
-        train = SplitSpec(split="all", **common)  # type: ignore[arg-type]
+        train = SplitSpec(split="all", segments_column=segments, **common)  # type: ignore[arg-type]
     evaluation = SplitSpec(split=data.eval_split, **common) if data.eval_split else None  # type: ignore[arg-type]
     return train, evaluation
 

@@ -112,6 +112,17 @@ def run_blockers(config: RunConfig, arch: WhisperArch, plan: IpuPlan, caps: Capa
                 run_only=True,
             )
         )
+    if config.data.windowed:
+        issues.append(
+            Issue(
+                "data.packing",
+                "the IPU worker trains on the prepared clips as they are: packed windows, timestamp labels "
+                "and no-speech windows (data.packing, data.timestamps, data.no_speech_fraction) run on the "
+                "in-process backends only (reference, cuda-lora, accelerate)",
+                hint="set data.packing.enabled=false data.timestamps=false data.no_speech_fraction=0",
+                run_only=True,
+            )
+        )
     ga = config.training.gradient_accumulation_steps
     needed = plan.min_gradient_accumulation_steps
     if ga < needed:
