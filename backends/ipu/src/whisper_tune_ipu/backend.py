@@ -29,6 +29,7 @@ from typing import TYPE_CHECKING, ClassVar
 from pydantic import BaseModel
 
 from whisper_tune.backend.protocol import (
+    BackendDefault,
     Capabilities,
     Flag,
     Issue,
@@ -223,9 +224,27 @@ class IpuBackend:
         except Exception as exc:  # a probe never raises
             return Probe(False, f"cannot check the Poplar SDK: {exc}", SDK_STEPS, caps)
 
+    def defaults(self, options: BaseModel) -> dict[str, BackendDefault]:
+        """Full fine-tuning, whatever the core's default method."""
+        return {
+            "training.method": BackendDefault(
+                "full", "optimum-graphcore's IPUSeq2SeqTrainer trains every weight (no LoRA on the IPU)"
+            )
+        }
+
     def check(self, config: RunConfig, caps: Capabilities) -> list[Issue]:
         options = config.backend.options_as(IpuOptions)
         issues = []
+        if config.training.method != "full":
+            issues.append(
+                Issue(
+                    "training.method",
+                    f"the IPU backend trains every weight (optimum-graphcore's IPUSeq2SeqTrainer), not "
+                    f"training.method={config.training.method}",
+                    hint="set training.method=full, or train LoRA with --backend reference / accelerate / "
+                    "cuda-lora",
+                )
+            )
         if not options.drop_last:
             issues.append(
                 Issue(
