@@ -391,6 +391,7 @@ def test_the_phases_follow_the_backends_recipe_needs(
             "training.warmup_steps=0",
             "training.precision=bf16",  # CPU autocast takes the fp16 features
             "training.logging_steps=1",
+            "training.method=full",
         ],
     )
     job = TrainJob(

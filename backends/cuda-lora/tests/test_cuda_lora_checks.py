@@ -135,11 +135,14 @@ def test_lora_defaults_fill_only_the_fields_nobody_set(capsys: pytest.CaptureFix
     assert cpu.training.learning_rate == 1e-3 and cpu.training.precision == "fp32"
     mine = config("training.learning_rate=2e-4", "training.precision=fp16")
     assert mine.training.learning_rate == 2e-4 and mine.training.precision == "fp16"
-    # a preset's values are set values: the quickstart's full fine-tuning rate stays
-    quickstart = load_config("quickstart", ["backend.name=cuda-lora"], registry=BACKEND)
-    assert quickstart.training.learning_rate == 6e-5
-    # only this backend: the reference backend keeps the core's defaults
-    assert load_config(None).training.learning_rate == 1e-5
+    # a preset's values are set values: the quickstart's rate stays, whatever the method's default
+    quickstart = load_config(
+        "quickstart", ["backend.name=cuda-lora", "training.learning_rate=6e-5"], registry=BACKEND
+    )
+    assert quickstart.training.learning_rate == 6e-5 and quickstart.training.method == "lora"
+    # the core's default method is LoRA too; full fine-tuning gets its own rate
+    assert load_config(None).training.learning_rate == 1e-3
+    assert load_config(None, ["training.method=full"]).training.learning_rate == 1e-5
     resolved = resolve_config(None, ["backend.device=cpu"], backend="cuda-lora", registry=BACKEND)
     assert resolved.config == cpu and set(resolved.backend_defaults) == {"training.method"}
     assert "LoRA" in resolved.backend_defaults["training.method"].reason
@@ -154,7 +157,7 @@ def test_lora_defaults_fill_only_the_fields_nobody_set(capsys: pytest.CaptureFix
     assert "method:             lora (cuda-lora default: this backend trains LoRA" in planned
     assert "learning rate:      0.001 (whisper-tune default for training.method lora)" in planned
     assert "precision:          bf16 (set in the config)" in planned
-    assert main(["plan", "--backend", "reference"]) == 0
+    assert main(["plan", "--backend", "reference", "training.method=full"]) == 0
     shown = capsys.readouterr().out
     assert "learning rate:      1e-05 (whisper-tune default for training.method full)" in shown
 

@@ -318,10 +318,12 @@ class LoraConfig(Section):
 
 class TrainingConfig(Section):
     method: TrainingMethod = Field(
-        "full",
+        "lora",
         description="What trains: 'full' (every weight; the encoder too unless freeze_encoder) or 'lora' "
         "(LoRA adapters from training.lora on a frozen base; checkpoints and final/ hold the adapter "
-        "only). Every in-process backend supports both; cuda-lora is LoRA only, ipu full only.",
+        "only). The default, LoRA on q_proj/v_proj at 1e-3, won the recipe benchmark (docs/benchmarks.md): "
+        "the most in-domain gain that kept real speech and another voice. Every in-process backend "
+        "supports both; cuda-lora is LoRA only, ipu full only (their defaults say so).",
     )
     lora: LoraConfig = Field(
         default_factory=LoraConfig, description="The LoRA adapter, used with method 'lora'."

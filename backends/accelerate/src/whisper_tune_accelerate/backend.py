@@ -24,6 +24,7 @@ from pydantic import BaseModel
 
 from whisper_tune.backend.launch import accelerate_launch
 from whisper_tune.backend.protocol import (
+    BackendDefault,
     Capabilities,
     Flag,
     Issue,
@@ -101,6 +102,17 @@ class AccelerateBackend:
         else:
             mode = f"CPU dev mode only (no CUDA GPU here; runs need backend.cpu=true, {cpu} cores)"
         return Probe(True, "", "", caps, mode=mode)
+
+    def defaults(self, options: BaseModel) -> dict[str, BackendDefault]:
+        """Full fine-tuning when the model is sharded (LoRA under FSDP / DeepSpeed is unverified)."""
+        opts = options if isinstance(options, AccelerateOptions) else AccelerateOptions()
+        if opts.strategy == "ddp":
+            return {}
+        return {
+            "training.method": BackendDefault(
+                "full", f"{opts.strategy} shards the weights of full fine-tuning; LoRA under it is unverified"
+            )
+        }
 
     def check(self, config: RunConfig, caps: Capabilities) -> list[Issue]:
         opts = config.backend.options_as(AccelerateOptions)
