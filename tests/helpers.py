@@ -140,6 +140,7 @@ def toy_overrides(model: Path, out: Path, **extra: object) -> list[str]:
         "training.warmup_steps": 0,
         "training.learning_rate": 1e-3,
         "training.method": "full",  # the toy model is random: train all of it (LoRA has its own tests)
+        "training.freeze_encoder": False,
         "eval.max_new_tokens": 6,
         "eval.regression_set": "null",  # the bundled slice has its own tests (test_guard_rails.py)
         "output.dir": str(out),

@@ -140,9 +140,14 @@ def test_lora_defaults_fill_only_the_fields_nobody_set(capsys: pytest.CaptureFix
         "quickstart", ["backend.name=cuda-lora", "training.learning_rate=6e-5"], registry=BACKEND
     )
     assert quickstart.training.learning_rate == 6e-5 and quickstart.training.method == "lora"
-    # the core's default method is LoRA too; full fine-tuning gets its own rate
-    assert load_config(None).training.learning_rate == 1e-3
-    assert load_config(None, ["training.method=full"]).training.learning_rate == 1e-5
+    plain = load_config("quickstart", ["backend.name=cuda-lora"], registry=BACKEND).training
+    assert (plain.method, plain.learning_rate, plain.freeze_encoder) == ("lora", 1e-3, False)
+    # only this backend: the core's default method is full fine-tuning of the decoder, at its own rate
+    core = load_config(None).training
+    assert (core.method, core.learning_rate, core.freeze_encoder) == ("full", 3e-5, True)
+    lora = load_config(None, ["training.method=lora"]).training
+    assert (lora.learning_rate, lora.freeze_encoder) == (1e-3, False)
+    assert cpu.training.freeze_encoder is False  # cuda-lora's LoRA keeps the encoder's adapters
     resolved = resolve_config(None, ["backend.device=cpu"], backend="cuda-lora", registry=BACKEND)
     assert resolved.config == cpu and set(resolved.backend_defaults) == {"training.method"}
     assert "LoRA" in resolved.backend_defaults["training.method"].reason
@@ -159,7 +164,7 @@ def test_lora_defaults_fill_only_the_fields_nobody_set(capsys: pytest.CaptureFix
     assert "precision:          bf16 (set in the config)" in planned
     assert main(["plan", "--backend", "reference", "training.method=full"]) == 0
     shown = capsys.readouterr().out
-    assert "learning rate:      1e-05 (whisper-tune default for training.method full)" in shown
+    assert "learning rate:      3e-05 (whisper-tune default for training.method full)" in shown
 
 
 def test_precision_checks() -> None:

@@ -164,7 +164,7 @@ def test_final_adapter_loads_and_merges_into_a_pipeline_model(
 
     # the same weights through the checkpoint path (load_adapter into a freshly built LoRA model)
     fresh = build_lora_model(
-        str(toy_model_dir), ModelConfig(name=str(toy_model_dir)), TrainingConfig(), CPU
+        str(toy_model_dir), ModelConfig(name=str(toy_model_dir)), TrainingConfig(method="lora"), CPU
     ).eval()
     load_adapter(fresh, full_run / "checkpoints" / "step-000005" / "weights")
     with torch.no_grad():
@@ -190,7 +190,9 @@ def test_merged_tiny_en_transcribes_like_its_adapter(tiny_en_dir: Path, tmp_path
     from whisper_tune.models.adapters import merge_adapter
     from whisper_tune.recipe.model import save_processor
 
-    model = build_lora_model(str(tiny_en_dir), ModelConfig(name="pip:tiny.en"), TrainingConfig(), CPU).eval()
+    model = build_lora_model(
+        str(tiny_en_dir), ModelConfig(name="pip:tiny.en"), TrainingConfig(method="lora"), CPU
+    ).eval()
     torch.manual_seed(0)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -215,11 +217,15 @@ def test_merged_tiny_en_transcribes_like_its_adapter(tiny_en_dir: Path, tmp_path
 
 def test_only_lora_parameters_train_and_save_load_round_trips(toy_model_dir: Path, tmp_path: Path) -> None:
     cfg = ModelConfig(name=str(toy_model_dir))
-    model = build_lora_model(str(toy_model_dir), cfg, TrainingConfig(gradient_checkpointing=True), CPU)
+    model = build_lora_model(
+        str(toy_model_dir), cfg, TrainingConfig(method="lora", gradient_checkpointing=True), CPU
+    )
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
     assert {n.split(".lora_")[0].rsplit(".", 1)[1] for n in trainable} == {"q_proj", "v_proj"}
-    frozen_encoder = build_lora_model(str(toy_model_dir), cfg, TrainingConfig(freeze_encoder=True), CPU)
+    frozen_encoder = build_lora_model(
+        str(toy_model_dir), cfg, TrainingConfig(method="lora", freeze_encoder=True), CPU
+    )
     assert not any(".encoder.layers." in n for n, p in frozen_encoder.named_parameters() if p.requires_grad)
     # gradient checkpointing + the conv1 hook: gradients reach the encoder's adapters
     model.train()
@@ -232,7 +238,7 @@ def test_only_lora_parameters_train_and_save_load_round_trips(toy_model_dir: Pat
         ".encoder.layers." in n and float(g.abs().sum()) > 0 for n, g in grads.items() if "lora_B" in n
     )
     save_adapter(model, tmp_path / "a")
-    other = build_lora_model(str(toy_model_dir), cfg, TrainingConfig(), CPU)
+    other = build_lora_model(str(toy_model_dir), cfg, TrainingConfig(method="lora"), CPU)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
