@@ -43,6 +43,8 @@ def overrides(model: Path, out: Path, run_name: str, **extra: object) -> list[st
         "training.batch_size": 2,
         "training.warmup_steps": 0,
         "training.learning_rate": 1e-3,
+        "training.method": "full",  # every weight of the random toy model (LoRA: its own test)
+        "training.freeze_encoder": "false",
         "training.save_steps": 2,
         "training.gradient_accumulation_steps": 1,
         "eval.batch_size": 2,
@@ -271,6 +273,28 @@ def test_a_worker_error_is_one_clear_message(toy_model_dir: Path, tmp_path: Path
     assert done.returncode == 2, done.stderr[-3000:]  # the worker's ConfigError, re-raised by the parent
     assert "training process 0: checkpoint" in done.stderr and "has no weights" in done.stderr
     assert "Traceback" not in done.stderr
+
+
+@pytest.mark.slow
+def test_lora_trains_over_two_processes(toy_model_dir: Path, tmp_path: Path) -> None:
+    """training.method=lora on the accelerate backend: DDP over the adapters only, adapter-only weights."""
+    done = run_cli(
+        [
+            "--num-processes",
+            "2",
+            *overrides(
+                toy_model_dir,
+                tmp_path,
+                "lora",
+                **{"training.method": "lora", "training.max_steps": 2, "training.save_steps": "null"},
+            ),
+        ]
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    final = tmp_path / "lora" / "final"
+    assert (final / "adapter_model.safetensors").is_file() and not (final / "model.safetensors").exists()
+    metrics = json.loads((tmp_path / "lora" / "metrics.json").read_text())
+    assert metrics["train"]["steps"] == 2 and metrics["train"]["samples"] == 8  # 2 x 2 processes x 2
 
 
 @pytest.mark.gpu
