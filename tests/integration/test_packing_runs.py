@@ -84,6 +84,7 @@ def test_lora_on_the_cpu_trains_on_packed_windows(toy_model_dir: Path, tmp_path:
     extra = {
         **PACKED,
         "backend.name": "cuda-lora",
+        "training.method": "lora",
         "backend.device": "cpu",
         "backend.quantization": "none",
         "training.max_steps": 2,

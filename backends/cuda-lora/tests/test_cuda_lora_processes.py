@@ -86,7 +86,7 @@ def overrides(model: Path, out: Path, name: str, **extra: object) -> list[str]:
         "backend.name": "cuda-lora",
         "backend.device": "cpu",
         "backend.quantization": "none",
-        "backend.lora.dropout": 0.0,
+        "training.lora.dropout": 0.0,
         "model.name": str(model),
         "data.dataset": str(QUICKSTART_DATA),
         "data.extra_eval": "[]",
