@@ -161,18 +161,28 @@ def build_training_model(source: str, cfg: ModelConfig, training: TrainingConfig
     if training.method == "lora":
         from whisper_tune.recipe.lora import add_lora
 
-        model.requires_grad_(False)
-        if training.gradient_checkpointing:
-            enable_activation_checkpointing(model)
-            # the encoder's input is audio features, not embeddings: without this no gradient reaches
-            # the checkpointed layers of a frozen base (the seeds' hook on conv1)
-            model.model.encoder.conv1.register_forward_hook(make_output_require_grad)
+        freeze_for_adapters(model, training.gradient_checkpointing)
         return add_lora(model, training)
     if training.freeze_encoder:
         model.model.encoder.requires_grad_(False)
     if training.gradient_checkpointing:
         enable_activation_checkpointing(model)
     return model
+
+
+def freeze_for_adapters(model: Any, gradient_checkpointing: bool) -> None:
+    """Freeze an unquantised base that adapters will train on (checkpointed when asked)."""
+    model.requires_grad_(False)
+    if gradient_checkpointing:
+        enable_activation_checkpointing(model)
+        route_gradients_into_frozen_encoder(model)
+
+
+def route_gradients_into_frozen_encoder(model: Any) -> None:
+    """The encoder's input is audio features, not embeddings: without the seeds' hook on conv1 no
+    gradient reaches the checkpointed layers of a frozen base."""
+    model.model.encoder.conv1.register_forward_hook(make_output_require_grad)
+    model.config.use_cache = False
 
 
 def make_output_require_grad(module: Any, inputs: Any, output: Any) -> None:

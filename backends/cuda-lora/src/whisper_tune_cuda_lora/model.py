@@ -21,8 +21,7 @@ from typing import Any
 from whisper_tune.config.schema import ModelConfig, TrainingConfig
 from whisper_tune.errors import BackendUnavailableError
 from whisper_tune.recipe.lora import add_lora, peft_on_transformers_5
-from whisper_tune.recipe.lora import trainable_parameters as trainable_parameters
-from whisper_tune.recipe.model import make_output_require_grad
+from whisper_tune.recipe.model import freeze_for_adapters, route_gradients_into_frozen_encoder
 from whisper_tune.recipe.weights import ADAPTER_ONLY
 from whisper_tune_cuda_lora.options import BNB_INSTALL, CudaLoraOptions
 
@@ -65,15 +64,13 @@ def load_base(
 ) -> Any:
     """The frozen base on ``device`` (the accelerator's; default: the CPU with ``device: cpu``, else
     GPU 0), quantised as configured, ready for adapters."""
-    from whisper_tune.recipe.model import enable_activation_checkpointing, load_model
+    from whisper_tune.recipe.model import load_model
 
     device = device if device is not None else ("cpu" if opts.device == "cpu" else "cuda:0")
     if opts.quantization == "none":
         model = load_model(model_dir, model_cfg, dtype=torch_dtype(training.precision))
         model.to(device)
-        model.requires_grad_(False)
-        if training.gradient_checkpointing:
-            enable_activation_checkpointing(model)
+        freeze_for_adapters(model, training.gradient_checkpointing)
     else:
         try:
             import bitsandbytes  # noqa: F401
@@ -101,9 +98,8 @@ def load_base(
                 gradient_checkpointing_kwargs={"use_reentrant": False},
             )
         keep_training_layout(model)
-    if training.gradient_checkpointing:
-        model.model.encoder.conv1.register_forward_hook(make_output_require_grad)
-        model.config.use_cache = False
+        if training.gradient_checkpointing:
+            route_gradients_into_frozen_encoder(model)
     return model
 
 
