@@ -5,17 +5,21 @@ timestamp accuracy, for pretrained tiny.en (``pip:tiny.en``) on the quickstart c
     python benchmarks/packing.py --smoke          # a couple of steps, one seed: checks the script runs
 
 * **throughput** (one run each, same batch size, no evaluation): seconds of training audio per second
-  of training, packed (batch = windows) vs unpacked (batch = clips), and their ratio;
+  of training, packed (batch = windows) vs unpacked (batch = clips), and their ratio, for the quickstart
+  recipe (encoder frozen: it only runs forward) and with every weight training;
 * **equal audio**: per seed, one epoch of the quickstart training set (240 clips) unpacked (batch 8 clips)
   and packed (batch ``--packed-batch`` windows, ~10 clips each), everything else as the quickstart preset;
   normalised WER after training on every evaluated set (eval, other-voice, the bundled regression slice
   and real-speech), each seed's and the mean;
 * **equal time**: per seed, a packed run given the steps that fit in the unpacked epoch's training time
   (measured from the packed epoch's seconds per step);
+* two packed variants (``PACKED_VARIANTS``): every window labelled with timestamps, and a fifth of them
+  (``data.timestamp_fraction=0.2``, the rest ``<|notimestamps|>`` and the texts);
 * **timestamps**: the eval clips packed into held-out windows (seeded placements, data.packing's default
-  gap), decoded greedily with timestamps by the pretrained model and by seed 0's packed fine-tune (equal
-  audio); the mean absolute error in seconds between each placed clip's start / end and the nearest
-  predicted segment start / end, and the share of windows with as many predicted segments as clips.
+  gap; ``--timestamp-epochs`` plans of them), decoded greedily with timestamps by the pretrained model
+  and by the first seed's packed fine-tunes (equal audio, both variants); the mean absolute error in
+  seconds between each placed clip's start / end and the nearest predicted segment start / end, and the
+  share of windows with as many predicted segments as clips.
 
 Runs offline (pip install -e .[quickstart]). Results: JSON to ``--out`` and to stdout.
 """
@@ -34,7 +38,7 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-EPOCH_CLIPS = 240
+DEFAULT_OUT = REPO / "benchmarks" / "results" / "packing.json"
 
 
 def base_overrides(work: Path, name: str, *extra: str) -> list[str]:
@@ -77,22 +81,40 @@ NO_EVAL = (
 )
 
 
-def throughput(work: Path, steps: int, batch: int) -> dict[str, Any]:
+#: what trains in the throughput runs: the quickstart preset's recipe (the decoder; the encoder frozen, so
+#: it only runs forward) and every weight (the encoder's backward too)
+THROUGHPUT_RECIPES: dict[str, tuple[str, ...]] = {
+    "encoder-frozen": (),
+    "every-weight": ("training.freeze_encoder=false",),
+}
+
+
+def throughput(work: Path, steps: int, batch: int, recipe: str = "encoder-frozen") -> dict[str, Any]:
     common = (
         *NO_EVAL,
+        *THROUGHPUT_RECIPES[recipe],
         f"training.max_steps={steps}",
         f"training.batch_size={batch}",
         "training.warmup_steps=0",
     )
-    unpacked = train_summary(train_run(work, "tp-unpacked", *common))
-    packed = train_summary(train_run(work, "tp-packed", *common, *PACKED))
+    unpacked = train_summary(train_run(work, f"tp-unpacked-{recipe}", *common))
+    packed = train_summary(train_run(work, f"tp-packed-{recipe}", *common, *PACKED))
     return {
+        "recipe": recipe,
         "steps": steps,
         "batch_size": batch,
         "unpacked": unpacked,
         "packed": packed,
         "ratio": round(packed["audio_seconds_per_second"] / unpacked["audio_seconds_per_second"], 2),
     }
+
+
+#: the packed variants of the quality runs: every window with timestamps, and a fifth of them
+#: (data.timestamp_fraction, distil-whisper's 0.2); the rest are labelled <|notimestamps|> + texts
+PACKED_VARIANTS: dict[str, tuple[str, ...]] = {
+    "packed": (*PACKED, "data.timestamp_fraction=1.0"),
+    "packed_ts0.2": (*PACKED, "data.timestamp_fraction=0.2"),
+}
 
 
 def quality(work: Path, seeds: list[int], packed_batch: int, epoch_limit: list[str]) -> dict[str, Any]:
@@ -103,31 +125,34 @@ def quality(work: Path, seeds: list[int], packed_batch: int, epoch_limit: list[s
         first = () if n == 0 else ("eval.before=false",)
         unpacked = train_run(work, f"unpacked-{seed}", *common, *first)
         before = before or wers(unpacked, "before")
-        packed = train_run(work, f"packed-{seed}", *common, *PACKED, f"training.batch_size={packed_batch}",
-                           "eval.before=false")  # fmt: skip
-        per_step = packed["train"]["seconds"] / max(packed["train"]["steps"], 1)
-        equal_steps = max(1, round(unpacked["train"]["seconds"] / per_step))
-        timed = train_run(work, f"packed-time-{seed}", f"training.seed={seed}", *PACKED, *epoch_limit,
-                          f"training.batch_size={packed_batch}", f"training.max_steps={equal_steps}",
-                          "eval.before=false", "output.save_final_model=false")  # fmt: skip
-        per_seed[str(seed)] = {
-            "unpacked": {"wer": wers(unpacked), "train": train_summary(unpacked)},
-            "packed": {"wer": wers(packed), "train": train_summary(packed)},
-            "packed_equal_time": {"wer": wers(timed), "train": train_summary(timed)},
-            "packed_final": str(work / f"packed-{seed}" / "final"),
-        }
+        runs: dict[str, Any] = {"unpacked": {"wer": wers(unpacked), "train": train_summary(unpacked)}}
+        for variant, settings in PACKED_VARIANTS.items():
+            packed = train_run(work, f"{variant}-{seed}", *common, *settings,
+                               f"training.batch_size={packed_batch}", "eval.before=false")  # fmt: skip
+            per_step = packed["train"]["seconds"] / max(packed["train"]["steps"], 1)
+            equal_steps = max(1, round(unpacked["train"]["seconds"] / per_step))
+            timed = train_run(work, f"{variant}-time-{seed}", f"training.seed={seed}", *settings,
+                              *epoch_limit, f"training.batch_size={packed_batch}",
+                              f"training.max_steps={equal_steps}", "eval.before=false",
+                              "output.save_final_model=false")  # fmt: skip
+            runs[variant] = {"wer": wers(packed), "train": train_summary(packed)}
+            runs[f"{variant}_equal_time"] = {"wer": wers(timed), "train": train_summary(timed)}
+            runs[f"{variant}_final"] = str(work / f"{variant}-{seed}" / "final")
+        per_seed[str(seed)] = runs
+    variants = [v for v in per_seed[str(seeds[0])] if not v.endswith("_final")]
     means = {
         variant: {
             name: round(statistics.mean(per_seed[s][variant]["wer"][name] for s in per_seed), 2)
             for name in per_seed[str(seeds[0])][variant]["wer"]
         }
-        for variant in ("unpacked", "packed", "packed_equal_time")
+        for variant in variants
     }
     return {"before": before, "seeds": per_seed, "mean": means}
 
 
-def eval_windows(prepared: Path, tokenizer: Any) -> Any:
-    """The quickstart eval clips (``prepared``: a run's prepared eval set) as packed windows."""
+def eval_windows(prepared: Path, tokenizer: Any, epochs: int) -> list[tuple[Any, int]]:
+    """The quickstart eval clips (``prepared``: a run's prepared eval set) as packed windows: ``epochs``
+    plans (each its own seeded order and placements), as (epoch windows, index) pairs."""
     from whisper_tune.config.schema import DataConfig, PackingConfig
     from whisper_tune.recipe.prepared import PreparedDataset
     from whisper_tune.recipe.windows import TrainWindows
@@ -135,10 +160,11 @@ def eval_windows(prepared: Path, tokenizer: Any) -> Any:
     windows = TrainWindows(
         PreparedDataset(prepared), tokenizer, DataConfig(packing=PackingConfig(enabled=True)), 0
     )
-    return windows.for_epoch(0)
+    plans = [windows.for_epoch(epoch) for epoch in range(epochs)]
+    return [(plan, index) for plan in plans for index in range(len(plan))]
 
 
-def boundary_error(model_dir: str, eval_set: Path, limit: int | None) -> dict[str, Any]:
+def boundary_error(model_dir: str, eval_set: Path, epochs: int, limit: int | None) -> dict[str, Any]:
     """Greedy decoding with timestamps of the packed eval windows; boundary errors against placements."""
     import torch
     from transformers import WhisperForConditionalGeneration
@@ -150,14 +176,14 @@ def boundary_error(model_dir: str, eval_set: Path, limit: int | None) -> dict[st
     from whisper_tune.recipe.timestamps import TIME_STEP, decoded_segments
 
     tokenizer = load_processor(model_dir, ModelConfig(name=model_dir)).tokenizer
-    epoch = eval_windows(eval_set, tokenizer)
+    pairs = eval_windows(eval_set, tokenizer, epochs)[:limit]
     model = WhisperForConditionalGeneration.from_pretrained(model_dir).eval()
     collator = SpeechSeq2SeqCollator(model.config.decoder_start_token_id)
-    special = epoch.source.special
     errors: list[float] = []
     right_count = 0
-    count = len(epoch) if limit is None else min(limit, len(epoch))
-    for index in range(count):
+    count = len(pairs)
+    for epoch, index in pairs:
+        special = epoch.source.special
         item, window = epoch[index], epoch.windows[index]
         batch = collator([item])
         with torch.no_grad():
@@ -196,6 +222,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="default: benchmarks/results/packing.json "
                         "(with --smoke: stdout only)")  # fmt: skip
     parser.add_argument("--keep", type=Path, default=None, help="keep the runs in this folder")
+    parser.add_argument("--timestamp-epochs", type=int, default=4,
+                        help="plans of the eval clips decoded with timestamps (each ~5 windows)")  # fmt: skip
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     seeds = args.seeds[:1] if args.smoke else args.seeds
@@ -221,20 +249,26 @@ def main() -> None:
             "model": "pip:tiny.en",
             "smoke": args.smoke,
         }
-        result["throughput"] = throughput(work, tp_steps, 2 if args.smoke else args.batch)
+        tp_batch = 2 if args.smoke else args.batch
+        result["throughput"] = {r: throughput(work, tp_steps, tp_batch, r) for r in THROUGHPUT_RECIPES}
         result["quality"] = quality(work, seeds, args.packed_batch, limit)
         from whisper_tune.recipe.model import resolve_source
 
         pretrained = resolve_source("pip:tiny.en")
         windows = 2 if args.smoke else None
-        tuned = result["quality"]["seeds"][str(seeds[0])]["packed_final"]
         eval_set = work / f"unpacked-{seeds[0]}" / "prepared" / "eval"
+        first = result["quality"]["seeds"][str(seeds[0])]
+        models = {"pretrained": pretrained}
+        models.update({f"{v}_seed_{seeds[0]}": first[f"{v}_final"] for v in PACKED_VARIANTS})
         result["timestamps"] = {
-            "pretrained": boundary_error(pretrained, eval_set, windows),
-            f"packed_seed_{seeds[0]}": boundary_error(tuned, eval_set, windows),
+            name: boundary_error(model, eval_set, args.timestamp_epochs, windows)
+            for name, model in models.items()
         }
-        result["wall_seconds"] = round(time.perf_counter() - started, 1)
-    out = args.out or (None if args.smoke else REPO / "benchmarks" / "results" / "packing.json")
+    finish(result, started, args.out or (None if args.smoke else DEFAULT_OUT))
+
+
+def finish(result: dict[str, Any], started: float, out: Path | None) -> None:
+    result["wall_seconds"] = round(time.perf_counter() - started, 1)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")

@@ -116,6 +116,37 @@ def test_windows_keep_within_the_label_limit_and_the_window_length(
             assert after.start - (before.start + windows.clips[before.clip].steps) == 50  # the 1 s gap
 
 
+def test_a_timestamp_fraction_labels_the_other_windows_without_timestamps(
+    prepared: PreparedDataset, english_tokenizer: Any
+) -> None:
+    """data.timestamp_fraction: a seeded share of windows keeps timestamps; the rest are labelled
+    <|notimestamps|> and the same texts in the same order; the placements do not change."""
+    everywhere = TrainWindows(prepared, english_tokenizer, packed(), seed=5)
+    data = DataConfig(packing=PackingConfig(enabled=True), timestamp_fraction=0.5)
+    some = TrainWindows(prepared, english_tokenizer, data, seed=5)
+    special = some.special
+    kinds = []
+    for epoch in range(4):
+        with_all, with_some = everywhere.for_epoch(epoch), some.for_epoch(epoch)
+        assert [w.placements for w in with_all.windows] == [w.placements for w in with_some.windows]
+        for index, window in enumerate(with_some.windows):
+            labels, timestamped = with_some[index]["labels"], with_all[index]["labels"]
+            kinds.append(window.timestamps)
+            if window.timestamps:
+                assert labels == timestamped
+                continue
+            prefix, segments = read_window(timestamped, special)
+            assert labels == [*prefix, special.no_timestamps, *(t for _, text, _ in segments for t in text),
+                              special.end]  # fmt: skip
+            assert not any(special.is_timestamp(t) for t in labels)
+        assert with_some.windows == some.for_epoch(epoch).windows  # seeded: the same draw again
+    assert 0 < sum(kinds) < len(kinds)  # ~ half of ~24 windows
+    report = some.report()
+    assert report["timestamp_windows_first_epoch"] == sum(w.timestamps for w in some.plan(0).windows)
+    none = DataConfig(packing=PackingConfig(enabled=True), timestamp_fraction=0.0)
+    assert not any(w.timestamps for w in TrainWindows(prepared, english_tokenizer, none, 5).plan(0).windows)
+
+
 def test_plans_are_deterministic_per_seed_and_epoch() -> None:
     rng = np.random.default_rng(0)
     clips = [Clip(int(rng.integers(16_000, 160_000)), int(rng.integers(5, 40)), 1) for _ in range(200)]

@@ -297,6 +297,41 @@ def test_lora_trains_over_two_processes(toy_model_dir: Path, tmp_path: Path) -> 
     assert metrics["train"]["steps"] == 2 and metrics["train"]["samples"] == 8  # 2 x 2 processes x 2
 
 
+@pytest.mark.slow
+def test_packed_timestamp_windows_shard_over_two_processes(toy_model_dir: Path, tmp_path: Path) -> None:
+    """data.packing on the accelerate backend: each rank trains on its own packed windows, whose labels
+    are Whisper's multi-segment timestamp format; the run counts windows and clips over both ranks."""
+    from transformers import WhisperTokenizer
+
+    from whisper_tune.recipe.timestamps import SpecialTokens
+
+    packed = {
+        "data.packing.enabled": "true",
+        "data.max_train_samples": 60,  # ~165 s of clips: 6 windows an epoch, 4 are trained on
+        "training.batch_size": 1,
+        "training.max_steps": 2,
+        "training.save_steps": "null",
+    }
+    done = run_cli(
+        ["--num-processes", "2", *overrides(toy_model_dir, tmp_path, "packed", **packed)],
+        trace=tmp_path / "trace",
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    train = json.loads((tmp_path / "packed" / "metrics.json").read_text())["train"]
+    assert train["windows"] == train["samples"] == 4  # 2 steps x 1 window x 2 processes
+    assert train["clips"] > 3 * train["windows"] and train["audio_seconds"] > 2 * train["clips"]
+    special = SpecialTokens.from_tokenizer(WhisperTokenizer.from_pretrained(toy_model_dir))
+    rank0, rank1 = traces(tmp_path / "trace")
+    windows = [tuple(labels) for trace in (rank0, rank1) for labels in trace["seen_labels"]]
+    assert len(windows) == 4 and len(set(windows)) == 4  # sharded: no window trained twice
+    assert set(map(tuple, rank0["seen_labels"])).isdisjoint(map(tuple, rank1["seen_labels"]))
+    for labels in windows:
+        stamps = [t for t in labels if special.is_timestamp(t)]
+        assert labels[-1] == special.end
+        assert special.no_timestamps not in labels and len(stamps) >= 6  # >= 3 segments, 2 stamps each
+        assert stamps == sorted(stamps)
+
+
 @pytest.mark.gpu
 def test_fsdp_two_gpus_two_steps(toy_model_dir: Path, tmp_path: Path) -> None:
     """FSDP needs GPUs (Accelerate turns it on for GPU process groups only): run on a 2-GPU machine."""

@@ -7,7 +7,10 @@ in a seeded order; each goes into the window being filled when it fits there —
 that window is closed and a new one started. Clips of different decoder prefixes (per-row languages)
 never share a window. With ``random_offset`` a window's clips are shifted together by a seeded amount
 of its free time. No-speech windows (``no_speech_fraction``) are added and the windows put in a seeded
-order. Times are in timestamp steps (0.02 s, 320 samples): every clip starts on a step.
+order. With ``timestamp_fraction`` < 1 a seeded draw per window (its own generator: the placements do
+not depend on it) says which windows are labelled with timestamps.
+Times are in timestamp steps (0.02 s, 320 samples):
+every clip starts on a step.
 
 ``recipe/windows.py`` turns a plan into audio and labels.
 """
@@ -15,7 +18,7 @@ order. Times are in timestamp steps (0.02 s, 320 samples): every clip starts on 
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -26,6 +29,8 @@ from whisper_tune.recipe.timestamps import MAX_STEPS, SAMPLES_PER_STEP, to_steps
 MIN_NO_SPEECH_STEPS = 50
 #: mixed into the seed, so packing draws differ from other seeded draws of the run
 PLAN_SALT = 0x5041434B
+#: the draw of which windows carry timestamps has its own generator: the placements do not depend on it
+TIMESTAMP_DRAW = 1
 
 
 @dataclass(frozen=True)
@@ -62,6 +67,8 @@ class Window:
     no_speech_steps: int = 0
     noise_level: float = 0.0
     noise_seed: int = 0
+    #: labelled in Whisper's timestamp format; else <|notimestamps|> and the texts (data.timestamp_fraction)
+    timestamps: bool = True
 
     @property
     def no_speech(self) -> bool:
@@ -78,6 +85,7 @@ class Rules:
     max_tokens: int = 448
     random_offset: bool = False
     no_speech_fraction: float = 0.0
+    timestamp_fraction: float = 1.0
 
     @classmethod
     def from_config(cls, data: DataConfig) -> Rules:
@@ -89,6 +97,7 @@ class Rules:
             max_tokens=data.max_label_tokens,
             random_offset=packing.random_offset,
             no_speech_fraction=data.no_speech_fraction,
+            timestamp_fraction=data.timestamp_fraction,
         )
 
 
@@ -149,4 +158,10 @@ def plan_windows(clips: Sequence[Clip], rules: Rules, seed: int, epoch: int) -> 
         level = 0.0 if rng.random() < 0.5 else float(10 ** rng.uniform(-3.5, -1.5))
         windows.append(Window(no_speech_steps=steps, noise_level=level, noise_seed=int(rng.integers(2**31))))
     plan.windows = [windows[i] for i in rng.permutation(len(windows)).tolist()]
+    if rules.timestamp_fraction < 1:
+        draws = rng_for(seed, epoch, TIMESTAMP_DRAW).random(len(plan.windows)).tolist()
+        plan.windows = [
+            w if w.no_speech else replace(w, timestamps=draw < rules.timestamp_fraction)
+            for w, draw in zip(plan.windows, draws, strict=True)
+        ]
     return plan

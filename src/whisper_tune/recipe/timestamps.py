@@ -97,6 +97,12 @@ def timestamp_labels(prefix: Sequence[int], segments: Sequence[Segment], special
     return [*labels, special.end]
 
 
+def plain_labels(prefix: Sequence[int], segments: Sequence[Segment], special: SpecialTokens) -> list[int]:
+    """``prefix`` <|notimestamps|> text text ... <|endoftext|>: a window's labels without timestamps (the
+    form evaluation decodes in), never longer than its ``timestamp_labels``."""
+    return [*prefix, special.no_timestamps, *(t for s in segments for t in s.tokens), special.end]
+
+
 def label_length(prefix_length: int, segments: Sequence[Segment]) -> int:
     """Tokens of ``timestamp_labels`` without building them."""
     return prefix_length + sum(len(s.tokens) + 2 for s in segments) + 1

@@ -6,8 +6,10 @@ loop asks it for each epoch's windows (``for_epoch``), a map-style dataset whose
 collator takes (``{"audio", "labels"}``) plus how many clips and seconds of speech the window holds. A
 window's audio is its clips' audio at their places (``packing.py``) with silence between them; its labels
 are in Whisper's timestamp format (``timestamps.py``): each clip, or each of its segments with
-``data.timestamps``, between its start and end timestamp tokens. The segment text is tokenised with a
-leading space, as Whisper writes segments. Without packing and timestamps (only no-speech windows), a
+``data.timestamps``, between its start and end timestamp tokens — or, for the windows the plan drew
+without timestamps (``data.timestamp_fraction``), ``<|notimestamps|>`` and the segments' texts.
+The segment text is tokenised with a leading space, as Whisper writes segments.
+Without packing and timestamps (only no-speech windows), a
 clip keeps its prepared labels.
 
 Everything is a function of the prepared data, the seed and the epoch, so a resumed run rebuilds the
@@ -32,6 +34,7 @@ from whisper_tune.recipe.timestamps import (
     SpecialTokens,
     label_length,
     no_speech_labels,
+    plain_labels,
     timestamp_labels,
     to_steps,
 )
@@ -122,6 +125,7 @@ class TrainWindows:
             "timestamps": self.timestamps,
             "windows_first_epoch": len(plan.windows),
             "no_speech_windows_first_epoch": len(plan.windows) - len(speech),
+            "timestamp_windows_first_epoch": sum(w.timestamps for w in speech) if self.timestamps else 0,
             "clips_per_window": round(sum(len(w.placements) for w in speech) / max(len(speech), 1), 2),
             "speech_share_of_window": round(clip_seconds / max(len(speech) * window_seconds, 1e-9), 3),
             "clips_in_no_window": len(plan.unfit),
@@ -161,11 +165,12 @@ class EpochWindows:
             if self.source.timestamps:
                 segments += [s.shifted(placement.start) for s in self.source.segments[placement.clip]]
         first = placements[0].clip
-        labels = (
-            timestamp_labels(self.source.prefixes[first], segments, special)
-            if self.source.timestamps
-            else list(clips[0]["labels"])
-        )
+        if not self.source.timestamps:
+            labels = list(clips[0]["labels"])
+        elif window.timestamps:
+            labels = timestamp_labels(self.source.prefixes[first], segments, special)
+        else:  # data.timestamp_fraction: this window is labelled without timestamps
+            labels = plain_labels(self.source.prefixes[first], segments, special)
         seconds = sum(len(c["audio"]) for c in clips) / SAMPLING_RATE
         return {"audio": audio, "labels": labels, "clips": len(clips), "seconds": seconds}
 
