@@ -264,11 +264,8 @@ def main() -> None:
             name: boundary_error(model, eval_set, args.timestamp_epochs, windows)
             for name, model in models.items()
         }
-    finish(result, started, args.out or (None if args.smoke else DEFAULT_OUT))
-
-
-def finish(result: dict[str, Any], started: float, out: Path | None) -> None:
-    result["wall_seconds"] = round(time.perf_counter() - started, 1)
+        result["wall_seconds"] = round(time.perf_counter() - started, 1)
+    out = args.out or (None if args.smoke else DEFAULT_OUT)
     if out is not None:
         out.parent.mkdir(parents=True, exist_ok=True)
         out.write_text(json.dumps(result, indent=1) + "\n")

@@ -8,9 +8,8 @@ that window is closed and a new one started. Clips of different decoder prefixes
 never share a window. With ``random_offset`` a window's clips are shifted together by a seeded amount
 of its free time. No-speech windows (``no_speech_fraction``) are added and the windows put in a seeded
 order. With ``timestamp_fraction`` < 1 a seeded draw per window (its own generator: the placements do
-not depend on it) says which windows are labelled with timestamps.
-Times are in timestamp steps (0.02 s, 320 samples):
-every clip starts on a step.
+not depend on it) says which windows are labelled with timestamps. Times are in timestamp steps (0.02 s, 320
+samples): every clip starts on a step.
 
 ``recipe/windows.py`` turns a plan into audio and labels.
 """

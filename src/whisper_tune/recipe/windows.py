@@ -8,9 +8,8 @@ window's audio is its clips' audio at their places (``packing.py``) with silence
 are in Whisper's timestamp format (``timestamps.py``): each clip, or each of its segments with
 ``data.timestamps``, between its start and end timestamp tokens — or, for the windows the plan drew
 without timestamps (``data.timestamp_fraction``), ``<|notimestamps|>`` and the segments' texts.
-The segment text is tokenised with a leading space, as Whisper writes segments.
-Without packing and timestamps (only no-speech windows), a
-clip keeps its prepared labels.
+The segment text is tokenised with a leading space, as Whisper writes segments. Without packing and
+timestamps (only no-speech windows), a clip keeps its prepared labels.
 
 Everything is a function of the prepared data, the seed and the epoch, so a resumed run rebuilds the
 very windows it was trained on, in the same order.
