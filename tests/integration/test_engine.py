@@ -155,8 +155,14 @@ def test_accumulation_and_batch_size_train_the_same_weights_and_log_the_same_los
         [r["loss"] for r in accumulated.log_history], rel=1e-5
     )
     assert whole.samples == accumulated.samples == 16
+    # Adam's first steps move each weight by about lr * g / (|g| + eps): an element whose gradient is
+    # ~eps (summed in another order by 8 vs 2 x 4) can differ by a fraction of lr. Measured with torch
+    # 2.13: one element of one 64x64 weight off by 2.6e-6 (0.3 % of lr), every other within 1e-6.
+    loose = 0
     for (name, a), b in zip(model_a.state_dict().items(), model_b.state_dict().values(), strict=True):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-6, msg=name)
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-2 * cfg.learning_rate, msg=name)
+        loose += int(((a - b).abs() > 1e-6).sum())
+    assert loose <= 10
 
 
 # --- checkpoints -------------------------------------------------------------------------------

@@ -71,14 +71,15 @@ def test_export_writes_every_format_and_passes_parity(exported: Path, tiny_run: 
     report = json.loads((exported / "export.json").read_text())
     assert report["passed"] is True
     assert report["source"]["run_dir"] == str(tiny_run)
-    assert report["clips"] == {"origin": str(tiny_run / "prepared" / "eval"), "count": CLIPS}
+    assert report["clips"]["origin"] == str(tiny_run / "prepared" / "eval")
+    assert report["clips"]["count"] == CLIPS and 0 < report["clips"]["one_word_pts"] < 10
     assert report["decoding"]["prompt"] == ["<|startoftranscript|>", "<|notimestamps|>"]
     source_wer = report["source_metrics"]["normalized_wer"]
     assert 0 <= source_wer < 25  # real tiny.en on the quickstart voice
     formats = report["formats"]
     assert set(formats) == {"hf", "ct2-float16", "ct2-int8"}
     for fmt, verdict in formats.items():
-        assert verdict["passed"] and abs(verdict["delta"]) <= verdict["tolerance"], fmt
+        assert verdict["passed"] and verdict["delta"] <= verdict["tolerance"], fmt
         assert verdict["source_wer"] == source_wer
     assert formats["hf"]["identical_transcripts"] == CLIPS  # same weights, same generate
     assert (formats["ct2-float16"]["tolerance"], formats["ct2-int8"]["tolerance"]) == (1.0, 2.0)
@@ -110,11 +111,14 @@ def test_export_of_a_model_with_audio_clips(tmp_path: Path) -> None:
         tmp_path / "out",
         formats=("ct2-int8",),
         clips=QUICKSTART_DATA / "eval",
-        max_clips=4,
+        # every eval clip (40): int8 moves pretrained tiny.en's WER both ways by a few words (measured
+        # with ctranslate2 4.7-4.8: +2.6 points on 4 clips, +3.2 on 16, +1.7 on 32, -2.4 on all 40)
+        max_clips=64,
         reporter=QUIET,
     )
     assert result.report["passed"] and set(result.report["formats"]) == {"hf", "ct2-int8"}
-    assert result.report["clips"]["count"] == 4
+    assert result.report["clips"]["count"] == 40
+    assert result.report["clips"]["one_word_pts"] < result.report["formats"]["ct2-int8"]["tolerance"]
     assert not (tmp_path / "out" / "ct2-float16").exists()
 
 
@@ -153,6 +157,9 @@ def test_a_corrupted_export_fails_loudly(exported: Path, tiny_run: Path, tmp_pat
     assert "Traceback" not in result.stderr and "hint:" in result.stderr
     report = json.loads((out / "export.json").read_text())
     assert report["passed"] is False
+    # 4 clips: one word is worth more than the 1-point tolerance, and the hint says so
+    assert report["clips"]["one_word_pts"] > 1.0
+    assert "check on more clips (--max-clips)" in result.stderr
     for fmt in ("hf", "ct2-int8"):
         verdict = report["formats"][fmt]
         assert not verdict["passed"] and verdict["export_wer"] > verdict["source_wer"] + 50, fmt

@@ -176,11 +176,14 @@ def score(
 
 
 def compare(source: dict[str, Any], exported: dict[str, Any], tolerance: float) -> dict[str, Any]:
-    """The parity verdict for one format: both WERs, the difference, the tolerance, pass/fail."""
+    """The parity verdict for one format: both WERs, the difference, the tolerance, pass/fail (fails
+    when the export's WER is worse than the source's by more than the tolerance)."""
     src = float(source["metrics"][METRIC])
     exp = float(exported["metrics"][METRIC])
     delta = exp - src
-    passed = not math.isnan(delta) and abs(delta) <= tolerance
+    # one-sided: an export that transcribes better than its source is not a failed export (int8
+    # noise on a small model moves WER both ways by ~2 points on 40 clips)
+    passed = not math.isnan(delta) and delta <= tolerance
     same = sum(a == b for a, b in zip(source["texts"], exported["texts"], strict=True))
     return {
         "source_wer": src,

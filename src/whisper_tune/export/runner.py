@@ -8,7 +8,7 @@ Layout of ``--out DIR``::
     DIR/export.json    source, clips, WER of the source and of each format, delta, tolerance, verdict
     DIR/parity-predictions.jsonl   per clip: reference, source transcript, each format's transcript
 
-A format whose normalised WER differs from the source's by more than its tolerance fails the export
+A format whose normalised WER is worse than the source's by more than its tolerance fails the export
 (ExportError, exit code 8) after export.json is written; the exported files are kept for inspection.
 """
 
@@ -141,10 +141,17 @@ def export(
             f"{fmt}: {verdicts[fmt]['export_wer']:.2f}% vs {verdicts[fmt]['source_wer']:.2f}%"
             for fmt in failed
         )
+        hint = f"the export is kept for inspection: see {out_dir / REPORT_FILE} and {PREDICTIONS_FILE}"
+        step = parity["clips"]["one_word_pts"]
+        if step > min(verdicts[fmt]["tolerance"] for fmt in failed):
+            hint += (
+                f"; one word is {step:.2f} points on these {parity['clips']['count']} clips, more than the "
+                "tolerance: check on more clips (--max-clips) before trusting this verdict"
+            )
         raise ExportError(
             f"the exported model does not transcribe like its source ({details}; normalised WER on "
             f"{parity['clips']['count']} clips, tolerance exceeded)",
-            hint=f"the export is kept for inspection: see {out_dir / REPORT_FILE} and {PREDICTIONS_FILE}",
+            hint=hint,
         )
     return ExportResult(out_dir, report, lines)
 
@@ -208,7 +215,12 @@ def check_parity(
         for i, ref_text in enumerate(clips.texts)
     ]
     summary = {
-        "clips": {"origin": clips.origin, "count": len(clips.texts)},
+        "clips": {
+            "origin": clips.origin,
+            "count": len(clips.texts),
+            # the WER step of one word on these clips: a tolerance below it fails on any one-word change
+            "one_word_pts": round(100 / max(1, sum(len(t.split()) for t in clips.texts)), 3),
+        },
         "metric": parity.METRIC,
         "decoding": {
             "prompt": tokenizer.convert_ids_to_tokens(prompt),
