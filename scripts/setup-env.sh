@@ -16,8 +16,16 @@ if ! .venv/bin/python -c "import torch" 2>/dev/null; then
   step "installing torch 2.13.0"
   .venv/bin/python -m pip install --progress-bar on "torch==2.13.0"
 fi
-step "installing whisper-tune${extras:+[$extras]} and its dependencies (transformers, datasets, ...)"
-.venv/bin/python -m pip install --progress-bar on -e ".${extras:+[$extras]}"
+# The dependency versions CI last passed with (scripts/tested-versions.txt), unless WHISPER_TUNE_LATEST=1
+# asks for the newest ones pyproject.toml allows.
+constraints=(-c scripts/tested-versions.txt)
+versions="the tested versions"
+if [ "${WHISPER_TUNE_LATEST:-0}" = "1" ]; then
+  constraints=()
+  versions="the newest allowed versions (WHISPER_TUNE_LATEST=1)"
+fi
+step "installing whisper-tune${extras:+[$extras]} and its dependencies (transformers, datasets, ...): $versions"
+.venv/bin/python -m pip install --progress-bar on ${constraints[@]+"${constraints[@]}"} -e ".${extras:+[$extras]}"
 # The backend distributions in this repository (backends/<name>/pyproject.toml) register themselves as
 # whisper-tune backends; the tests of each run on the CPU. Hardware libraries are not installed here.
 if [ "$extras" = "test" ]; then
