@@ -131,7 +131,7 @@ def export(
         verdict = report["formats"][fmt]
         lines.append(
             f"parity {fmt}: WER {verdict['export_wer']:.2f}% vs source {verdict['source_wer']:.2f}% "
-            f"(Δ {verdict['delta']:+.2f}, tolerance ±{verdict['tolerance']:g}) "
+            f"(Δ {verdict['delta']:+.2f}, tolerance +{verdict['tolerance']:g}) "
             f"{'ok' if verdict['passed'] else 'FAILED'}"
         )
     failed = [fmt for fmt in written if not report["formats"][fmt]["passed"]]
