@@ -26,7 +26,7 @@ def test_known_wer_value() -> None:
     basic = make_normalizer("basic")
     result = score(["the cat sat on the mat", "a b c"], ["the cat sat on a mat", "a b c d"], basic)
     # 1 substitution + 1 deletion over 10 reference words
-    assert result["normalized_wer"] == pytest.approx(20.0)
+    assert result["normalized_wer"] == pytest.approx(20.0) and result["reference_words"] == 10
     assert 0 < result["normalized_cer"] < result["normalized_wer"]
 
 

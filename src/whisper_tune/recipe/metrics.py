@@ -110,5 +110,7 @@ def score(predictions: Sequence[str], references: Sequence[str], normalizer: Nor
         "repeated_ngram_rate": repeated_ngram_rate(norm_preds),
         "repeated_ngram_rate_reference": repeated_ngram_rate(norm_refs),
         "samples": len(references),
+        # the normalised WER's denominator: one word is 100 / reference_words points
+        "reference_words": sum(len(r.split()) for r in norm_refs),
         "skipped_empty_references": sum(1 for r in norm_refs if not r.strip()),
     }
