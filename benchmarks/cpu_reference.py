@@ -29,8 +29,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 def prepare(model_dir: str, out: Path) -> tuple[Path, float]:
     from whisper_tune import load_config
-    from whisper_tune.pipeline import prepare as prepare_data
-    from whisper_tune.recipe.progress import Reporter
+    from whisper_tune.console import Reporter
+    from whisper_tune.runs.run import prepare as prepare_data
 
     data = REPO / "data" / "quickstart"
     overrides = [f"model.name={model_dir}", f"data.dataset={data}", "data.extra_eval=[]"]
@@ -48,11 +48,11 @@ def time_reference(model_dir: str, train_dir: Path, steps: int, batch: int, work
     import torch
 
     from whisper_tune.config.schema import ModelConfig, TrainingConfig
-    from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-    from whisper_tune.recipe.loop import TrainLoop, build_accelerator
-    from whisper_tune.recipe.model import load_model
-    from whisper_tune.recipe.prepared import PreparedDataset
-    from whisper_tune.recipe.progress import Reporter
+    from whisper_tune.console import Reporter
+    from whisper_tune.data.collator import SpeechSeq2SeqCollator
+    from whisper_tune.data.store import PreparedDataset
+    from whisper_tune.models.loading import load_model
+    from whisper_tune.training.loop import TrainLoop, build_accelerator
 
     torch.manual_seed(0)
     model = load_model(model_dir, ModelConfig(name=model_dir))
@@ -77,7 +77,7 @@ def time_seed_trainer(model_dir: str, train_dir: Path, steps: int, batch: int, w
         WhisperProcessor,
     )
 
-    from whisper_tune.recipe.prepared import PreparedDataset
+    from whisper_tune.data.store import PreparedDataset
 
     processor = WhisperProcessor.from_pretrained(model_dir)
     data = PreparedDataset(train_dir)
@@ -146,15 +146,15 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=REPO / "benchmarks" / "results" / "cpu-reference.json")
     args = parser.parse_args()
 
-    from whisper_tune.recipe.model import resolve_source
-    from whisper_tune.recipe.progress import quiet_libraries
+    from whisper_tune.console import quiet_libraries
+    from whisper_tune.models.loading import resolve_source
 
     quiet_libraries()
     model_dir = resolve_source("pip:tiny.en")
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         train_dir, prep_seconds = prepare(model_dir, work / "prepared")
-        from whisper_tune.recipe.prepared import PreparedDataset
+        from whisper_tune.data.store import PreparedDataset
 
         clips = len(PreparedDataset(train_dir))
         ours = time_reference(model_dir, train_dir, args.steps, args.batch, work)

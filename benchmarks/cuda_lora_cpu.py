@@ -59,7 +59,7 @@ def overrides(mode: str, args: argparse.Namespace, out: Path) -> list[str]:
 def worker(mode: str, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     """One mode, in this process: a whole run, then what the table needs from its metrics.json."""
     from whisper_tune import load_config, run
-    from whisper_tune.recipe.progress import Reporter
+    from whisper_tune.console import Reporter
 
     started, load_before = time.perf_counter(), os.getloadavg()[0]
     summary = run(load_config("quickstart", overrides(mode, args, out)), reporter=Reporter.silent())

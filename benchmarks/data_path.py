@@ -48,8 +48,8 @@ def repeated_manifest(folder: Path, repeat: int) -> Path:
 
 def prepare_once(out: Path, workers: int | None, manifest: Path) -> tuple[float, Path]:
     from whisper_tune import load_config
-    from whisper_tune.pipeline import prepare
-    from whisper_tune.recipe.progress import Reporter
+    from whisper_tune.console import Reporter
+    from whisper_tune.runs.run import prepare
 
     overrides = [f"data.dataset={manifest}", "data.extra_eval=[]", "data.eval_split=null"]
     if workers is not None:
@@ -85,7 +85,7 @@ def measure_prepare(work: Path, workers: int | None, manifest: Path) -> dict[str
 
 def measure_training(train_dir: Path, work: Path, steps: int) -> dict[str, Any]:
     from whisper_tune import load_config, run
-    from whisper_tune.recipe.progress import Reporter
+    from whisper_tune.console import Reporter
 
     overrides = [
         f"data.dataset={train_dir.parent}",

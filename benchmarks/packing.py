@@ -54,7 +54,7 @@ def base_overrides(work: Path, name: str, *extra: str) -> list[str]:
 def train_run(work: Path, name: str, *extra: str) -> dict[str, Any]:
     """One ``whisper-tune run`` of the quickstart preset with ``extra`` overrides; its metrics."""
     from whisper_tune import load_config, run
-    from whisper_tune.recipe.progress import Reporter
+    from whisper_tune.console import Reporter
 
     started = time.perf_counter()
     summary = run(load_config("quickstart", base_overrides(work, name, *extra)), reporter=Reporter.silent())
@@ -154,8 +154,8 @@ def eval_windows(prepared: Path, tokenizer: Any, epochs: int) -> list[tuple[Any,
     """The quickstart eval clips (``prepared``: a run's prepared eval set) as packed windows: ``epochs``
     plans (each its own seeded order and placements), as (epoch windows, index) pairs."""
     from whisper_tune.config.schema import DataConfig, PackingConfig
-    from whisper_tune.recipe.prepared import PreparedDataset
-    from whisper_tune.recipe.windows import TrainWindows
+    from whisper_tune.data.store import PreparedDataset
+    from whisper_tune.data.windows import TrainWindows
 
     windows = TrainWindows(
         PreparedDataset(prepared), tokenizer, DataConfig(packing=PackingConfig(enabled=True)), 0
@@ -170,10 +170,10 @@ def boundary_error(model_dir: str, eval_set: Path, epochs: int, limit: int | Non
     from transformers import WhisperForConditionalGeneration
 
     from whisper_tune.config.schema import ModelConfig
-    from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-    from whisper_tune.recipe.features import model_inputs
-    from whisper_tune.recipe.model import load_processor
-    from whisper_tune.recipe.timestamps import TIME_STEP, decoded_segments
+    from whisper_tune.data.collator import SpeechSeq2SeqCollator
+    from whisper_tune.data.features import model_inputs
+    from whisper_tune.data.timestamps import TIME_STEP, decoded_segments
+    from whisper_tune.models.loading import load_processor
 
     tokenizer = load_processor(model_dir, ModelConfig(name=model_dir)).tokenizer
     pairs = eval_windows(eval_set, tokenizer, epochs)[:limit]
@@ -252,7 +252,7 @@ def main() -> None:
         tp_batch = 2 if args.smoke else args.batch
         result["throughput"] = {r: throughput(work, tp_steps, tp_batch, r) for r in THROUGHPUT_RECIPES}
         result["quality"] = quality(work, seeds, args.packed_batch, limit)
-        from whisper_tune.recipe.model import resolve_source
+        from whisper_tune.models.loading import resolve_source
 
         pretrained = resolve_source("pip:tiny.en")
         windows = 2 if args.smoke else None

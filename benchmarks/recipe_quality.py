@@ -84,7 +84,7 @@ def scores(metrics: dict[str, Any], phase: str) -> dict[str, float]:
 
 def pretrained(out: Path) -> dict[str, float]:
     from whisper_tune import load_config, run
-    from whisper_tune.recipe.progress import Reporter
+    from whisper_tune.console import Reporter
 
     config = load_config(
         "quickstart",
@@ -96,7 +96,7 @@ def pretrained(out: Path) -> dict[str, float]:
             "training.report_to=[none]",
         ],
     )
-    from whisper_tune.guards import with_regression_set
+    from whisper_tune.evaluation.guards import with_regression_set
 
     # an evaluation-only run adds no regression sets itself: add the ones a training run evaluates
     # ('regression' is a reserved name, so the slice is evaluated as 'slice' and renamed back)
@@ -118,7 +118,7 @@ def pretrained(out: Path) -> dict[str, float]:
 
 def fine_tune(recipe: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
     from whisper_tune import load_config, run
-    from whisper_tune.recipe.progress import Reporter
+    from whisper_tune.console import Reporter
 
     config = load_config("quickstart", overrides(recipe, seed, args, out))
     started = time.perf_counter()

@@ -105,7 +105,7 @@ def run_child(
 
 
 def quiet_reporter() -> Any:
-    from whisper_tune.recipe.progress import Reporter
+    from whisper_tune.console import Reporter
 
     return Reporter(quiet=True, progress=False)
 

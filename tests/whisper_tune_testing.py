@@ -118,7 +118,7 @@ def make_toy_model(pretrained_dir: object, out: object) -> object:
     from transformers import GenerationConfig, WhisperConfig, WhisperForConditionalGeneration
 
     from whisper_tune.config.schema import ModelConfig
-    from whisper_tune.recipe.model import load_processor, save_processor
+    from whisper_tune.models.loading import load_processor, save_processor
 
     config = WhisperConfig.from_pretrained(pretrained_dir)
     for key, value in TOY_SHAPE.items():
@@ -140,7 +140,7 @@ def toy_model_dir(tiny_en_dir: object, tmp_path_factory: pytest.TempPathFactory)
 @pytest.fixture(scope="session")
 def toy_multilingual_dir(tmp_path_factory: pytest.TempPathFactory) -> object:
     """Toy multilingual Whisper with base's real (multilingual) processor and language tokens."""
-    from whisper_tune.recipe.model import resolve_source
+    from whisper_tune.models.loading import resolve_source
 
     return make_toy_model(resolve_source("pip:base"), tmp_path_factory.mktemp("toy-multilingual"))
 
@@ -151,8 +151,8 @@ def toy_multilingual_dir(tmp_path_factory: pytest.TempPathFactory) -> object:
 def write_prepared(samples: Sequence[dict[str, Any]], out: Path, num_mel_bins: int = 80) -> Path:
     """``samples`` (``{"audio", "labels"}``, optionally "text" and "segments", e.g.
     ``helpers.real_samples(..., audio=True)``) as a prepared data set in the project's own format
-    (``whisper_tune.recipe.prepared``)."""
-    from whisper_tune.recipe.prepared import PreparedWriter, to_pcm
+    (``whisper_tune.data.store``)."""
+    from whisper_tune.data.store import PreparedWriter, to_pcm
 
     writer = PreparedWriter(out, num_mel_bins=num_mel_bins, shard_size=8)
     for n, sample in enumerate(samples):

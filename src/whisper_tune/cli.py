@@ -15,8 +15,23 @@ from typing import Any, TypeVar
 
 import click
 
-from whisper_tune import __version__
-from whisper_tune.errors import InterruptedRun, WhisperTuneError
+from whisper_tune.backend.registry import KNOWN_BACKENDS, Registry
+from whisper_tune.config.docs import backend_options_markdown, config_reference_markdown, with_options_block
+from whisper_tune.config.presets import list_presets
+from whisper_tune.config.schema import UncheckedOptions
+from whisper_tune.config_loading import dump_yaml, load_config, resolve_config
+from whisper_tune.console import Reporter
+from whisper_tune.errors import ConfigError, InterruptedRun, WhisperTuneError
+from whisper_tune.export.exporter import FORMATS
+from whisper_tune.export.exporter import export as export_model
+from whisper_tune.models.adapters import merge_adapter
+from whisper_tune.runs.model_ref import resolve_model, resolve_run
+from whisper_tune.runs.run import plan as make_plan
+from whisper_tune.runs.run import prepare as prepare_data
+from whisper_tune.runs.run import run as run_pipeline
+from whisper_tune.runs.run import run_dir_path
+from whisper_tune.transcribe import transcribe_files
+from whisper_tune.version import __version__
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,7 +74,6 @@ class BackendFlagsCommand(click.Command):
 def backend_flag_options(taken: set[str]) -> list[click.Option]:
     """One click option per flag the installed backends declare (a flag several declare is listed once).
     A flag that would shadow one of the command's own options is left out."""
-    from whisper_tune.backend.registry import Registry
 
     try:
         declared = Registry().flags()
@@ -124,8 +138,6 @@ def split_config_argument(config: str | None, overrides: Sequence[str]) -> tuple
     items = list(overrides)
     if items and "=" not in items[0]:
         if config is not None:
-            from whisper_tune.errors import ConfigError
-
             raise ConfigError(
                 f"two configs given: --config {config} and '{items[0]}'",
                 hint="give the preset or YAML file once, as the first argument or with --config",
@@ -142,8 +154,8 @@ def build_config(
     resolved: bool = False,
     **flags: Any,
 ) -> Any:
-    """The validated config (``resolved``: with the backend defaults it holds, ``config.load.Resolved``)."""
-    from whisper_tune.config.load import load_config, resolve_config
+    """The validated config (``resolved``: with the backend defaults it holds,
+    ``config_loading.Resolved``)."""
 
     config, items = split_config_argument(config, overrides)
     build = resolve_config if resolved else load_config
@@ -167,7 +179,6 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
 
 
 def _reporter(ctx: click.Context) -> Any:
-    from whisper_tune.recipe.progress import Reporter
 
     return Reporter(quiet=ctx.obj["quiet"], verbose=ctx.obj["debug"])
 
@@ -187,7 +198,6 @@ def run(
     ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], data: str | None, **flags: Any
 ) -> None:
     """Fine-tune: evaluate before, train, evaluate after, write the run directory."""
-    from whisper_tune.pipeline import run as run_pipeline
 
     reporter = _reporter(ctx)  # first, so that what --data chose is shown
     summary = run_pipeline(
@@ -220,7 +230,6 @@ def eval_cmd(
     **flags: Any,
 ) -> None:
     """Evaluate a model (WER/CER raw and normalised) without training."""
-    from whisper_tune.pipeline import run as run_pipeline
 
     reporter = _reporter(ctx)
     extra = [f"data.eval_split={split}"] if split else []
@@ -250,7 +259,6 @@ def prepare(
     ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], out: Path, **flags: Any
 ) -> None:
     """Decode, resample, filter and featurise a dataset once; later runs train from it (data.dataset=OUT)."""
-    from whisper_tune.pipeline import prepare as prepare_data
 
     sets = prepare_data(build_config(config, overrides, **flags), out, reporter=_reporter(ctx))
     for name, info in sets.report().items():
@@ -262,8 +270,6 @@ def prepare(
 @click.pass_context
 def plan(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
     """Show what the backend will do: devices, batch per device and global, placement."""
-    from whisper_tune.pipeline import plan as make_plan
-    from whisper_tune.pipeline import run_dir_path
 
     resolved = build_config(config, overrides, resolved=True, **flags)
     the_plan = make_plan(resolved.config)
@@ -362,8 +368,6 @@ def export(
 ) -> None:
     """Export a run (LoRA merged, or full) or a model to Hugging Face + CTranslate2, then check that
     the exported models transcribe eval clips with the source's WER (docs/export.md)."""
-    from whisper_tune.export.runner import FORMATS
-    from whisper_tune.export.runner import export as export_model
 
     result = export_model(
         source,
@@ -428,9 +432,6 @@ def transcribe(
     output: Path | None,
 ) -> None:
     """Transcribe audio files of any length (chunked in 30-s windows) with a model, a run or an export."""
-    from whisper_tune.errors import ConfigError
-    from whisper_tune.models.resolve import resolve_model, resolve_run
-    from whisper_tune.transcribe import transcribe_files
 
     if (model is None) == (run_dir is None):
         raise ConfigError("give exactly one of --model and --run")
@@ -462,7 +463,6 @@ def transcribe(
 )
 def merge(adapter_dir: Path, out: Path, base: str | None, dtype: str) -> None:
     """Fold a LoRA adapter (a cuda-lora run's final/ directory) into its base: a plain Whisper model."""
-    from whisper_tune.models.adapters import merge_adapter
 
     merged = merge_adapter(adapter_dir, out, base=base, dtype=dtype)  # type: ignore[arg-type]
     click.echo(f"merged model: {merged}")
@@ -471,7 +471,6 @@ def merge(adapter_dir: Path, out: Path, base: str | None, dtype: str) -> None:
 @cli.command()
 def backends() -> None:
     """List installed backends, whether they can run here and why not; and known ones not installed."""
-    from whisper_tune.backend.registry import KNOWN_BACKENDS, Registry
 
     registry = Registry()
     for name in registry.names():
@@ -507,7 +506,6 @@ def config_group() -> None:
 def config_show(config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
     """Print the fully resolved configuration as YAML (every default filled in; a backend's defaults
     are marked with a comment)."""
-    from whisper_tune.config.load import dump_yaml
 
     resolved = build_config(config, overrides, require_backend=False, resolved=True, **flags)
     comments = {
@@ -521,7 +519,6 @@ def config_show(config: str | None, overrides: tuple[str, ...], **flags: Any) ->
 @config_options
 def config_validate(config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
     """Validate a configuration: core sections, then the backend's own options if it is installed."""
-    from whisper_tune.config.schema import UncheckedOptions
 
     resolved = build_config(config, overrides, require_backend=False, **flags)
     if isinstance(resolved.backend.options, UncheckedOptions):
@@ -536,7 +533,6 @@ def config_validate(config: str | None, overrides: tuple[str, ...], **flags: Any
 @config_group.command("list")
 def config_list() -> None:
     """List the shipped presets."""
-    from whisper_tune.config.presets import list_presets
 
     for name, path in list_presets().items():
         click.echo(f"{name:40} {path}")
@@ -559,18 +555,12 @@ def config_list() -> None:
 )
 def config_docs(backend_name: str | None, into: Path | None) -> None:
     """Print the configuration reference (Markdown), generated from the field descriptions."""
-    from whisper_tune.config.reference import (
-        backend_options_markdown,
-        config_reference_markdown,
-        with_options_block,
-    )
 
     if backend_name is None:
         if into is not None:
             raise click.UsageError("--into needs --backend")
         click.echo(config_reference_markdown(), nl=False)
         return
-    from whisper_tune.backend.registry import Registry
 
     block = backend_options_markdown(Registry().get(backend_name))
     if into is None:

@@ -16,9 +16,12 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from whisper_tune.config.schema import SAMPLING_RATE
+from whisper_tune.console import Reporter
 from whisper_tune.errors import DataError, ModelError
-from whisper_tune.models.resolve import ModelRef
-from whisper_tune.recipe.progress import Reporter
+from whisper_tune.export.ct2 import load_faster_whisper
+from whisper_tune.models.loading import generate_kwargs
+from whisper_tune.runs.model_ref import ModelRef, load_hf
 
 OutputFormat = Literal["text", "json", "srt"]
 CHUNK_LENGTH_S = 30
@@ -98,10 +101,6 @@ def hf_transcriber(ref: ModelRef, timestamps: bool) -> Transcriber:
     """transformers' ASR pipeline with 30-s chunking over the (merged) model."""
     from transformers import pipeline
 
-    from whisper_tune.config.schema import SAMPLING_RATE
-    from whisper_tune.models.resolve import load_hf
-    from whisper_tune.recipe.model import generate_kwargs
-
     model, processor = load_hf(ref, merge=True)
     asr = pipeline(
         "automatic-speech-recognition",
@@ -127,7 +126,6 @@ def hf_transcriber(ref: ModelRef, timestamps: bool) -> Transcriber:
 
 def ct2_transcriber(ref: ModelRef) -> Transcriber:
     """faster-whisper over a CTranslate2 directory (float16 weights run as float32 on a CPU)."""
-    from whisper_tune.export.ct2 import load_faster_whisper
 
     model = load_faster_whisper(ref.path)
     language = ref.model_cfg.language
@@ -168,7 +166,8 @@ def transcribe_files(
 ) -> list[Transcript]:
     """Transcribe ``files`` in order, writing (or emitting) each result as soon as it is done; a file
     that cannot be decoded stops with a DataError, and what was written before it is kept."""
-    from whisper_tune.recipe.audio import BadAudio, decode
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.data.audio import BadAudio, decode
 
     reporter = reporter or Reporter()
     missing = [str(f) for f in files if not Path(f).is_file()]

@@ -38,8 +38,8 @@ from whisper_tune.backend.protocol import (
     TrainJob,
 )
 from whisper_tune.backend.registry import Registry
-from whisper_tune.config.load import load_config
 from whisper_tune.config.schema import RunConfig
+from whisper_tune.config_loading import load_config
 from whisper_tune.errors import ConfigError
 
 BACKENDS = registered_backends()
@@ -169,7 +169,7 @@ def test_probe_never_raises(name: str, cuda: str, monkeypatch: pytest.MonkeyPatc
 
 @pytest.mark.parametrize("name", BACKENDS)
 def test_plan_is_json_and_its_launch_crosses_the_job_file(name: str, tmp_path: Path) -> None:
-    from whisper_tune.pipeline import plan
+    from whisper_tune.runs.run import plan
 
     config = config_for(name)
     the_plan = plan(config, Registry())
@@ -210,7 +210,7 @@ def test_resume_continues_the_loss_curve(
         (refusal,) = refusals
         assert refusal.level == "error" and "resume" in refusal.message and refusal.hint
         return
-    from whisper_tune.recipe.phases import train_in_process
+    from whisper_tune.training.phases import train_in_process
 
     model_dir: Path = request.getfixturevalue("toy_model_dir")
     train_data: Path = request.getfixturevalue("toy_train_data")
@@ -248,7 +248,7 @@ def test_resume_continues_the_loss_curve(
 
 @pytest.mark.parametrize("folder", sorted(backend_folders()))
 def test_readme_option_table_is_generated_from_the_options(folder: str) -> None:
-    from whisper_tune.config.reference import backend_options_markdown
+    from whisper_tune.config.docs import backend_options_markdown
 
     if folder not in BACKENDS:
         pytest.skip(f"the {folder} backend is not installed: pip install --no-deps -e backends/{folder}")

@@ -19,8 +19,8 @@ def main(model_dir: str, out: str) -> None:
     from transformers import WhisperForConditionalGeneration
 
     from whisper_tune.config.schema import TrainingConfig
-    from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-    from whisper_tune.recipe.loop import backward_step, build_accelerator
+    from whisper_tune.data.collator import SpeechSeq2SeqCollator
+    from whisper_tune.training.loop import backward_step, build_accelerator
 
     accelerator = build_accelerator(TrainingConfig(batch_size=4), cpu=True)
     assert accelerator.num_processes == 2
@@ -42,7 +42,7 @@ def main(model_dir: str, out: str) -> None:
 
 
 if __name__ == "__main__":
-    from whisper_tune.backend.worker import exit_now
+    from whisper_tune.execution.worker import exit_now
 
     main(sys.argv[1], sys.argv[2])
     exit_now(0)  # no interpreter teardown: a DDP model collected at shutdown can deadlock under gloo

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from whisper_tune.models.adapters import adapter_base_name, is_adapter_dir, load_adapter_model, merge_adapter
-from whisper_tune.models.resolve import resolve_model
+from whisper_tune.runs.model_ref import resolve_model
 
 pytest.importorskip("peft")
 
@@ -76,8 +76,8 @@ def test_export_of_a_lora_adapter_on_real_weights(tiny_en_dir: Path, tmp_path: P
 
     from helpers import QUICKSTART_DATA
 
-    from whisper_tune.export.runner import export
-    from whisper_tune.recipe.progress import Reporter
+    from whisper_tune.console import Reporter
+    from whisper_tune.export.exporter import export
 
     pytest.importorskip("faster_whisper")
     from peft import LoraConfig, get_peft_model

@@ -33,7 +33,7 @@ def test_backends_lists_installed_and_known(
 ) -> None:
     """Each installed backend: its probe's verdict on its own line, then its description and
     distribution; each known backend that is not installed: its install command."""
-    from whisper_tune.backend import registry as registry_module
+    from whisper_tune import cli as cli_module
 
     code, out, _ = run_cli(capsys, "backends")
     assert code == 0
@@ -55,7 +55,7 @@ def test_backends_lists_installed_and_known(
 
     # with only the core installed, every other known backend is listed with its install command
     only_core = [ep for ep in entry_points(group=GROUP) if ep.name == "reference"]
-    monkeypatch.setattr(registry_module, "Registry", lambda: Registry(only_core))
+    monkeypatch.setattr(cli_module, "Registry", lambda: Registry(only_core))
     code, out, _ = run_cli(capsys, "backends")
     assert code == 0 and out.startswith("reference    available: CPU, ")
     for name, known in KNOWN_BACKENDS.items():

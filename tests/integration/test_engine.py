@@ -1,5 +1,6 @@
-"""The one training engine (recipe/loop.py): token-weighted loss over micro-batches and processes,
-checkpoints that load without pickle and name a damaged file, and no import cycle in the core.
+"""The one training engine (training/loop.py): token-weighted loss over micro-batches and processes,
+checkpoints that load without pickle and name a damaged file (the no-import-cycle check is in
+tests/unit/test_layers.py).
 
 Gradients are computed on 8 real quickstart clips (4 short transcripts, 4 long ones) with a random toy
 Whisper: the 2 micro-batches of 4 differ a lot in label tokens, so a per-micro-batch mean (the old way)
@@ -8,7 +9,6 @@ gives a visibly different gradient, and the test would catch a return to it.
 
 from __future__ import annotations
 
-import ast
 import os
 import pickle
 import socket
@@ -39,8 +39,8 @@ def grads_of(model: Any) -> dict[str, Any]:
 def step_gradients(model_dir: Path, samples: list[dict[str, Any]], micro: int) -> tuple[dict[str, Any], int]:
     """The gradient ``backward_step`` leaves for one optimizer step over ``samples`` cut into
     micro-batches of ``micro`` (one process)."""
-    from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-    from whisper_tune.recipe.loop import backward_step, build_accelerator
+    from whisper_tune.data.collator import SpeechSeq2SeqCollator
+    from whisper_tune.training.loop import backward_step, build_accelerator
 
     accumulation = len(samples) // micro
     accelerator = build_accelerator(
@@ -77,7 +77,7 @@ def test_two_accumulated_micro_batches_give_the_gradient_of_one_batch(
 ) -> None:
     import torch
 
-    from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
+    from whisper_tune.data.collator import SpeechSeq2SeqCollator
 
     whole, tokens = one_batch_of_eight
     accumulated, tokens_acc = step_gradients(toy_model_dir, eight, micro=4)
@@ -131,8 +131,8 @@ def test_accumulation_and_batch_size_train_the_same_weights_and_log_the_same_los
     """The whole loop: 2 steps of 2 x 4 accumulated vs 2 steps of 8, same seeded data order."""
     import torch
 
-    from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-    from whisper_tune.recipe.loop import TrainLoop, build_accelerator
+    from whisper_tune.data.collator import SpeechSeq2SeqCollator
+    from whisper_tune.training.loop import TrainLoop, build_accelerator
 
     data = real_samples(toy_model_dir, 16)
     runs = []
@@ -174,7 +174,7 @@ def test_rng_state_round_trips_without_pickle(tmp_path: Path) -> None:
     import numpy as np
     import torch
 
-    from whisper_tune.recipe.checkpoints import restore_rng, rng_file, save_rng
+    from whisper_tune.training.checkpoints import restore_rng, rng_file, save_rng
 
     (tmp_path / "step-000001").mkdir()
     random.seed(1), np.random.seed(1), torch.manual_seed(1)
@@ -198,7 +198,7 @@ def checkpoint_with(tmp_path: Path) -> Path:
     """Two checkpoints' state and RNG files (enough for these loaders); returns the second."""
     import torch
 
-    from whisper_tune.recipe.checkpoints import rng_file, save_rng, write_state
+    from whisper_tune.training.checkpoints import rng_file, save_rng, write_state
 
     for step in (1, 2):
         folder = tmp_path / "checkpoints" / f"step-{step:06d}"
@@ -212,7 +212,7 @@ def checkpoint_with(tmp_path: Path) -> Path:
 def test_a_crafted_pickle_is_never_loaded(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import torch
 
-    from whisper_tune.recipe.checkpoints import load_tensors_file, restore_rng, rng_file
+    from whisper_tune.training.checkpoints import load_tensors_file, restore_rng, rng_file
 
     monkeypatch.chdir(tmp_path)
     checkpoint = checkpoint_with(tmp_path)
@@ -237,7 +237,7 @@ def test_a_crafted_pickle_is_never_loaded(tmp_path: Path, monkeypatch: pytest.Mo
 def test_a_damaged_checkpoint_file_is_named_with_the_previous_checkpoint_as_the_way_out(
     tmp_path: Path, name: str, content: bytes, message: str
 ) -> None:
-    from whisper_tune.recipe.checkpoints import load_tensors_file, read_state, restore_rng
+    from whisper_tune.training.checkpoints import load_tensors_file, read_state, restore_rng
 
     checkpoint = checkpoint_with(tmp_path)
     (checkpoint / name).write_bytes(content)
@@ -274,65 +274,6 @@ def test_a_run_resuming_from_a_damaged_checkpoint_exits_2_with_one_line(
 # --- structure --------------------------------------------------------------------------------
 
 
-def imports_of(path: Path, package: str) -> set[str]:
-    """whisper_tune modules ``path`` imports anywhere (top level or inside functions)."""
-    found = set()
-    for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
-        if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith(package):
-            found.add(node.module)
-        elif isinstance(node, ast.Import):
-            found.update(a.name for a in node.names if a.name.startswith(package))
-    return found
-
-
-def strongly_connected(graph: dict[str, set[str]]) -> list[list[str]]:
-    """Tarjan's strongly connected components with more than one module (the import cycles)."""
-    index: dict[str, int] = {}
-    low: dict[str, int] = {}
-    stack: list[str] = []
-    out: list[list[str]] = []
-
-    def visit(node: str) -> None:
-        index[node] = low[node] = len(index)
-        stack.append(node)
-        for nxt in graph[node]:
-            if nxt not in index:
-                visit(nxt)
-                low[node] = min(low[node], low[nxt])
-            elif nxt in stack:
-                low[node] = min(low[node], index[nxt])
-        if low[node] == index[node]:
-            component = []
-            while True:
-                member = stack.pop()
-                component.append(member)
-                if member == node:
-                    break
-            if len(component) > 1:
-                out.append(sorted(component))
-
-    for node in graph:
-        if node not in index:
-            visit(node)
-    return out
-
-
-def test_the_core_has_no_import_cycle() -> None:
-    """Counting imports inside functions too (a cycle there still couples two modules both ways)."""
-    root = REPO / "src"
-    modules = {
-        ".".join(p.relative_to(root).with_suffix("").parts).removesuffix(".__init__"): p
-        for p in (root / "whisper_tune").rglob("*.py")
-    }
-    graph = {
-        name: {m for m in imports_of(path, "whisper_tune") if m in modules} - {name}
-        for name, path in modules.items()
-    }
-    assert strongly_connected({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]  # the check works
-    assert strongly_connected(graph) == []
-    assert "whisper_tune.recipe.accelerated" not in modules  # one loop
-
-
 def test_every_in_process_backend_trains_through_the_phases() -> None:
     """Every installed backend that hands the core a TrainingSetup (reference, cuda-lora, accelerate)
     trains through the core's phases — in this process (``train_in_process``) or in the core's worker
@@ -351,7 +292,7 @@ def test_every_in_process_backend_trains_through_the_phases() -> None:
         module = inspect.getsource(inspect.getmodule(type(backend)))  # type: ignore[arg-type]
         loop = [m for m in (".backward(", "torch.optim", ".step()", "zero_grad") if m in module]
         assert not loop, backend.name
-    for path in ("src/whisper_tune/recipe/phases.py", "src/whisper_tune/backend/worker.py"):
+    for path in ("src/whisper_tune/training/phases.py", "src/whisper_tune/execution/worker.py"):
         assert "run_phases(" in (REPO / path).read_text(encoding="utf-8"), path
 
 
@@ -368,10 +309,10 @@ def test_the_phases_follow_the_backends_recipe_needs(
     import dataclasses
 
     from whisper_tune.backend.protocol import RecipeNeeds, TrainJob
-    from whisper_tune.backend.reference import ReferenceBackend
-    from whisper_tune.config.load import load_config
-    from whisper_tune.recipe.collator import LABEL_PAD
-    from whisper_tune.recipe.phases import train_in_process
+    from whisper_tune.config_loading import load_config
+    from whisper_tune.data.collator import LABEL_PAD
+    from whisper_tune.execution.reference_backend import ReferenceBackend
+    from whisper_tune.training.phases import train_in_process
 
     seen: list[dict[str, Any]] = []
     fed: list[str] = []  # the dtype of the features the encoder got (made from the audio at batch time)

@@ -12,9 +12,9 @@ import pytest
 from helpers import QUICKSTART_DATA, REPO, cli_argv
 
 from whisper_tune import load_config, run
+from whisper_tune.console import Reporter
 from whisper_tune.errors import ConfigError, OutputError
-from whisper_tune.export.runner import export
-from whisper_tune.recipe.progress import Reporter
+from whisper_tune.export.exporter import export
 
 pytest.importorskip("faster_whisper")
 QUIET = Reporter(quiet=True, progress=False)

@@ -19,7 +19,7 @@ from whisper_tune.errors import ModelError, OutputError
 def test_disk_full_while_preparing_is_one_error_and_leaves_no_partial_set(
     toy_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    import whisper_tune.recipe.prepared as prepared
+    import whisper_tune.data.store as prepared
 
     def full(*args: Any, **kwargs: Any) -> None:
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -36,7 +36,7 @@ def test_disk_full_while_preparing_is_one_error_and_leaves_no_partial_set(
 def test_disk_full_while_checkpointing_keeps_the_previous_checkpoint(
     toy_model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from whisper_tune.recipe.checkpoints import read_state, restore_rng
+    from whisper_tune.training.checkpoints import read_state, restore_rng
 
     base = toy_overrides(toy_model_dir, tmp_path, **{"training.save_steps": 1, "output.run_name": "r"})
     run(load_config("quickstart", base), reporter=QUIET)

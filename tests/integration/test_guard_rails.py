@@ -13,12 +13,12 @@ from helpers import QUIET, toy_overrides
 
 from whisper_tune import load_config, run
 from whisper_tune.config.schema import EvalConfig, ModelConfig, RunConfig, SpecAugmentConfig
+from whisper_tune.data.collator import SpeechSeq2SeqCollator
+from whisper_tune.data.store import PreparedDataset
 from whisper_tune.errors import ConfigError
-from whisper_tune.guards import bundled_regression_dir, guard_report
-from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-from whisper_tune.recipe.evaluation import generate_predictions
-from whisper_tune.recipe.model import load_model
-from whisper_tune.recipe.prepared import PreparedDataset
+from whisper_tune.evaluation.evaluate import generate_predictions
+from whisper_tune.evaluation.guards import bundled_regression_dir, guard_report
+from whisper_tune.models.loading import load_model
 
 MULTILINGUAL = bundled_regression_dir() / "multilingual.csv"
 
@@ -96,7 +96,7 @@ def test_generation_forces_each_rows_language(toy_multilingual_dir: Path, tmp_pa
             **{"model.language": "en", "data.dataset": str(MULTILINGUAL), "data.language_column": "language"},
         ),
     )
-    from whisper_tune.pipeline import prepare
+    from whisper_tune.runs.run import prepare
 
     sets = prepare(
         cfg.model_copy(update={"data": cfg.data.model_copy(update={"eval_split": "all", "extra_eval": ()})}),
@@ -198,8 +198,8 @@ def test_each_extra_set_can_have_its_own_margin() -> None:
 
 
 def test_the_bundled_real_speech_set_goes_with_the_regression_slice() -> None:
-    from whisper_tune.guards import REAL_SPEECH_SET, with_regression_set
-    from whisper_tune.recipe.sources import SplitSpec, iter_split
+    from whisper_tune.data.sources import SplitSpec, iter_split
+    from whisper_tune.evaluation.guards import REAL_SPEECH_SET, with_regression_set
 
     config = load_config("quickstart", ["eval.regression_set=bundled"])
     data = with_regression_set(config, multilingual=False)

@@ -11,9 +11,9 @@ import pytest
 from helpers import QUICKSTART_DATA, write_parquet_dataset
 
 from whisper_tune import load_config
+from whisper_tune.data.preparation import decode_raw
+from whisper_tune.data.sources import SplitSpec, detect_kind, iter_split
 from whisper_tune.errors import DataError
-from whisper_tune.recipe.prepare import decode_raw
-from whisper_tune.recipe.sources import SplitSpec, detect_kind, iter_split
 
 
 def quickstart_rows(split: str, n: int) -> list[tuple[Path, str]]:
@@ -87,7 +87,7 @@ def test_a_preset_runs_on_a_local_parquet_copy(parquet_dir: Path) -> None:
         [f"data.dataset={parquet_dir}", "data.subset=null"],
         require_backend=False,
     )
-    from whisper_tune.recipe.sources import train_and_eval_specs
+    from whisper_tune.data.sources import train_and_eval_specs
 
     train, evaluation = train_and_eval_specs(cfg.data)
     assert (

@@ -9,11 +9,11 @@ import soundfile as sf
 from helpers import QUICKSTART_DATA
 
 from whisper_tune.config.schema import EvalConfig, ModelConfig
+from whisper_tune.data.collator import SpeechSeq2SeqCollator
+from whisper_tune.data.preparation import decode_raw
 from whisper_tune.errors import ModelError
-from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-from whisper_tune.recipe.evaluation import generate_predictions
-from whisper_tune.recipe.model import load_model, load_processor, resolve_source
-from whisper_tune.recipe.prepare import decode_raw
+from whisper_tune.evaluation.evaluate import generate_predictions
+from whisper_tune.models.loading import load_model, load_processor, resolve_source
 
 
 @pytest.fixture(scope="module")

@@ -16,9 +16,9 @@ import pytest
 from helpers import QUICKSTART_DATA
 
 from whisper_tune.cli import main
-from whisper_tune.config.load import load_config
+from whisper_tune.config_loading import load_config
+from whisper_tune.data.preflight import check_data
 from whisper_tune.errors import DataError
-from whisper_tune.recipe.preflight import check_data
 
 CLIPS = 12
 

@@ -1,4 +1,4 @@
-"""Training on packed windows through the core loop (recipe/loop.py), which the reference, cuda-lora and
+"""Training on packed windows through the core loop (training/loop.py), which the reference, cuda-lora and
 accelerate backends share: a real run on the toy Whisper with the quickstart clips, exact resume in the
 middle of an epoch of windows (each epoch planned anew), windows and clips counted in the log, the
 checkpoint state and metrics.json; LoRA on the CPU; timestamp training from a segments column."""
@@ -16,7 +16,7 @@ from helpers import QUICKSTART_DATA, QUIET, cli_argv, logged_steps, toy_override
 from whisper_tune_testing import needs_backend
 
 from whisper_tune import load_config, run
-from whisper_tune.recipe.preflight import check_data
+from whisper_tune.data.preflight import check_data
 
 PACKED = {
     "data.packing.enabled": "true",
@@ -120,7 +120,7 @@ def segments_manifest(folder: Path, count: int) -> Path:
 
 @pytest.mark.slow
 def test_timestamp_training_from_a_segments_column(toy_model_dir: Path, tmp_path: Path) -> None:
-    from whisper_tune.recipe.prepared import PreparedDataset
+    from whisper_tune.data.store import PreparedDataset
 
     manifest = segments_manifest(tmp_path, 12)
     extra = {

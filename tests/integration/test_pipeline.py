@@ -23,8 +23,8 @@ from helpers import (
 )
 
 from whisper_tune import load_config, run
-from whisper_tune.pipeline import prepare
-from whisper_tune.recipe.prepared import PreparedDataset
+from whisper_tune.data.store import PreparedDataset
+from whisper_tune.runs.run import prepare
 
 
 def test_run_writes_the_whole_run_directory(toy_model_dir: Path, tmp_path: Path) -> None:

@@ -11,7 +11,7 @@ from helpers import QUIET, toy_overrides
 
 from whisper_tune import load_config, run
 from whisper_tune.errors import ConfigError
-from whisper_tune.trackers import TRACKER_NAMES
+from whisper_tune.runs.trackers import TRACKER_NAMES
 
 
 @pytest.mark.slow

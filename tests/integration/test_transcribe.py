@@ -13,9 +13,9 @@ import pytest
 import soundfile as sf
 from helpers import QUICKSTART_DATA, REPO, cli_argv
 
-from whisper_tune.models.resolve import resolve_model
-from whisper_tune.recipe.metrics import make_normalizer, score
-from whisper_tune.recipe.progress import Reporter
+from whisper_tune.console import Reporter
+from whisper_tune.evaluation.metrics import make_normalizer, score
+from whisper_tune.runs.model_ref import resolve_model
 from whisper_tune.transcribe import transcribe_files
 
 pytest.importorskip("faster_whisper")
@@ -26,7 +26,7 @@ CLIPS = 12
 @pytest.fixture(scope="module")
 def long_recording(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str, float]:
     """CLIPS quickstart eval clips joined with 0.6 s of silence: (wav file, joined references, seconds)."""
-    from whisper_tune.recipe.audio import decode
+    from whisper_tune.data.audio import decode
 
     folder = QUICKSTART_DATA / "eval"
     with (folder / "metadata.csv").open() as fh:
@@ -116,7 +116,7 @@ def test_srt_from_a_run_fine_tuned_on_packed_windows_with_timestamps(
     """Real tiny.en, a few steps on packed windows (timestamp labels), then SRT from the run: the
     fine-tune still predicts timestamps, and the pipeline reads them."""
     from whisper_tune import load_config, run
-    from whisper_tune.models.resolve import resolve_run
+    from whisper_tune.runs.model_ref import resolve_run
 
     overrides = [
         "data.packing.enabled=true",

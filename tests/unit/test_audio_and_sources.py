@@ -11,15 +11,15 @@ import soundfile as sf
 from helpers import tone, write_audiofolder
 
 from whisper_tune.config.schema import DataConfig
-from whisper_tune.errors import DataError
-from whisper_tune.recipe.audio import BadAudio, decode
-from whisper_tune.recipe.sources import (
+from whisper_tune.data.audio import BadAudio, decode
+from whisper_tune.data.sources import (
     SplitSpec,
     detect_kind,
     iter_split,
     seeded_split,
     train_and_eval_specs,
 )
+from whisper_tune.errors import DataError
 
 
 def test_decode_downmixes_and_resamples(tmp_path: Path) -> None:
@@ -120,7 +120,7 @@ def test_missing_dataset_path() -> None:
 
 
 def test_seeded_split_is_reproducible() -> None:
-    from whisper_tune.recipe.sources import RawSample
+    from whisper_tune.data.sources import RawSample
 
     samples = [RawSample(str(i), None, str(i)) for i in range(50)]
     a_train, a_test = seeded_split(samples, 0.2, seed=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from whisper_tune.recipe.collator import LABEL_PAD, SpeechSeq2SeqCollator
+from whisper_tune.data.collator import LABEL_PAD, SpeechSeq2SeqCollator
 
 SOT = 50258
 

@@ -8,9 +8,9 @@ import pytest
 from pydantic import ValidationError
 
 from whisper_tune.backend.protocol import Flag
-from whisper_tune.backend.reference import ReferenceBackend, ReferenceOptions
 from whisper_tune.backend.registry import Registry
-from whisper_tune.config.load import (
+from whisper_tune.config.schema import BackendConfig, ModelConfig, NoOptions, RunConfig
+from whisper_tune.config_loading import (
     UncheckedOptions,
     dump_yaml,
     load_config,
@@ -18,8 +18,8 @@ from whisper_tune.config.load import (
     parse_override,
     validate,
 )
-from whisper_tune.config.schema import BackendConfig, ModelConfig, NoOptions, RunConfig
 from whisper_tune.errors import BackendUnavailableError, ConfigError
+from whisper_tune.execution.reference_backend import ReferenceBackend, ReferenceOptions
 
 
 def write(tmp_path: Path, text: str) -> Path:

@@ -1,4 +1,4 @@
-"""Log-mel at batch time (recipe/features.py) equals Whisper's feature extractor (its NumPy path), on real
+"""Log-mel at batch time (data/features.py) equals Whisper's feature extractor (its NumPy path), on real
 clips of several lengths, 80 and 128 mel bins; prepared audio (int16) round-trips through the collator."""
 
 from __future__ import annotations
@@ -36,8 +36,8 @@ def test_batched_log_mel_equals_the_feature_extractor(num_mel_bins: int) -> None
     import torch
     from transformers import WhisperFeatureExtractor
 
-    from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-    from whisper_tune.recipe.features import log_mel
+    from whisper_tune.data.collator import SpeechSeq2SeqCollator
+    from whisper_tune.data.features import log_mel
 
     extractor = WhisperFeatureExtractor(feature_size=num_mel_bins)
     clips = real_clips()
@@ -53,9 +53,9 @@ def test_batched_log_mel_equals_the_feature_extractor(num_mel_bins: int) -> None
 
 
 def test_prepared_audio_round_trips_and_int16_moves_features_little(tmp_path: Path) -> None:
-    from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-    from whisper_tune.recipe.features import log_mel
-    from whisper_tune.recipe.prepared import PreparedDataset, PreparedWriter, to_pcm
+    from whisper_tune.data.collator import SpeechSeq2SeqCollator
+    from whisper_tune.data.features import log_mel
+    from whisper_tune.data.store import PreparedDataset, PreparedWriter, to_pcm
 
     clips = real_clips()[:2]
     writer = PreparedWriter(tmp_path / "set", num_mel_bins=80, shard_size=1)
@@ -77,8 +77,8 @@ def test_prepared_audio_round_trips_and_int16_moves_features_little(tmp_path: Pa
 def test_a_v1_directory_gets_a_clear_message(tmp_path: Path) -> None:
     import json
 
+    from whisper_tune.data.store import PreparedDataset
     from whisper_tune.errors import DataError
-    from whisper_tune.recipe.prepared import PreparedDataset
 
     (tmp_path / "manifest.json").write_text(json.dumps({"format": "whisper-tune-prepared", "version": 1}))
     with pytest.raises(DataError, match="older whisper-tune") as caught:

@@ -11,9 +11,9 @@ import pytest
 
 from whisper_tune.backend.launch import Launch, ProcessOptions, accelerate_launch
 from whisper_tune.backend.protocol import TrainJob
-from whisper_tune.backend.runner import WorkerFailed, launch_failure, run_launch
-from whisper_tune.config.load import load_config
+from whisper_tune.config_loading import load_config
 from whisper_tune.errors import BackendUnavailableError, ConfigError, DataError, ModelError, WhisperTuneError
+from whisper_tune.execution.launcher import WorkerFailed, launch_failure, run_launch
 
 
 def test_accelerate_launch_is_pure_and_resolves_to_the_run_directory(tmp_path: Path) -> None:

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from whisper_tune.recipe.metrics import make_normalizer, pick_normalizer, repeated_ngram_rate, score
+from whisper_tune.evaluation.metrics import make_normalizer, pick_normalizer, repeated_ngram_rate, score
 
 
 def test_raw_and_normalised_rates() -> None:

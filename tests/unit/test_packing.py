@@ -1,4 +1,4 @@
-"""Packed training windows (recipe/packing.py, recipe/windows.py, recipe/timestamps.py) on real quickstart
+"""Packed training windows (data/packing.py, data/windows.py, data/timestamps.py) on real quickstart
 clips with tiny.en's real tokenizer: every clip in exactly one window, its text in its window's labels in
 order between the timestamps of its placement, windows within 30 s and 448 label tokens, plans
 deterministic per seed and epoch, no-speech windows with Whisper's no-speech target, and timestamped
@@ -17,13 +17,13 @@ from transformers.models.whisper.tokenization_whisper import _decode_asr
 from whisper_tune_testing import write_prepared
 
 from whisper_tune.config.schema import DataConfig, PackingConfig
+from whisper_tune.data.packing import Clip, Rules, plan_windows
+from whisper_tune.data.preparation import Dropped, Filters, prepare_one
+from whisper_tune.data.sources import RawSample
+from whisper_tune.data.store import PreparedDataset
+from whisper_tune.data.timestamps import SpecialTokens, decoded_segments
+from whisper_tune.data.windows import TrainWindows
 from whisper_tune.errors import ConfigError
-from whisper_tune.recipe.packing import Clip, Rules, plan_windows
-from whisper_tune.recipe.prepare import Dropped, Filters, prepare_one
-from whisper_tune.recipe.prepared import PreparedDataset
-from whisper_tune.recipe.sources import RawSample
-from whisper_tune.recipe.timestamps import SpecialTokens, decoded_segments
-from whisper_tune.recipe.windows import TrainWindows
 
 CLIPS = 30
 

@@ -9,9 +9,9 @@ from pydantic import BaseModel
 
 from whisper_tune.backend.registry import KNOWN_BACKENDS, Registry
 from whisper_tune.config import schema
-from whisper_tune.config.load import UncheckedOptions, merge_sources, validate
+from whisper_tune.config.docs import config_reference_markdown
 from whisper_tune.config.presets import list_presets
-from whisper_tune.config.reference import config_reference_markdown
+from whisper_tune.config_loading import UncheckedOptions, merge_sources, validate
 
 REPO = Path(__file__).resolve().parents[2]
 PRESETS = list_presets()

@@ -9,9 +9,9 @@ from importlib.metadata import EntryPoint
 import pytest
 
 from whisper_tune.backend.protocol import Backend, Flag
-from whisper_tune.backend.reference import ReferenceBackend
 from whisper_tune.backend.registry import GROUP, Registry
 from whisper_tune.errors import BackendUnavailableError, ConfigError
+from whisper_tune.execution.reference_backend import ReferenceBackend
 
 
 def ep(name: str, value: str) -> EntryPoint:
@@ -40,7 +40,7 @@ def test_duplicate_names_are_refused() -> None:
 
 
 def test_name_must_match_entry_point() -> None:
-    registry = Registry([ep("other", "whisper_tune.backend.reference:ReferenceBackend")])
+    registry = Registry([ep("other", "whisper_tune.execution.reference_backend:ReferenceBackend")])
     with pytest.raises(BackendUnavailableError, match="whose name is 'reference'"):
         registry.get("other")
 

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from whisper_tune.config.load import load_config
+from whisper_tune.config_loading import load_config
 from whisper_tune.hub import hub_offline, is_network_error
-from whisper_tune.pipeline import model_label, warmup_issues
-from whisper_tune.report import plot_figure, wer_lines
+from whisper_tune.runs.report import plot_figure, wer_lines
+from whisper_tune.runs.run import model_label, warmup_issues
 
 BEFORE = {"eval": {"normalized_wer": 23.5, "wer": 30.0}, "other-voice": {"normalized_wer": 1.9, "wer": 5.0}}
 AFTER = {"eval": {"normalized_wer": 5.6, "wer": 9.0}, "other-voice": {"normalized_wer": 2.1, "wer": 5.2}}
@@ -93,7 +93,7 @@ def test_network_errors_are_told_from_other_errors() -> None:
 @pytest.mark.parametrize("name", ["openai/whisper-tiny", "my-models/whisper"])
 def test_a_model_name_not_on_disk_offline_is_no_such_local_directory(name: str) -> None:
     from whisper_tune.errors import ModelError
-    from whisper_tune.recipe.model import require_reachable
+    from whisper_tune.models.loading import require_reachable
 
     with pytest.raises(ModelError, match=r"no such local directory \(as a hub id it needs network\)"):
         require_reachable(name)  # conftest sets HF_HUB_OFFLINE=1

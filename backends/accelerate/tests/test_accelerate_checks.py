@@ -15,13 +15,13 @@ from whisper_tune_accelerate.options import AccelerateOptions
 from whisper_tune.backend.launch import Launch, accelerate_config
 from whisper_tune.backend.protocol import Capabilities, Issue
 from whisper_tune.backend.registry import Registry
-from whisper_tune.backend.runner import WorkerFailed, last_error_line, launch_failure
-from whisper_tune.config.load import load_config
 from whisper_tune.config.schema import RunConfig, TrainingConfig
+from whisper_tune.config_loading import load_config
 from whisper_tune.errors import ConfigError, HardwareError
-from whisper_tune.pipeline import plan as pipeline_plan
-from whisper_tune.pipeline import raise_issues
-from whisper_tune.recipe.loop import total_steps
+from whisper_tune.execution.launcher import WorkerFailed, last_error_line, launch_failure
+from whisper_tune.runs.run import plan as pipeline_plan
+from whisper_tune.runs.run import raise_issues
+from whisper_tune.training.loop import total_steps
 
 BACKEND = AccelerateBackend()
 REGISTRY = Registry(eps=[], instances={"accelerate": BACKEND})

@@ -81,7 +81,7 @@ def logged_steps(run_dir: Path) -> list[dict[str, float]]:
 def digest_of(model_dir: Path) -> str:
     from transformers import WhisperForConditionalGeneration
 
-    from whisper_tune.backend.worker import weights_digest
+    from whisper_tune.execution.worker import weights_digest
 
     return weights_digest(WhisperForConditionalGeneration.from_pretrained(model_dir).state_dict())
 
@@ -100,7 +100,7 @@ def two_process_run(toy_model_dir: Path, tmp_path_factory: pytest.TempPathFactor
 def test_two_processes_synchronise_gradients_and_shard_the_data(
     two_process_run: Path, toy_model_dir: Path
 ) -> None:
-    from whisper_tune.recipe.prepared import PreparedDataset
+    from whisper_tune.data.store import PreparedDataset
 
     run_dir = two_process_run / "two"
     rank0, rank1 = traces(two_process_run / "trace-two")
@@ -142,11 +142,11 @@ def test_gathered_evaluation_equals_one_process_evaluation(
 ) -> None:
     import torch
 
-    from whisper_tune.config.load import load_config
-    from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-    from whisper_tune.recipe.evaluation import generate_predictions, score_predictions
-    from whisper_tune.recipe.model import load_model, load_processor
-    from whisper_tune.recipe.prepared import PreparedDataset
+    from whisper_tune.config_loading import load_config
+    from whisper_tune.data.collator import SpeechSeq2SeqCollator
+    from whisper_tune.data.store import PreparedDataset
+    from whisper_tune.evaluation.evaluate import generate_predictions, score_predictions
+    from whisper_tune.models.loading import load_model, load_processor
 
     run_dir = two_process_run / "two"
     config = load_config(run_dir / "config.yaml")
@@ -303,7 +303,7 @@ def test_packed_timestamp_windows_shard_over_two_processes(toy_model_dir: Path, 
     are Whisper's multi-segment timestamp format; the run counts windows and clips over both ranks."""
     from transformers import WhisperTokenizer
 
-    from whisper_tune.recipe.timestamps import SpecialTokens
+    from whisper_tune.data.timestamps import SpecialTokens
 
     packed = {
         "data.packing.enabled": "true",

@@ -116,7 +116,7 @@ def save_large_v3_processor(model_dir: Path, tokenizer_from: str) -> None:
     """A 128-mel feature extractor and a Whisper tokenizer beside the random weights (merge needs them)."""
     from transformers import WhisperFeatureExtractor, WhisperTokenizerFast
 
-    from whisper_tune.recipe.model import resolve_source
+    from whisper_tune.models.loading import resolve_source
 
     WhisperFeatureExtractor(feature_size=128).save_pretrained(model_dir)
     WhisperTokenizerFast.from_pretrained(resolve_source(tokenizer_from)).save_pretrained(model_dir)
@@ -369,10 +369,10 @@ def functional(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     from whisper_tune_cuda_lora.model import save_adapter
 
     from whisper_tune.config.schema import EvalConfig, ModelConfig
+    from whisper_tune.data.collator import SpeechSeq2SeqCollator
+    from whisper_tune.evaluation.evaluate import generate_predictions, score_predictions
     from whisper_tune.models.adapters import merge_adapter
-    from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-    from whisper_tune.recipe.evaluation import generate_predictions, score_predictions
-    from whisper_tune.recipe.model import resolve_source, save_processor
+    from whisper_tune.models.loading import resolve_source, save_processor
 
     source = resolve_source(args.tokenizer_from)
     work = Path(tempfile.mkdtemp(prefix=f"functional-{mode}-", dir=args.workdir))

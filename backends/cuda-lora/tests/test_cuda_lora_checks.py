@@ -15,11 +15,11 @@ from whisper_tune_cuda_lora.options import CudaLoraOptions
 from whisper_tune import load_config
 from whisper_tune.backend.protocol import Capabilities
 from whisper_tune.backend.registry import Registry
-from whisper_tune.config.load import merge_sources, validate
 from whisper_tune.config.presets import list_presets
 from whisper_tune.config.schema import LoraConfig
+from whisper_tune.config_loading import merge_sources, validate
 from whisper_tune.errors import ConfigError, HardwareError
-from whisper_tune.pipeline import plan, raise_issues
+from whisper_tune.runs.run import plan, raise_issues
 
 H100 = Capabilities(cpu_count=16, cuda_devices=1, cuda_memory_gib=(79.1,), cuda_bf16=True)
 T4 = Capabilities(cpu_count=4, cuda_devices=1, cuda_memory_gib=(14.6,), cuda_bf16=False)
@@ -28,7 +28,7 @@ BACKEND = Registry(instances={"cuda-lora": CudaLoraBackend()})
 
 
 def config(*overrides: str, **flags: str) -> object:
-    from whisper_tune.config.load import load_config as load
+    from whisper_tune.config_loading import load_config as load
 
     return load(None, ["backend.name=cuda-lora", *overrides], registry=BACKEND, **flags)
 
@@ -127,7 +127,7 @@ def test_quantised_modes_run_on_the_cpu_with_a_bitsandbytes_that_has_a_cpu_backe
 
 def test_lora_defaults_fill_only_the_fields_nobody_set(capsys: pytest.CaptureFixture[str]) -> None:
     from whisper_tune.cli import main
-    from whisper_tune.config.load import resolve_config
+    from whisper_tune.config_loading import resolve_config
 
     gpu = config()
     assert gpu.training.learning_rate == 1e-3 and gpu.training.precision == "bf16"

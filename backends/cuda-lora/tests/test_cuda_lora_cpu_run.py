@@ -18,7 +18,7 @@ from whisper_tune_cuda_lora.options import CudaLoraOptions
 
 from whisper_tune import load_config, run
 from whisper_tune.config.schema import ModelConfig, TrainingConfig
-from whisper_tune.recipe.progress import Reporter
+from whisper_tune.console import Reporter
 
 QUIET = Reporter(quiet=True, progress=False)
 CPU = CudaLoraOptions(device="cpu", quantization="none")
@@ -188,7 +188,7 @@ def test_merged_tiny_en_transcribes_like_its_adapter(tiny_en_dir: Path, tmp_path
     from transformers import GenerationConfig, WhisperProcessor, pipeline
 
     from whisper_tune.models.adapters import merge_adapter
-    from whisper_tune.recipe.model import save_processor
+    from whisper_tune.models.loading import save_processor
 
     model = build_lora_model(
         str(tiny_en_dir), ModelConfig(name="pip:tiny.en"), TrainingConfig(method="lora"), CPU

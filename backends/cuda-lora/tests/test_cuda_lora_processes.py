@@ -24,7 +24,7 @@ from whisper_tune_cuda_lora.backend import CudaLoraBackend
 
 from whisper_tune.backend.protocol import Capabilities
 from whisper_tune.backend.registry import Registry
-from whisper_tune.config.load import load_config
+from whisper_tune.config_loading import load_config
 
 BACKEND = CudaLoraBackend()
 REGISTRY = Registry(eps=[], instances={"cuda-lora": BACKEND})
@@ -57,7 +57,7 @@ def test_plans_for_one_two_and_eight_gpus_and_two_machines() -> None:
         assert plan.launch.mode == "command" and plan.processes == n and plan.global_batch == 8 * n
         argv = plan.launch.argv
         assert argv[1:4] == ("-m", "accelerate.commands.launch", "--config_file")
-        assert argv[-2:] == ("whisper_tune.backend.worker", "{run_dir}/launch/job-machine0.json")
+        assert argv[-2:] == ("whisper_tune.execution.worker", "{run_dir}/launch/job-machine0.json")
         config = launched_config(plan)
         assert config["num_processes"] == n and config["distributed_type"] == "MULTI_GPU"
         assert config["mixed_precision"] == "bf16" and config["num_machines"] == 1

@@ -23,7 +23,7 @@ from whisper_tune_cuda_lora.options import CudaLoraOptions
 
 from whisper_tune import load_config, run
 from whisper_tune.backend.protocol import RecipeNeeds, TrainJob
-from whisper_tune.recipe.progress import Reporter
+from whisper_tune.console import Reporter
 
 pytest.importorskip("bitsandbytes")
 pytestmark = pytest.mark.slow
@@ -121,8 +121,9 @@ def test_resume_continues_the_loss_curve_and_the_base_keeps_its_bytes(
     """Resume from step 1 with an evaluation first (an evaluation once repacked 4-bit weights in place):
     steps 2-3 repeat the uninterrupted run's losses exactly, and every byte of the quantised base is what
     it was after loading; only the adapters changed."""
-    from whisper_tune.recipe.loop import build_accelerator
-    from whisper_tune.recipe.phases import TrainingSetup, run_phases
+    from whisper_tune.backend.setup import TrainingSetup
+    from whisper_tune.training.loop import build_accelerator
+    from whisper_tune.training.phases import run_phases
 
     mode, run_dir = trained
     job = _job(

@@ -17,11 +17,11 @@ from whisper_tune_ipu.options import IpuOptions
 
 from whisper_tune.backend.protocol import Backend, Capabilities, Plan, Probe, RecipeNeeds, TrainJob
 from whisper_tune.backend.registry import Registry
-from whisper_tune.config.load import load_config
 from whisper_tune.config.presets import find_preset
 from whisper_tune.config.schema import RunConfig
+from whisper_tune.config_loading import load_config
+from whisper_tune.console import Reporter
 from whisper_tune.errors import BackendUnavailableError, ConfigError
-from whisper_tune.recipe.progress import Reporter
 
 PRESET = "ipu/seed004-catalan-small"
 SRC = Path(__file__).resolve().parents[1] / "src"

@@ -28,8 +28,8 @@ from whisper_tune_ipu_worker.data import (  # noqa: E402
 )
 from whisper_tune_ipu_worker.job import load_job  # noqa: E402
 
-from whisper_tune.recipe.collator import SpeechSeq2SeqCollator  # noqa: E402
-from whisper_tune.recipe.prepared import PreparedWriter  # noqa: E402
+from whisper_tune.data.collator import SpeechSeq2SeqCollator  # noqa: E402
+from whisper_tune.data.store import PreparedWriter  # noqa: E402
 
 PY38 = Path.home() / ".pyenv/versions/3.8.18/bin/python"
 
@@ -55,8 +55,8 @@ def test_reads_the_core_prepared_format(tmp_path: Path) -> None:
     """The worker reads the core's v2 audio shards and makes the same log-mel features the core computes
     at batch time (here with this environment's transformers; the worker's pinned 4.29.2 extractor has
     the same NumPy path)."""
-    from whisper_tune.recipe.features import log_mel
-    from whisper_tune.recipe.prepared import PreparedDataset, to_pcm
+    from whisper_tune.data.features import log_mel
+    from whisper_tune.data.store import PreparedDataset, to_pcm
 
     writer = PreparedWriter(tmp_path / "set", num_mel_bins=80, shard_size=2)
     for i in range(5):

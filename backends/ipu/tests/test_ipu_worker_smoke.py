@@ -24,10 +24,10 @@ import pytest
 from ipu_stack import ROOT, STACK_PYTHON, needs_stack
 
 from whisper_tune.backend.registry import Registry
-from whisper_tune.config.load import load_config
-from whisper_tune.pipeline import run
-from whisper_tune.recipe.prepared import PreparedDataset
-from whisper_tune.recipe.progress import Reporter
+from whisper_tune.config_loading import load_config
+from whisper_tune.console import Reporter
+from whisper_tune.data.store import PreparedDataset
+from whisper_tune.runs.run import run
 
 pytestmark = [needs_stack, pytest.mark.slow]
 

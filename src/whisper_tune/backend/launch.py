@@ -7,7 +7,7 @@ Paths in a launch are written with ``{run_dir}`` and resolved when the run direc
 ``whisper-tune plan`` prints the same command that ``whisper-tune run`` executes (``launch.json`` in the
 run directory records it).
 
-``run_launch`` (``backend/runner.py``) is the one place that runs a planned command. Planning is pure
+``run_launch`` (``execution/launcher.py``) is the one place that runs a planned command. Planning is pure
 (``accelerate_launch`` is a function from options to a ``Launch``, in the spirit of Accelerate's own
 ``prepare_*_env(args) -> env``) and is tested without GPUs.
 """
@@ -22,9 +22,12 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+#: training.precision -> Accelerate's mixed_precision (the loop's Accelerator and a launch's config file)
+MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+
 RUN_DIR = "{run_dir}"
 #: The core's worker for backends launched through ``accelerate launch``.
-WORKER_MODULE = "whisper_tune.backend.worker"
+WORKER_MODULE = "whisper_tune.execution.worker"
 FSDP_LAYERS = "WhisperEncoderLayer,WhisperDecoderLayer"
 
 
@@ -161,8 +164,6 @@ def accelerate_config(
     sharding: Sharding = Sharding(),
 ) -> dict[str, Any]:
     """The Accelerate config file (``accelerate config``'s YAML layout) for these options."""
-    from whisper_tune.recipe.loop import MIXED_PRECISION
-
     world = processes.world_size
     config: dict[str, Any] = {
         "compute_environment": "LOCAL_MACHINE",

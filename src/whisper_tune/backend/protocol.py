@@ -5,7 +5,7 @@ through the entry-point group ``whisper_tune.backends`` (see ``registry``). The 
 hands the backend a ``TrainJob`` (paths and validated config, JSON-serialisable so it can cross a process
 or Python-environment boundary), and gets a ``TrainResult`` back, from which the core computes every
 metric itself, so WER/CER come from the same code on every backend. A ``Plan`` carries the run's
-``Launch`` (how training starts; ``whisper_tune.backend.launch`` plans it, ``backend.runner`` runs it).
+``Launch`` (how training starts; ``whisper_tune.backend.launch`` plans it, ``execution.launcher`` runs it).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from whisper_tune.backend.launch import Launch as Launch
 from whisper_tune.config.schema import RunConfig
 
 if TYPE_CHECKING:
-    from whisper_tune.recipe.progress import Reporter
+    from whisper_tune.console import Reporter
 
 BACKEND_API = 1
 #: written in a planned launch's paths where the run directory goes; resolved when it exists
@@ -132,11 +132,11 @@ class TrainJob(BaseModel):
     run_dir: Path
     model_dir: str = Field(description="Local Hugging Face model directory (or hub id) to start from.")
     train_data: Path | None = Field(
-        description="Prepared training data (whisper_tune.recipe.prepared format); None when only evaluating."
+        description="Prepared training data (whisper_tune.data.store format); None when only evaluating."
     )
     train_stream: dict[str, Any] | None = Field(
         None,
-        description="data.streaming: the training split to read as training goes (recipe.sources.SplitSpec "
+        description="data.streaming: the training split to read as training goes (data.sources.SplitSpec "
         "fields); train_data is then None.",
     )
     eval_data: dict[str, Path] = Field(default_factory=dict, description="Prepared eval sets by name.")
@@ -172,11 +172,12 @@ class TrainResult(BaseModel):
     final_model_dir: Path | None = None
     checkpoints: list[Path] = Field(default_factory=list)
     interrupted: bool = False
-    #: evaluation during training (eval.steps): recipe.selection.BestCheckpoint.summary(); empty if off
+    #: evaluation during training (eval.steps): training.best_checkpoint.BestCheckpoint.summary();
+    #: empty if off
     selection: dict[str, Any] = Field(default_factory=dict)
-    #: data.streaming: what the training stream read, kept and dropped (recipe.streaming); empty if off
+    #: data.streaming: what the training stream read, kept and dropped (data.streaming); empty if off
     stream: dict[str, Any] = Field(default_factory=dict)
-    #: data.packing / timestamps / no-speech windows: recipe.windows.TrainWindows.report(); empty if off
+    #: data.packing / timestamps / no-speech windows: data.windows.TrainWindows.report(); empty if off
     windows: dict[str, Any] = Field(default_factory=dict)
 
     @property
@@ -191,7 +192,7 @@ class Backend(Protocol):
     Optional: ``defaults(options) -> dict[str, BackendDefault]``, values for core fields (dotted keys such
     as ``training.learning_rate``) that suit the backend's method, given its validated options. The
     config loader applies them only to fields that no layer set (preset, YAML, ``key=value``, flags), and
-    ``config show`` / ``plan`` say where they came from (``whisper_tune.config.load.backend_defaults``)."""
+    ``config show`` / ``plan`` say where they came from (``whisper_tune.config_loading.backend_defaults``)."""
 
     name: ClassVar[str]
     description: ClassVar[str]

@@ -2,7 +2,7 @@
 
 Every field has a description; docs/config.md is generated from them (``whisper-tune config docs``).
 The ``backend`` section holds the backend's name plus that backend's own options model, validated in a
-second phase by ``whisper_tune.config.load`` once the backend is known.
+second phase by ``whisper_tune.config_loading`` once the backend is known.
 """
 
 from __future__ import annotations
@@ -128,7 +128,7 @@ DatasetKind = Literal["auto", "hub", "audiofolder", "csv", "jsonl", "prepared"]
 
 
 class PackingConfig(Section):
-    """Training clips joined into 30 s windows with Whisper's timestamp tokens (recipe/packing.py)."""
+    """Training clips joined into 30 s windows with Whisper's timestamp tokens (data/packing.py)."""
 
     enabled: bool = Field(
         False,
@@ -261,7 +261,7 @@ class DataConfig(Section):
 
     @property
     def windowed(self) -> bool:
-        """Training reads windows built per epoch (recipe/windows.py), not the prepared clips as they are."""
+        """Training reads windows built per epoch (data/windows.py), not the prepared clips as they are."""
         return self.packing.enabled or self.timestamps or self.no_speech_fraction > 0
 
     @model_validator(mode="after")
@@ -520,7 +520,7 @@ class BackendConfig(Section):
 
     def options_as(self, options_model: type[OptionsT]) -> OptionsT:
         """The options as ``options_model``, the backend's ``Options``, which validated them once (phase 2
-        of ``whisper_tune.config.load.validate``). A config built in Python without options gets that
+        of ``whisper_tune.config_loading.validate``). A config built in Python without options gets that
         model's defaults; options its backend never validated are a ConfigError, not validated here."""
         if isinstance(self.options, options_model):
             return self.options
@@ -529,7 +529,7 @@ class BackendConfig(Section):
         raise ConfigError(
             f"backend '{self.name}': its options were not validated by {options_model.__name__} "
             f"(they are a {type(self.options).__name__})",
-            hint="build the configuration with whisper_tune.load_config (or config.load.validate), or "
+            hint="build the configuration with whisper_tune.load_config (or config_loading.validate), or "
             "pass the backend's own options model as backend.options",
         )
 

@@ -5,7 +5,8 @@ from __future__ import annotations
 from pathlib import Path
 
 from whisper_tune.errors import ExportError
-from whisper_tune.models.resolve import ModelRef, load_hf
+from whisper_tune.models.loading import save_processor
+from whisper_tune.runs.model_ref import ModelRef, load_hf
 
 #: Files every Hugging Face Whisper loader and converter reads (weights are checked separately).
 REQUIRED_FILES = (
@@ -30,7 +31,6 @@ def missing_files(model_dir: Path) -> list[str]:
 def export_hf(ref: ModelRef, out_dir: Path) -> Path:
     """Write ``ref`` (merged if it is an adapter) to ``out_dir`` as safetensors + tokenizer.json +
     preprocessor_config.json + generation_config.json with the language/task set."""
-    from whisper_tune.recipe.model import save_processor
 
     model, processor = load_hf(ref, merge=True)
     model.save_pretrained(out_dir, safe_serialization=True)

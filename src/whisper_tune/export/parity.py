@@ -16,8 +16,11 @@ from pathlib import Path
 from typing import Any
 
 from whisper_tune.config.schema import EvalConfig, ModelConfig
+from whisper_tune.console import Reporter
+from whisper_tune.data.features import model_inputs
+from whisper_tune.data.sources import SplitSpec, iter_split
 from whisper_tune.errors import ConfigError, DataError
-from whisper_tune.recipe.progress import Reporter
+from whisper_tune.models.loading import is_multilingual
 
 #: The metric the tolerance applies to (percentage points).
 METRIC = "normalized_wer"
@@ -42,7 +45,8 @@ def load_clips(
 ) -> Clips:
     """The first ``limit`` clips of ``clips`` (a prepared directory or an audiofolder split directory
     with metadata.csv), or by default of the run's prepared eval set."""
-    from whisper_tune.recipe.prepared import MANIFEST, PreparedDataset
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.data.store import MANIFEST, PreparedDataset
 
     if clips is None:
         if run_dir is None:
@@ -76,8 +80,8 @@ def load_clips(
 def _prepare_audiofolder(
     folder: Path, limit: int, processor: Any, work_dir: Path, reporter: Reporter
 ) -> Path:
-    from whisper_tune.recipe.prepare import Filters, prepare_samples
-    from whisper_tune.recipe.sources import SplitSpec, iter_split
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.data.preparation import Filters, prepare_samples
 
     spec = SplitSpec(dataset=str(folder.parent), kind="audiofolder", split=folder.name)
     return prepare_samples(
@@ -95,7 +99,6 @@ def _prepare_audiofolder(
 def parity_eval_config(eval_cfg: EvalConfig, processor: Any) -> EvalConfig:
     """The run's eval settings; "auto" normalisation picks the English normaliser for an English-only
     vocabulary whatever the model's path is called."""
-    from whisper_tune.recipe.model import is_multilingual
 
     if eval_cfg.normalizer == "auto" and not is_multilingual(len(processor.tokenizer)):
         return eval_cfg.model_copy(update={"normalizer": "english"})
@@ -111,8 +114,9 @@ def decode_hf(
     name: str,
 ) -> list[list[int]]:
     """Token ids from ``generate`` (works for a PeftModel too)."""
-    from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-    from whisper_tune.recipe.evaluation import generate_predictions
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.data.collator import SpeechSeq2SeqCollator
+    from whisper_tune.evaluation.evaluate import generate_predictions
 
     collator = SpeechSeq2SeqCollator(decoder_start_token_id=int(model.config.decoder_start_token_id))
     return generate_predictions(
@@ -133,8 +137,8 @@ def decode_ct2(
     import ctranslate2
     import numpy as np
 
-    from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-    from whisper_tune.recipe.features import model_inputs
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.data.collator import SpeechSeq2SeqCollator
 
     collator = SpeechSeq2SeqCollator(decoder_start_token_id=prompt[0])
     num_mel_bins = int(whisper.n_mels)
@@ -170,7 +174,8 @@ def score(
     tokenizer: Any, ids: list[list[int]], clips: Clips, model_cfg: ModelConfig, eval_cfg: EvalConfig
 ) -> dict[str, Any]:
     """{"metrics": WER/CER raw and normalised, "texts": transcripts}."""
-    from whisper_tune.recipe.evaluation import score_predictions
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.evaluation.evaluate import score_predictions
 
     return score_predictions(tokenizer, ids, clips.texts, model_cfg=model_cfg, eval_cfg=eval_cfg)
 

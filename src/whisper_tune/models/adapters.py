@@ -18,6 +18,8 @@ from typing import Any, Literal
 
 from whisper_tune.config.schema import ModelConfig
 from whisper_tune.errors import BackendUnavailableError, ModelError, OutputError
+from whisper_tune.models.loading import configure_generation, save_processor
+from whisper_tune.models.packaged import resolve_model_source
 
 ADAPTER_CONFIG = "adapter_config.json"
 PEFT_HINT = "pip install peft (or install the cuda-lora backend: pip install whisper-tune-cuda-lora)"
@@ -59,8 +61,6 @@ def load_adapter_model(
     import torch
     from transformers import WhisperForConditionalGeneration
 
-    from whisper_tune.models.packaged import resolve_model_source
-
     peft = _peft()
     if not is_adapter_dir(adapter_dir):
         raise ModelError(
@@ -99,8 +99,6 @@ def load_processor_files(adapter_dir: str | Path, base: str | None = None) -> An
     """The processor saved with the adapter, else the base model's."""
     from transformers import WhisperProcessor
 
-    from whisper_tune.models.packaged import resolve_model_source
-
     for candidate in (str(adapter_dir), resolve_model_source(base or adapter_base_name(adapter_dir))):
         try:
             return WhisperProcessor.from_pretrained(candidate)
@@ -123,8 +121,6 @@ def merge_adapter(
     adapter directory's when it has one; language/task from ``model_cfg`` when given) and the processor
     files. ``base`` overrides the adapter's ``base_model_name_or_path`` (any ``model.name`` form)."""
     from transformers import GenerationConfig
-
-    from whisper_tune.recipe.model import configure_generation, save_processor
 
     out = Path(out_dir)
     model = merged_model(adapter_dir, base, dtype)

@@ -3,7 +3,7 @@ through HF Accelerate.
 
 ``whisper-tune run --backend accelerate --num-processes N`` prepares the data once in this process, then
 runs the ``accelerate launch`` its plan returned (the core's ``backend/launch.py``): N training processes
-per machine, each running the core's phases and its one training loop (``whisper_tune.backend.worker``).
+per machine, each running the core's phases and its one training loop (``whisper_tune.execution.worker``).
 Semantics:
 
 * ``training.batch_size`` is per device; the global batch is batch x processes x machines x accumulation,
@@ -35,12 +35,12 @@ from whisper_tune.backend.protocol import (
     TrainResult,
 )
 from whisper_tune.config.schema import RunConfig
-from whisper_tune.recipe.lora import method_note
+from whisper_tune.models.lora import method_note
 from whisper_tune_accelerate.options import AccelerateOptions, precision_to_mixed
 
 if TYPE_CHECKING:
-    from whisper_tune.recipe.phases import TrainingSetup
-    from whisper_tune.recipe.progress import Reporter
+    from whisper_tune.backend.setup import TrainingSetup
+    from whisper_tune.console import Reporter
 
 CUDA_LORA_HINT = (
     "LoRA on an int8 / 4-bit base is the cuda-lora backend (--backend cuda-lora, one or several "
@@ -295,9 +295,9 @@ class AccelerateBackend:
         return config.backend.options_as(AccelerateOptions).cpu
 
     def training_setup(self, job: TrainJob, accelerator: Any, reporter: Reporter) -> TrainingSetup:
-        from whisper_tune.recipe.lora import describe_trainable
-        from whisper_tune.recipe.model import build_training_model
-        from whisper_tune.recipe.phases import TrainingSetup
+        from whisper_tune.backend.setup import TrainingSetup
+        from whisper_tune.models.loading import build_training_model
+        from whisper_tune.models.lora import describe_trainable
 
         opts = job.config.backend.options_as(AccelerateOptions)
         # whole on every process for the evaluation before training (FSDP / DeepSpeed shard it in prepare)
@@ -309,7 +309,7 @@ class AccelerateBackend:
 
     def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
         """Run the planned ``accelerate launch``: every process runs the core's phases."""
-        from whisper_tune.backend.runner import run_launch
+        from whisper_tune.execution.launcher import run_launch
 
         opts = job.config.backend.options_as(AccelerateOptions)
         reporter.info(

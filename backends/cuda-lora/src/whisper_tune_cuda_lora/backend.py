@@ -4,7 +4,7 @@ on several processes.
 The backend builds the LoRA model (``model.py``) on the Accelerator's device (GPU 0, or the CPU with
 ``device: cpu``, int8 and 4-bit included; with ``--num-processes N`` every process started by the
 planned ``accelerate launch`` builds its own on its own device) with fp16/bf16 mixed precision; the
-core's phases (``recipe/phases.py``) do the rest: evaluation before and after, the one training loop,
+core's phases (``training/phases.py``) do the rest: evaluation before and after, the one training loop,
 adapter-only weights in every checkpoint and in the final model directory (``adapter_config.json``
 naming the base + ``adapter_model.safetensors`` + the generation config; the core adds the processor
 files). Evaluation is the core's batched
@@ -38,8 +38,8 @@ from whisper_tune_cuda_lora.memory import lora_params, model_shape
 from whisper_tune_cuda_lora.options import CudaLoraOptions
 
 if TYPE_CHECKING:
-    from whisper_tune.recipe.phases import TrainingSetup
-    from whisper_tune.recipe.progress import Reporter
+    from whisper_tune.backend.setup import TrainingSetup
+    from whisper_tune.console import Reporter
 
 
 def installed_version(distribution: str) -> str | None:
@@ -198,8 +198,8 @@ class CudaLoraBackend:
         base there (one process never spans several devices: the peft#414 trap)."""
         import torch
 
-        from whisper_tune.recipe.lora import describe_trainable
-        from whisper_tune.recipe.phases import TrainingSetup
+        from whisper_tune.backend.setup import TrainingSetup
+        from whisper_tune.models.lora import describe_trainable
         from whisper_tune_cuda_lora.model import build_lora_model, load_base
 
         cfg = job.config
@@ -215,8 +215,8 @@ class CudaLoraBackend:
 
     def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
         """In this process (one process), or the planned ``accelerate launch`` (several)."""
-        from whisper_tune.backend.runner import run_launch
-        from whisper_tune.recipe.phases import train_in_process
+        from whisper_tune.execution.launcher import run_launch
+        from whisper_tune.training.phases import train_in_process
 
         if job.launch is not None and job.launch.mode == "command":
             return run_launch(job, reporter)

@@ -8,7 +8,7 @@ with training.precision=bf16) onto the device. Then, with gradient checkpointing
 on the encoder's conv1 makes its output require grad (the encoder's input is audio features, not
 embeddings, so otherwise no gradient reaches the checkpointed layers), and the core's ``add_lora``
 (``training.lora``) adds the adapters. Checkpoints and the final model hold the adapter only (the core's
-``recipe.weights.ADAPTER_ONLY``).
+``training.weights.ADAPTER_ONLY``).
 """
 
 from __future__ import annotations
@@ -20,9 +20,9 @@ from typing import Any
 
 from whisper_tune.config.schema import ModelConfig, TrainingConfig
 from whisper_tune.errors import BackendUnavailableError
-from whisper_tune.recipe.lora import add_lora, peft_on_transformers_5
-from whisper_tune.recipe.model import freeze_for_adapters, route_gradients_into_frozen_encoder
-from whisper_tune.recipe.weights import ADAPTER_ONLY
+from whisper_tune.models.loading import freeze_for_adapters, route_gradients_into_frozen_encoder
+from whisper_tune.models.lora import add_lora, peft_on_transformers_5
+from whisper_tune.training.weights import ADAPTER_ONLY
 from whisper_tune_cuda_lora.options import BNB_INSTALL, CudaLoraOptions
 
 
@@ -64,7 +64,7 @@ def load_base(
 ) -> Any:
     """The frozen base on ``device`` (the accelerator's; default: the CPU with ``device: cpu``, else
     GPU 0), quantised as configured, ready for adapters."""
-    from whisper_tune.recipe.model import load_model
+    from whisper_tune.models.loading import load_model
 
     device = device if device is not None else ("cpu" if opts.device == "cpu" else "cuda:0")
     if opts.quantization == "none":

@@ -47,7 +47,7 @@ from whisper_tune_ipu.options import SDK_PYTHON_ENV, IpuOptions
 from whisper_tune_ipu.planner import IpuPlan, PlanError, PlanRequest, plan_ipu
 
 if TYPE_CHECKING:
-    from whisper_tune.recipe.progress import Reporter
+    from whisper_tune.console import Reporter
 
 SDK_STEPS = (
     "set up the Poplar SDK (3.3 or 3.4, Ubuntu 20.04, Python 3.8; it is not on any package registry): "
@@ -317,7 +317,7 @@ class IpuBackend:
 
     def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
         """Run the planned IPU worker under the SDK's Python on ``job`` and return its result."""
-        from whisper_tune.backend.runner import run_launch
+        from whisper_tune.execution.launcher import run_launch
         from whisper_tune_ipu.launch import worker_job
 
         options = job.config.backend.options_as(IpuOptions)

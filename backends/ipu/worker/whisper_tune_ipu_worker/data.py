@@ -1,6 +1,6 @@
 """Read whisper-tune's prepared data and batch it with static shapes (numpy + json; torch only to batch).
 
-The prepared format (whisper-tune ``recipe/prepared.py``) is project-owned so that this worker can read it
+The prepared format (whisper-tune ``data/store.py``) is project-owned so that this worker can read it
 whatever its transformers version::
 
     <dir>/manifest.json          {"format": "whisper-tune-prepared", "version": 2, "shards", ...}

@@ -19,8 +19,11 @@ from typing import Any
 
 from whisper_tune.backend.protocol import Backend, Capabilities, Issue, Plan, TrainJob, TrainResult
 from whisper_tune.backend.registry import Registry
-from whisper_tune.config.load import dump_yaml
 from whisper_tune.config.schema import DataConfig, RunConfig
+from whisper_tune.config_loading import dump_yaml
+from whisper_tune.console import LOGGER_NAME, Reporter
+from whisper_tune.data.preflight import require_usable_data
+from whisper_tune.data.sources import resolve_kind, train_and_eval_specs
 from whisper_tune.errors import (
     BackendUnavailableError,
     ConfigError,
@@ -31,8 +34,24 @@ from whisper_tune.errors import (
     ModelError,
     OutputError,
 )
-from whisper_tune.recipe.progress import LOGGER_NAME, Reporter
-from whisper_tune.report import wer_lines, write_json_atomic, write_plot
+from whisper_tune.evaluation.guards import (
+    guard_report,
+    language_share,
+    normalizer_override,
+    with_regression_set,
+)
+from whisper_tune.models.loading import (
+    OFFLINE_HINT,
+    check_mel_bins,
+    is_multilingual,
+    load_processor,
+    require_reachable,
+    require_whisper,
+    resolve_source,
+    save_processor,
+)
+from whisper_tune.runs.report import wer_lines, write_json_atomic, write_plot
+from whisper_tune.runs.trackers import evaluation_scalars, open_trackers
 
 CONFIG_FILE = "config.yaml"
 METRICS_FILE = "metrics.json"
@@ -142,13 +161,15 @@ def make_run_dir(config: RunConfig, *, train: bool = True) -> Path:
 
 
 def read_state(checkpoint: Path) -> tuple[int, list[dict[str, float]]]:
-    from whisper_tune.recipe.checkpoints import read_state as read
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.training.checkpoints import read_state as read
 
     return read(checkpoint)
 
 
 def resolve_resume(config: RunConfig, run_dir: Path) -> Path | None:
-    from whisper_tune.recipe.checkpoints import list_checkpoints
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.training.checkpoints import list_checkpoints
 
     value = config.training.resume_from
     if value is None:
@@ -170,8 +191,6 @@ def resolve_resume(config: RunConfig, run_dir: Path) -> Path | None:
 def _load_processor_for(config: RunConfig, reporter: Reporter) -> tuple[str, Any]:
     from transformers import WhisperConfig
 
-    from whisper_tune.recipe.model import check_mel_bins, load_processor, require_whisper, resolve_source
-
     source = resolve_source(config.model.name)
     reporter.info(
         f"model: {config.model.name}" + (f" (from {source})" if source != config.model.name else "")
@@ -181,9 +200,6 @@ def _load_processor_for(config: RunConfig, reporter: Reporter) -> tuple[str, Any
     try:
         model_config = WhisperConfig.from_pretrained(source)
     except (OSError, ValueError) as exc:
-        from whisper_tune.errors import ModelError
-        from whisper_tune.recipe.model import OFFLINE_HINT
-
         raise ModelError(
             f"cannot read the configuration of '{config.model.name}': {str(exc).splitlines()[0]}",
             hint=OFFLINE_HINT,
@@ -201,8 +217,6 @@ def prepare(
     include_train: bool = True,
 ) -> Any:
     """Prepare the configured data for the configured model into ``out_dir`` (``whisper-tune prepare``)."""
-    from whisper_tune.recipe.model import require_reachable
-    from whisper_tune.recipe.preflight import require_usable_data
 
     reporter = reporter or Reporter()
     backend = (registry or Registry()).get(config.backend.name)
@@ -225,12 +239,9 @@ def run(
     The WER lines (``RunSummary.lines``) go to run.log and, with ``echo_summary``, to the console; the
     CLI prints them itself (to stdout), so it passes False.
     """
-    from whisper_tune.guards import language_share, normalizer_override, with_regression_set
-    from whisper_tune.recipe.evaluation import row_languages_of, score_predictions
-    from whisper_tune.recipe.model import is_multilingual, require_reachable, save_processor
-    from whisper_tune.recipe.preflight import require_usable_data
-    from whisper_tune.recipe.prepared import PreparedDataset
-    from whisper_tune.trackers import evaluation_scalars, open_trackers
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.data.store import PreparedDataset
+    from whisper_tune.evaluation.evaluate import row_languages_of, score_predictions
 
     reporter = reporter or Reporter()
     started = time.perf_counter()
@@ -369,8 +380,8 @@ def fail_on_guard_warnings(config: RunConfig, warnings: list[str], run_dir: Path
 def train_stream_spec(config: RunConfig) -> dict[str, Any] | None:
     """With ``data.streaming`` the training split read as training goes (no prepared directory);
     None otherwise. A stream has no length: it needs ``training.max_steps`` and no ``test_size``."""
-    from whisper_tune.recipe.sources import resolve_kind, train_and_eval_specs
-    from whisper_tune.recipe.streaming import stream_spec
+    # lazy: keeps torch, numpy out of this module's import
+    from whisper_tune.data.streaming import stream_spec
 
     data = config.data
     if not data.streaming or resolve_kind(data.dataset or "", data.kind) == "prepared":
@@ -395,7 +406,8 @@ def _prepare_sets(
     include_train: bool,
     data: DataConfig | None = None,
 ) -> Any:
-    from whisper_tune.recipe.sets import prepare_all
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.data.sets import prepare_all
 
     meta = {
         "model": config.model.name,
@@ -414,14 +426,15 @@ def _prepare_sets(
     )
 
 
-def _epoch_steps(
-    config: RunConfig, backend: Backend, the_plan: Plan, train_dir: Path, tokenizer: Any
-) -> int:
+def _epoch_steps(config: RunConfig, backend: Backend, the_plan: Plan, train_dir: Path, tokenizer: Any) -> int:
     """Optimizer steps of an epoch-bounded run, counted as the training loop counts them (windows planned
     per epoch when the data section asks for them)."""
-    from whisper_tune.recipe.loop import total_steps
-    from whisper_tune.recipe.prepared import PreparedDataset
-    from whisper_tune.recipe.windows import TrainWindows
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.data.store import PreparedDataset
+    from whisper_tune.data.windows import TrainWindows
+
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.training.loop import total_steps
 
     prepared = PreparedDataset(train_dir)
     drop_last = backend.recipe_needs(config).drop_last
@@ -454,7 +467,6 @@ def _write_predictions(run_dir: Path, evaluation: dict[str, Any], eval_sets: dic
 def _metrics(
     config: RunConfig, result: TrainResult, evaluation: dict[str, Any], data: dict[str, Any], wall: float
 ) -> dict[str, Any]:
-    from whisper_tune.guards import guard_report
 
     scores = {phase: {n: s["metrics"] for n, s in by_set.items()} for phase, by_set in evaluation.items()}
     return {

@@ -1,6 +1,6 @@
 """Generation-based evaluation: batched ``generate`` with language/task forced, then WER/CER.
 
-The training lifecycle (``recipe/phases.py``) calls ``evaluate_sets`` with the run's accelerator: every
+The training lifecycle (``training/phases.py``) calls ``evaluate_sets`` with the run's accelerator: every
 process generates for its share of the batches on its device under the accelerator's autocast (which is
 how it works under int8/4-bit where ``predict_with_generate`` does not), and the rows are gathered back
 in dataset order. The core scores the token ids with ``score_predictions``, so every backend is measured
@@ -17,11 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
 from whisper_tune.config.schema import EvalConfig, ModelConfig
-from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-from whisper_tune.recipe.features import model_inputs
-from whisper_tune.recipe.metrics import make_normalizer, pick_normalizer, score
-from whisper_tune.recipe.model import generate_kwargs, is_multilingual
-from whisper_tune.recipe.progress import Reporter
+from whisper_tune.console import Reporter
+from whisper_tune.data.collator import SpeechSeq2SeqCollator
+from whisper_tune.data.features import model_inputs
+from whisper_tune.evaluation.metrics import make_normalizer, pick_normalizer, score
+from whisper_tune.models.loading import generate_kwargs, is_multilingual
 
 T = TypeVar("T")
 
@@ -166,8 +166,9 @@ def _over_batches(
     reporter, title = bar if bar is not None else (Reporter.silent(), "")
     local: list[tuple[int, list[T]]] = []
     with (
-        reporter.progress(title, total=sum(min(batch_size, n - s) for s in mine if s is not None), unit="utt")
-        as progress,
+        reporter.progress(
+            title, total=sum(min(batch_size, n - s) for s in mine if s is not None), unit="utt"
+        ) as progress,
         torch.inference_mode(),
         full_parameters(accelerator, model),
     ):

@@ -22,9 +22,9 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset
 
-from whisper_tune.recipe.prepare import Dropped, Filters, prepare_one
-from whisper_tune.recipe.prepared import PCM_SCALE, DropReport
-from whisper_tune.recipe.sources import SplitSpec, iter_split
+from whisper_tune.data.preparation import Dropped, Filters, prepare_one
+from whisper_tune.data.sources import SplitSpec, iter_split
+from whisper_tune.data.store import PCM_SCALE, DropReport
 
 
 class TrainStream(IterableDataset[dict[str, Any]]):

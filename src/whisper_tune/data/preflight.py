@@ -10,9 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from whisper_tune.config.schema import DataConfig, DatasetKind
-from whisper_tune.errors import DataError
-from whisper_tune.hub import NO_LOCAL_DIRECTORY, hub_offline, missing_locally
-from whisper_tune.recipe.sources import (
+from whisper_tune.data.sources import (
     AUDIOFOLDER_METADATA,
     SPLIT_COLUMN,
     _read_table,
@@ -20,6 +18,8 @@ from whisper_tune.recipe.sources import (
     resolve_kind,
     split_parts,
 )
+from whisper_tune.errors import DataError
+from whisper_tune.hub import NO_LOCAL_DIRECTORY, hub_offline, missing_locally
 
 HOLD_OUT = "data.eval_split=null data.test_size=0.1 to hold out part of the training data"
 DROP_EXTRA = "or data.extra_eval=[] to drop the extra sets"

@@ -22,9 +22,13 @@ from pathlib import Path
 from typing import Any
 
 from whisper_tune.config.schema import EvalConfig
+from whisper_tune.console import Reporter
 from whisper_tune.errors import ConfigError, ExportError, ModelError, OutputError
-from whisper_tune.models.resolve import ModelRef, resolve_model
-from whisper_tune.recipe.progress import Reporter
+from whisper_tune.export import parity
+from whisper_tune.export.ct2 import cpu_compute_type, export_ct2, load_faster_whisper
+from whisper_tune.export.hf import export_hf
+from whisper_tune.runs.model_ref import ModelRef, load_hf, resolve_model
+from whisper_tune.runs.report import write_json_atomic
 
 FORMATS = ("hf", "ct2-float16", "ct2-int8")
 #: Allowed |WER(export) - WER(source)| in normalised-WER percentage points, per format.
@@ -56,7 +60,6 @@ def _check_out_dir(out_dir: Path, formats: Sequence[str]) -> None:
 
 
 def _write_json(path: Path, data: Any) -> None:
-    from whisper_tune.report import write_json_atomic
 
     write_json_atomic(path, data)
 
@@ -77,8 +80,6 @@ def export(
 ) -> ExportResult:
     """Export ``source`` (a run directory or any model reference) to ``out_dir`` in ``formats``; with
     ``check_only`` write nothing but re-run the parity check on the formats already in ``out_dir``."""
-    from whisper_tune.export.ct2 import export_ct2
-    from whisper_tune.export.hf import export_hf
 
     reporter = reporter or Reporter()
     unknown = [f for f in formats if f not in FORMATS]
@@ -166,9 +167,6 @@ def check_parity(
     reporter: Reporter,
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """Decode the clips with the source and every written format; the verdicts and per-clip rows."""
-    from whisper_tune.export import parity
-    from whisper_tune.export.ct2 import cpu_compute_type, load_faster_whisper
-    from whisper_tune.models.resolve import load_hf
 
     model, processor = load_hf(ref, merge=False)
     eval_cfg = parity.parity_eval_config(ref.eval_cfg or EvalConfig(), processor)

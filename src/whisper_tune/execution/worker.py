@@ -1,8 +1,8 @@
-"""One training process: ``python -m whisper_tune.backend.worker JOB``, started by ``accelerate launch``.
+"""One training process: ``python -m whisper_tune.execution.worker JOB``, started by ``accelerate launch``.
 
 Never run by hand: ``whisper-tune run`` starts it through the launch its backend planned
 (``backend/launch.py``). Every rank validates the config again, builds the Accelerator and the backend's
-model (``training_setup``) and runs the core's phases (``recipe/phases.py``); the main process writes
+model (``training_setup``) and runs the core's phases (``training/phases.py``); the main process writes
 checkpoints and the final model; the local main process of each machine writes the result file its parent
 reads. A failure is written to ``failure-rank<N>.json`` (an unexpected one's traceback next to it), so the
 parent reports one error instead of every rank's traceback.
@@ -24,15 +24,17 @@ from pathlib import Path
 from typing import Any
 
 from whisper_tune.backend.protocol import TrainJob
+from whisper_tune.backend.registry import Registry
+from whisper_tune.config_loading import validate
+from whisper_tune.console import Reporter
 from whisper_tune.errors import HardwareError, WhisperTuneError
+from whisper_tune.training.phases import run_phases, start
 
 TRACE_ENV = "WHISPER_TUNE_TRACE"
 
 
 def load_job(spec: dict[str, Any]) -> tuple[Any, TrainJob]:
     """(backend, job) of a job file, the config validated again (backend options included)."""
-    from whisper_tune.backend.registry import Registry
-    from whisper_tune.config.load import validate
 
     registry = Registry()
     config = validate(spec["config"], registry=registry)
@@ -48,9 +50,8 @@ def weights_digest(state: dict[str, Any]) -> str:
 
 
 def train(backend: Any, job: TrainJob, console: dict[str, bool], result_path: Path) -> None:
-    from whisper_tune.recipe.collator import LABEL_PAD
-    from whisper_tune.recipe.phases import run_phases, start
-    from whisper_tune.recipe.progress import Reporter
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.data.collator import LABEL_PAD
 
     cfg = job.config
     accelerator = start(backend, job)
@@ -115,7 +116,7 @@ def write_failure(folder: Path, rank: int, exc: BaseException) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m whisper_tune.backend.worker JOB_FILE (started by accelerate launch)")
+        print("usage: python -m whisper_tune.execution.worker JOB_FILE (started by accelerate launch)")
         return 2
     os.dup2(1, 2)  # stdout is the parent's stderr: messages and progress bars go there, tracebacks not
     spec = json.loads(Path(args[0]).read_text(encoding="utf-8"))

@@ -24,10 +24,9 @@ from typing import Any
 import numpy as np
 
 from whisper_tune.config.schema import SAMPLING_RATE, DataConfig
-from whisper_tune.errors import DataError
-from whisper_tune.recipe.packing import Clip, Plan, Rules, Window, plan_windows
-from whisper_tune.recipe.prepared import PreparedDataset
-from whisper_tune.recipe.timestamps import (
+from whisper_tune.data.packing import Clip, Plan, Rules, Window, plan_windows
+from whisper_tune.data.store import PreparedDataset
+from whisper_tune.data.timestamps import (
     SAMPLES_PER_STEP,
     Segment,
     SpecialTokens,
@@ -37,6 +36,8 @@ from whisper_tune.recipe.timestamps import (
     timestamp_labels,
     to_steps,
 )
+from whisper_tune.errors import DataError
+from whisper_tune.models.loading import load_processor
 
 
 def clip_segments(sample: dict[str, Any], texts: dict[str, list[int]], use_segments: bool) -> list[Segment]:
@@ -188,6 +189,5 @@ def train_windows(prepared: PreparedDataset, model_dir: str, data: DataConfig, m
     for them."""
     if not data.windowed:
         return prepared
-    from whisper_tune.recipe.model import load_processor
 
     return TrainWindows(prepared, load_processor(model_dir, model).tokenizer, data, seed)

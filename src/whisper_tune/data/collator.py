@@ -18,6 +18,8 @@ from typing import Any
 
 import numpy as np
 
+from whisper_tune.data.features import SAMPLING_RATE, WINDOW_SAMPLES
+
 LABEL_PAD = -100
 
 
@@ -41,8 +43,6 @@ class SpeechSeq2SeqCollator:
 
     def __call__(self, items: Sequence[dict[str, Any]]) -> dict[str, Any]:
         import torch
-
-        from whisper_tune.recipe.features import SAMPLING_RATE, WINDOW_SAMPLES
 
         labels = torch.from_numpy(self.pad_labels([list(item["labels"]) for item in items]))
         if items and "audio" in items[0]:

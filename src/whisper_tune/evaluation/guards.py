@@ -8,7 +8,7 @@
 * Language retention: for multilingual models, the share of eval clips Whisper's own language detection
   still assigns to the configured language (or each row's language), before and after.
 * Hallucination signals (insertion rate, repeated n-gram rate) are in every set's metrics
-  (``recipe.metrics``) and in the report lines here when they rise.
+  (``evaluation.metrics``) and in the report lines here when they rise.
 
 The run warns (log and ``metrics.json`` ``guard.warnings``; every watched set's before/after/margin is in
 ``guard.sets``); by default it does not fail, since a rise can be the price a user accepts for a domain

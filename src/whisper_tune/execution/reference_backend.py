@@ -23,12 +23,15 @@ from whisper_tune.backend.protocol import (
     TrainJob,
     TrainResult,
 )
+from whisper_tune.backend.setup import TrainingSetup
 from whisper_tune.config.schema import RunConfig
-from whisper_tune.recipe.lora import method_note
-from whisper_tune.recipe.progress import Reporter
+from whisper_tune.console import Reporter
+from whisper_tune.models.loading import build_training_model
+from whisper_tune.models.lora import describe_trainable, method_note
+from whisper_tune.training.phases import train_in_process
 
 if TYPE_CHECKING:
-    from whisper_tune.recipe.phases import TrainingSetup
+    from whisper_tune.backend.setup import TrainingSetup
 
 
 class ReferenceOptions(BaseModel):
@@ -97,10 +100,6 @@ class ReferenceBackend:
     def training_setup(self, job: TrainJob, accelerator: Any, reporter: Reporter) -> TrainingSetup:
         import torch
 
-        from whisper_tune.recipe.lora import describe_trainable
-        from whisper_tune.recipe.model import build_training_model
-        from whisper_tune.recipe.phases import TrainingSetup
-
         opts = job.config.backend.options_as(ReferenceOptions)
         if opts.threads:
             torch.set_num_threads(opts.threads)
@@ -110,6 +109,5 @@ class ReferenceBackend:
         return TrainingSetup(accelerator, model, num_workers=opts.num_workers)
 
     def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
-        from whisper_tune.recipe.phases import train_in_process
 
         return train_in_process(self, job, reporter)

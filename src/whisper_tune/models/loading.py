@@ -14,6 +14,8 @@ from whisper_tune.config.schema import ModelConfig, TrainingConfig
 from whisper_tune.errors import ModelError
 from whisper_tune.hub import NO_LOCAL_DIRECTORY, hub_offline, is_network_error, missing_locally
 from whisper_tune.models.ct2_import import MULTILINGUAL_VOCAB
+from whisper_tune.models.lora import add_lora
+from whisper_tune.models.packaged import _looks_like_path, resolve_model_source
 
 OFFLINE_HINT = (
     "this machine may have no access to the Hugging Face hub: use a local model directory, a CTranslate2 "
@@ -32,7 +34,6 @@ def load_error(what: str, name: str, source: str, exc: Exception) -> ModelError:
 def require_reachable(name: str) -> None:
     """Before anything is loaded: a model path that does not exist, or in offline mode a name that is
     not on this disk, cannot load."""
-    from whisper_tune.models.packaged import _looks_like_path
 
     if not missing_locally(name):
         return
@@ -50,7 +51,6 @@ def require_reachable(name: str) -> None:
 
 def resolve_source(name: str) -> str:
     """Model name in the config -> something ``from_pretrained`` loads (imports CTranslate2 if needed)."""
-    from whisper_tune.models.packaged import resolve_model_source
 
     return str(resolve_model_source(name))
 
@@ -154,13 +154,11 @@ def enable_activation_checkpointing(model: Any) -> None:
 def build_training_model(source: str, cfg: ModelConfig, training: TrainingConfig) -> Any:
     """The model to train in fp32 (mixed precision is autocast), by ``training.method``: 'full', every
     weight trains except the encoder with ``freeze_encoder``; 'lora', adapters on a frozen base
-    (``recipe.lora``)."""
+    (``models.lora``)."""
     import torch
 
     model = load_model(source, cfg, dtype=torch.float32)
     if training.method == "lora":
-        from whisper_tune.recipe.lora import add_lora
-
         freeze_for_adapters(model, training.gradient_checkpointing)
         return add_lora(model, training)
     if training.freeze_encoder:

@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from whisper_tune.backend.launch import Launch
+from whisper_tune.backend.protocol import TrainResult
 from whisper_tune.errors import (
     BackendUnavailableError,
     ConfigError,
@@ -32,7 +33,7 @@ from whisper_tune.errors import (
 
 if TYPE_CHECKING:
     from whisper_tune.backend.protocol import TrainJob, TrainResult
-    from whisper_tune.recipe.progress import Reporter
+    from whisper_tune.console import Reporter
 
 #: WhisperTuneError classes a worker's failure is re-raised as, by class name or by ``kind``.
 ERROR_CLASSES: dict[str, type[WhisperTuneError]] = {
@@ -49,10 +50,8 @@ class WorkerFailed(WhisperTuneError):
     kind = "worker"
 
 
-
-
 def job_document(job: TrainJob, reporter: Reporter, launch: Launch) -> dict[str, Any]:
-    """The core's job file for ``whisper_tune.backend.worker``."""
+    """The core's job file for ``whisper_tune.execution.worker``."""
     import logging
 
     verbose = any(
@@ -78,7 +77,6 @@ class _Output:
 def run_launch(job: TrainJob, reporter: Reporter, backend_job: dict[str, Any] | None = None) -> TrainResult:
     """Run ``job.launch`` (a resolved command launch) to the end and return the worker's result, or
     raise one clear error. ``backend_job`` is the job file's content for ``job_format: backend``."""
-    from whisper_tune.backend.protocol import TrainResult
 
     launch = job.launch
     assert launch is not None and launch.mode == "command" and launch.result_file is not None

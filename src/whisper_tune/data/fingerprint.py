@@ -16,9 +16,9 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from whisper_tune.recipe.prepare import Filters
-from whisper_tune.recipe.prepared import VERSION
-from whisper_tune.recipe.sources import SplitSpec
+from whisper_tune.data.preparation import Filters
+from whisper_tune.data.sources import SplitSpec
+from whisper_tune.data.store import VERSION
 
 
 def source_files(spec: SplitSpec) -> list[tuple[str, int, int]]:

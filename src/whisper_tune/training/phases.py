@@ -1,7 +1,7 @@
 """A run's phases, named once for every backend that trains in this Python environment:
 
 1. **evaluate before** — generation-based predictions on every eval set (sharded over the processes);
-2. **fit** — the training loop (``recipe/loop.py``), with evaluation during training when asked;
+2. **fit** — the training loop (``training/loop.py``), with evaluation during training when asked;
 3. **save** — the final weights in the backend's format (full model, or the adapter only);
 4. **evaluate after** — the same sets with the trained (or best) weights;
 5. **result** — a ``TrainResult`` (predictions as token ids; the core scores them).
@@ -16,32 +16,15 @@ worker runs under its own pinned stack and stays apart (it applies the same need
 from __future__ import annotations
 
 import resource
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
 from whisper_tune.backend.protocol import RecipeNeeds, TrainJob, TrainResult
-from whisper_tune.config.schema import RunConfig
-from whisper_tune.recipe.progress import Reporter
-from whisper_tune.recipe.weights import WeightsFormat, weights_format_of
-
-
-@dataclass(frozen=True)
-class TrainingSetup:
-    """What a backend hands the shared lifecycle."""
-
-    #: built by ``recipe.loop.build_accelerator`` (inside ``accelerate launch`` for several processes)
-    accelerator: Any
-    #: the model to evaluate and train, already on the accelerator's device (or placed by its
-    #: quantisation device map); with ``job.train`` its trainable parameters are what trains
-    model: Any
-    #: how weights are written and read; default: adapter-only for a peft model, else the full model
-    weights: WeightsFormat | None = None
-    #: DataLoader worker processes
-    num_workers: int = 0
-    #: a diagnostics hook called with every training micro-batch
-    on_batch: Callable[[dict[str, Any]], None] | None = None
+from whisper_tune.backend.setup import InProcessTrainer, TrainingSetup, WeightsFormat
+from whisper_tune.console import Reporter
+from whisper_tune.models.loading import load_processor, save_processor
+from whisper_tune.training.weights import weights_format_of
 
 
 @dataclass(frozen=True)
@@ -51,17 +34,18 @@ class Outcome:
     model: Any
 
 
-def run_phases(
-    job: TrainJob, setup: TrainingSetup, reporter: Reporter, needs: RecipeNeeds
-) -> Outcome:
+def run_phases(job: TrainJob, setup: TrainingSetup, reporter: Reporter, needs: RecipeNeeds) -> Outcome:
     """Evaluate before -> fit -> save -> evaluate after -> result. On several processes every one of
     them calls this; the main process writes files, and every process returns the same result.
     ``needs`` is the backend's ``recipe_needs(job.config)``: the collator pads labels to a multiple of
     ``label_pad_multiple`` and feeds features as ``feature_dtype`` (training and evaluation); the
     training loop drops the last incomplete batch with ``drop_last``."""
-    from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-    from whisper_tune.recipe.evaluation import PhaseOutput, evaluate_sets, result_fields
-    from whisper_tune.recipe.prepared import PreparedDataset
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.data.collator import SpeechSeq2SeqCollator
+    from whisper_tune.data.store import PreparedDataset
+
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.evaluation.evaluate import PhaseOutput, evaluate_sets, result_fields
 
     acc, cfg = setup.accelerator, job.config
     weights = setup.weights or weights_format_of(setup.model)
@@ -142,10 +126,13 @@ def fit(
 ) -> Fitted:
     """The training loop over the job's prepared training set (as windows with data.packing,
     data.timestamps or data.no_speech_fraction), from its checkpoint when resuming."""
-    from whisper_tune.recipe.loop import TrainLoop
-    from whisper_tune.recipe.prepared import PreparedDataset
-    from whisper_tune.recipe.selection import best_checkpoint_tracker
-    from whisper_tune.recipe.windows import train_windows
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.data.store import PreparedDataset
+    from whisper_tune.data.windows import train_windows
+
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.training.best_checkpoint import best_checkpoint_tracker
+    from whisper_tune.training.loop import TrainLoop
 
     acc = setup.accelerator
     cfg = job.config
@@ -154,8 +141,8 @@ def fit(
             PreparedDataset(job.train_data), job.model_dir, cfg.data, cfg.model, cfg.training.seed
         )
     else:
-        from whisper_tune.recipe.model import load_processor
-        from whisper_tune.recipe.streaming import open_stream
+        # lazy: keeps torch, numpy out of this module's import
+        from whisper_tune.data.streaming import open_stream
 
         assert job.train_stream is not None
         tokenizer = load_processor(job.model_dir, job.config.model).tokenizer
@@ -221,8 +208,8 @@ def save_final(job: TrainJob, accelerator: Any, model: Any, weights: WeightsForm
     FSDP / ZeRO-3 gather the shards on every process)."""
     import shutil
 
-    from whisper_tune.recipe.loop import shards_state
-    from whisper_tune.recipe.model import load_processor, save_processor
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.training.loop import shards_state
 
     cfg = job.config
     final_dir = Path(cfg.output.model_dir) if cfg.output.model_dir else Path(job.run_dir) / "final"
@@ -249,29 +236,12 @@ def peak_memory_bytes(accelerator: Any) -> int:
     return int(accelerator.reduce(torch.tensor(local, device=accelerator.device), reduction="max"))
 
 
-class InProcessTrainer(Protocol):
-    """What a backend that trains through these phases provides (reference, cuda-lora, accelerate): the
-    rest — accelerator, seeding, the loop, evaluation — is the core's, in one process or in each worker
-    that ``accelerate launch`` starts (``whisper_tune.backend.worker``)."""
-
-    def uses_cpu(self, config: RunConfig) -> bool:
-        """Train on the CPU (gloo between processes) rather than CUDA devices."""
-        ...
-
-    def training_setup(self, job: TrainJob, accelerator: Any, reporter: Reporter) -> TrainingSetup:
-        """Build the model on ``accelerator.device`` (full, LoRA, quantised) and say how it is saved."""
-        ...
-
-    def recipe_needs(self, config: RunConfig) -> RecipeNeeds:
-        """Static padding, feature dtype and drop_last for the collator and the loop."""
-        ...
-
-
 def start(backend: InProcessTrainer, job: TrainJob) -> Any:
     """The run's accelerator, with every RNG seeded from ``training.seed`` (each process the same)."""
     from accelerate.utils import set_seed
 
-    from whisper_tune.recipe.loop import build_accelerator
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.training.loop import build_accelerator
 
     accelerator = build_accelerator(job.config.training, cpu=backend.uses_cpu(job.config))
     set_seed(job.config.training.seed)

@@ -10,19 +10,12 @@ every process and the main process writes).
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 
+from whisper_tune.backend.setup import WeightsFormat
 from whisper_tune.errors import ConfigError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
-
-
-class WeightsFormat(Protocol):
-    name: str
-
-    def save(self, model: Any, directory: Path, state_dict: dict[str, Any] | None = None) -> None: ...
-
-    def load(self, model: Any, directory: Path) -> None: ...
 
 
 class FullWeights:

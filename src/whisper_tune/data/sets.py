@@ -10,17 +10,18 @@ from pathlib import Path
 from typing import Any
 
 from whisper_tune.config.schema import DataConfig, EvalSetConfig
-from whisper_tune.errors import DataError
-from whisper_tune.recipe.prepare import Filters, Workers, prepare_samples
-from whisper_tune.recipe.prepared import PreparedDataset
-from whisper_tune.recipe.progress import Reporter
-from whisper_tune.recipe.sources import (
+from whisper_tune.console import Reporter
+from whisper_tune.data.fingerprint import set_fingerprint
+from whisper_tune.data.preparation import Filters, Workers, prepare_samples
+from whisper_tune.data.sources import (
     SplitSpec,
     iter_split,
     resolve_kind,
     seeded_split,
     train_and_eval_specs,
 )
+from whisper_tune.data.store import PreparedDataset
+from whisper_tune.errors import DataError
 
 EVAL = "eval"
 
@@ -180,7 +181,6 @@ def _prepare_extra(extra: EvalSetConfig, data: DataConfig, out_dir: Path, common
 
 
 def _fingerprint(spec: SplitSpec, limit: int | None, common: dict[str, Any], **extra: Any) -> str:
-    from whisper_tune.recipe.fingerprint import set_fingerprint
 
     return set_fingerprint(spec, common["filters"], limit, common["meta"], **extra)
 

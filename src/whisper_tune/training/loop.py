@@ -21,7 +21,7 @@ mixed precision, FSDP / DeepSpeed from the launcher's environment), the model th
   all-reduced only on the last micro-batch of a step.
 * evaluation during training (``eval.steps``: best checkpoint, early stopping) via ``BestCheckpoint``;
   a Ctrl-C / SIGTERM saves a checkpoint before returning, so no finished step is lost.
-* checkpoints in our own layout (``recipe/checkpoints.py``): exact resume (weights, optimizer, schedule,
+* checkpoints in our own layout (``training/checkpoints.py``): exact resume (weights, optimizer, schedule,
   every process's RNG, data position: the micro-batches already seen are skipped).
 
 The accelerator must be built by ``build_accelerator`` (the schedule is stepped once per global step,
@@ -38,9 +38,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from whisper_tune.backend.launch import MIXED_PRECISION
+from whisper_tune.backend.setup import WeightsFormat
 from whisper_tune.config.schema import TrainingConfig
+from whisper_tune.console import Reporter
+from whisper_tune.data.collator import LABEL_PAD, SpeechSeq2SeqCollator
+from whisper_tune.data.features import model_inputs
 from whisper_tune.errors import ConfigError, OutputError
-from whisper_tune.recipe.checkpoints import (
+from whisper_tune.training.best_checkpoint import BestCheckpoint
+from whisper_tune.training.checkpoints import (
     Totals,
     list_checkpoints,
     load_tensors_file,
@@ -53,13 +59,7 @@ from whisper_tune.recipe.checkpoints import (
     save_rng,
     write_state,
 )
-from whisper_tune.recipe.collator import LABEL_PAD, SpeechSeq2SeqCollator
-from whisper_tune.recipe.progress import Reporter
-from whisper_tune.recipe.selection import BestCheckpoint
-from whisper_tune.recipe.weights import FULL_WEIGHTS, WeightsFormat
-
-#: training.precision -> Accelerate's mixed_precision
-MIXED_PRECISION = {"fp32": "no", "bf16": "bf16", "fp16": "fp16"}
+from whisper_tune.training.weights import FULL_WEIGHTS
 
 
 def build_accelerator(training: TrainingConfig, *, cpu: bool) -> Any:
@@ -152,8 +152,6 @@ def summed_token_loss(
     forward builds them from ``labels``."""
     import torch
     from transformers.models.whisper.modeling_whisper import shift_tokens_right
-
-    from whisper_tune.recipe.features import model_inputs
 
     labels = batch["labels"]
     decoder_input_ids = shift_tokens_right(labels, config.pad_token_id, config.decoder_start_token_id)
@@ -364,7 +362,7 @@ class TrainLoop:
 
     @property
     def windowed(self) -> bool:
-        """The training set is planned anew each epoch (``recipe/windows.py``: packing, timestamps,
+        """The training set is planned anew each epoch (``data/windows.py``: packing, timestamps,
         no-speech windows)."""
         return hasattr(self.dataset, "for_epoch")
 

@@ -2,7 +2,7 @@
 
 ``add_lora`` wraps a frozen base in ``get_peft_model`` with ``training.lora``; the reference and
 accelerate backends call it on the fp32 base, cuda-lora on its (quantised) base. A peft model is saved
-adapter-only (``recipe.weights.weights_format_of``): checkpoints and ``final/`` hold
+adapter-only (``training.weights.weights_format_of``): checkpoints and ``final/`` hold
 ``adapter_config.json`` naming the base and ``adapter_model.safetensors``, which ``whisper-tune merge``,
 ``export`` and ``transcribe`` fold back into a plain model.
 """
@@ -66,9 +66,8 @@ def describe_trainable(model: Any, base: str = "") -> str:
     """The log line naming how much of the model trains."""
     trainable, total = trainable_parameters(model)
     what = "LoRA" if hasattr(model, "peft_config") else "full fine-tuning"
-    return (
-        f"{what}: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.2f} %)"
-        + (f", base {base}" if base else "")
+    return f"{what}: {trainable:,} trainable parameters of {total:,} ({100 * trainable / total:.2f} %)" + (
+        f", base {base}" if base else ""
     )
 
 

@@ -11,7 +11,7 @@ order. With ``timestamp_fraction`` < 1 a seeded draw per window (its own generat
 not depend on it) says which windows are labelled with timestamps. Times are in timestamp steps (0.02 s, 320
 samples): every clip starts on a step.
 
-``recipe/windows.py`` turns a plan into audio and labels.
+``data/windows.py`` turns a plan into audio and labels.
 """
 
 from __future__ import annotations
@@ -22,7 +22,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from whisper_tune.config.schema import DataConfig
-from whisper_tune.recipe.timestamps import MAX_STEPS, SAMPLES_PER_STEP, to_steps
+from whisper_tune.data.timestamps import MAX_STEPS, SAMPLES_PER_STEP, to_steps
 
 #: no-speech windows last at least this many steps (1 s)
 MIN_NO_SPEECH_STEPS = 50

@@ -17,7 +17,12 @@ from pathlib import Path
 from typing import Any, Literal
 
 from whisper_tune.config.schema import EvalConfig, ModelConfig
+from whisper_tune.config_loading import load_config
 from whisper_tune.errors import ConfigError, ModelError
+from whisper_tune.models.adapters import adapter_base_name, is_adapter_dir, load_adapter_model
+from whisper_tune.models.ct2_import import is_ct2_directory
+from whisper_tune.models.loading import configure_generation, load_model, load_processor
+from whisper_tune.models.packaged import resolve_model_source
 
 RUN_CONFIG = "config.yaml"
 ModelKind = Literal["hf", "adapter", "ct2"]
@@ -77,8 +82,6 @@ def _model_cfg(name: str, language: str | None, task: str | None) -> ModelConfig
 
 def resolve_run(run_dir: Path, language: str | None = None, task: str | None = None) -> ModelRef:
     """A run directory: its final model with the run's language/task (``language``/``task`` override)."""
-    from whisper_tune.config.load import load_config
-    from whisper_tune.models.adapters import is_adapter_dir
 
     config = load_config(run_dir / RUN_CONFIG, require_backend=False)
     model_cfg = config.model
@@ -94,9 +97,6 @@ def resolve_model(
 ) -> ModelRef:
     """Any accepted model reference. With ``keep_ct2`` a CTranslate2 directory stays one (faster-whisper
     runs it); otherwise it is imported to Hugging Face weights like every other CT2 model."""
-    from whisper_tune.models.adapters import is_adapter_dir
-    from whisper_tune.models.ct2_import import is_ct2_directory
-    from whisper_tune.models.packaged import resolve_model_source
 
     path = Path(name).expanduser()
     if path.is_dir() and is_run_dir(path):
@@ -112,10 +112,6 @@ def load_hf(ref: ModelRef, *, merge: bool = True) -> tuple[Any, Any]:
     """(model, processor) on the CPU in float32, language/task configured. An adapter is merged into
     its base, or with ``merge=False`` kept as a PeftModel (what the run evaluated)."""
     import torch
-
-    from whisper_tune.models.adapters import adapter_base_name, load_adapter_model
-    from whisper_tune.models.packaged import resolve_model_source
-    from whisper_tune.recipe.model import configure_generation, load_model, load_processor
 
     if ref.kind == "ct2":
         raise ModelError(f"{ref.path} is a CTranslate2 model, not a Hugging Face one")

@@ -25,8 +25,10 @@ import yaml
 from pydantic import BaseModel, ValidationError
 
 from whisper_tune.backend.protocol import BackendDefault
+from whisper_tune.backend.registry import Registry
 from whisper_tune.config.presets import find_preset
 from whisper_tune.config.schema import BUNDLED_REGRESSION, BackendConfig, RunConfig, UncheckedOptions
+from whisper_tune.data.sources import data_shortcut
 from whisper_tune.errors import BackendUnavailableError, ConfigError
 
 Raw = dict[str, Any]
@@ -299,8 +301,6 @@ def apply_data_shortcut(raw: Raw, dataset: str, overridden: set[str]) -> None:
     extra eval sets. Keys given as ``key=value`` overrides are left as the user set them."""
     import logging
 
-    from whisper_tune.recipe.sources import data_shortcut
-
     current = raw.get("data") if isinstance(raw.get("data"), dict) else {}
     updates, note = data_shortcut(dataset, dict(current or {}))
     if "data.test_size" in overridden and raw.get("data", {}).get("test_size") is not None:
@@ -339,8 +339,6 @@ def validate(raw: Raw, *, registry: Any | None = None, require_backend: bool = T
 
     options: BaseModel | None = None
     if registry is None:
-        from whisper_tune.backend.registry import Registry
-
         registry = Registry()
     try:
         backend = registry.get(str(name))
@@ -469,8 +467,6 @@ def _raw_config(
     flags = {"backend.name": backend, "model.name": model}
     raw = merge_sources(config, overrides, flags=flags, env=env, data=data)
     if registry is None:
-        from whisper_tune.backend.registry import Registry
-
         registry = Registry()
     apply_backend_flags(raw, backend_flags or {}, registry)
     return raw, registry

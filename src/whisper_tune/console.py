@@ -75,7 +75,7 @@ class Reporter:
         self.logger.setLevel(logging.DEBUG)
         self.logger.propagate = False
         self._file_handler: logging.Handler | None = None
-        #: experiment trackers (``whisper_tune.trackers``) that ``log_metrics`` also writes to
+        #: experiment trackers (``whisper_tune.runs.trackers``) that ``log_metrics`` also writes to
         self.trackers: list[Any] = []
         #: the steps already sent to the trackers: (step, keys)
         self.tracked: set[tuple[int, tuple[str, ...]]] = set()

@@ -19,9 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from whisper_tune.config.schema import RunConfig
+from whisper_tune.console import Reporter
+from whisper_tune.data.collator import SpeechSeq2SeqCollator
+from whisper_tune.data.sets import EVAL
+from whisper_tune.data.store import PreparedDataset
 from whisper_tune.errors import ConfigError
-from whisper_tune.recipe.collator import SpeechSeq2SeqCollator
-from whisper_tune.recipe.progress import Reporter
+from whisper_tune.evaluation.evaluate import generate_predictions, score_predictions
+from whisper_tune.models.loading import load_processor
 
 BEST_DIR = "best"
 BEST_FILE = "best.json"
@@ -119,7 +123,6 @@ def subset_wer_evaluator(
 ) -> Callable[[], float]:
     """A callable measuring normalised WER on the first ``eval.subset_size`` samples of ``dataset``
     (generated over every process of ``accelerator``, scored on each)."""
-    from whisper_tune.recipe.evaluation import generate_predictions, score_predictions
 
     size = min(len(dataset), config.eval.subset_size or len(dataset))
     subset = [dataset[i] for i in range(size)]
@@ -156,9 +159,6 @@ def best_checkpoint_tracker(
 ) -> BestCheckpoint | None:
     """The tracker ``eval.steps`` asks for, evaluating on the run's eval set (None when it is off).
     A resumed run picks up the best so far from ``checkpoints/best/best.json``."""
-    from whisper_tune.recipe.model import load_processor
-    from whisper_tune.recipe.prepared import PreparedDataset
-    from whisper_tune.recipe.sets import EVAL
 
     if config.eval.steps is None:
         return None

@@ -19,12 +19,13 @@ from pathlib import Path
 from typing import Any
 
 from whisper_tune.config.schema import SAMPLING_RATE, DataConfig
+from whisper_tune.console import Reporter
+from whisper_tune.data.audio import BadAudio, decode, from_array
+from whisper_tune.data.sources import RawSample
+from whisper_tune.data.store import MANIFEST, VERSION, PreparedWriter, to_pcm
 from whisper_tune.errors import ConfigError, DataError, OutputError
 from whisper_tune.languages import language_code
-from whisper_tune.recipe.audio import BadAudio, decode, from_array
-from whisper_tune.recipe.prepared import PreparedWriter, to_pcm
-from whisper_tune.recipe.progress import Reporter
-from whisper_tune.recipe.sources import RawSample
+from whisper_tune.models.loading import is_multilingual
 
 
 @dataclass(frozen=True)
@@ -182,7 +183,7 @@ def prepare_samples(
     the same, in the same order, whatever their number. ``tokenizer`` must already carry the
     language/task prefix (``set_prefix_tokens``); ``feature_extractor`` gives the model's mel bins,
     recorded in the manifest (features are computed at batch time). With a ``fingerprint``
-    (``recipe/fingerprint.py``) an existing ``out_dir`` prepared with the same one is reused as it is.
+    (``data/fingerprint.py``) an existing ``out_dir`` prepared with the same one is reused as it is.
     """
     if fingerprint is not None and reusable(out_dir, fingerprint, int(feature_extractor.feature_size)):
         if reporter is not None:
@@ -264,8 +265,6 @@ def _disk_full(exc: OSError, writer: PreparedWriter, name: str, out_dir: Path) -
 def reusable(out_dir: Path, fingerprint: str, num_mel_bins: int) -> bool:
     """A complete prepared set in ``out_dir`` made from the same data and settings."""
     import json
-
-    from whisper_tune.recipe.prepared import MANIFEST, VERSION
 
     try:
         manifest = json.loads((out_dir / MANIFEST).read_text(encoding="utf-8"))
@@ -366,7 +365,6 @@ def audio_file(audio: Any) -> str | None:
 def with_language(labels: list[int], tokenizer: Any, language: str) -> list[int]:
     """``labels`` (which start with the tokenizer's prefix) with the row's language token in the prefix:
     replaced where the prefix has one (model.language set), inserted after <|startoftranscript|> else."""
-    from whisper_tune.recipe.model import is_multilingual
 
     if not is_multilingual(len(tokenizer)):
         raise ConfigError(
