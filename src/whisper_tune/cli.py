@@ -25,11 +25,11 @@ from whisper_tune.errors import ConfigError, InterruptedRun, WhisperTuneError
 from whisper_tune.export.exporter import FORMATS
 from whisper_tune.export.exporter import export as export_model
 from whisper_tune.models.adapters import merge_adapter
+from whisper_tune.runs.directory import run_dir_path
 from whisper_tune.runs.model_ref import resolve_model, resolve_run
 from whisper_tune.runs.run import plan as make_plan
 from whisper_tune.runs.run import prepare as prepare_data
 from whisper_tune.runs.run import run as run_pipeline
-from whisper_tune.runs.run import run_dir_path
 from whisper_tune.transcribe import transcribe_files
 from whisper_tune.version import __version__
 

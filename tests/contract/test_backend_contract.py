@@ -32,19 +32,25 @@ from whisper_tune.backend.protocol import (
     Backend,
     Capabilities,
     Issue,
+    OwnRuntime,
     Plan,
     Probe,
     RecipeNeeds,
     TrainJob,
 )
 from whisper_tune.backend.registry import Registry
+from whisper_tune.backend.setup import InProcessTrainer
 from whisper_tune.config.schema import RunConfig
 from whisper_tune.config_loading import load_config
 from whisper_tune.errors import ConfigError
 
 BACKENDS = registered_backends()
-#: how this repository's GPU backends run on a CPU (their dev modes); any other backend: its defaults
-CPU_MODE = {"cuda-lora": ["backend.device=cpu"], "accelerate": ["backend.cpu=true"]}
+
+
+def cpu_mode(name: str) -> list[str]:
+    """The overrides of the backend's CPU development mode, as the backend declares them (an in-process
+    backend's ``cpu_overrides``; a backend that trains elsewhere: its defaults)."""
+    return list(getattr(backend_of(name), "cpu_overrides", ()))
 
 
 def backend_of(name: str) -> Any:
@@ -52,7 +58,7 @@ def backend_of(name: str) -> Any:
 
 
 def config_for(name: str, *overrides: str) -> RunConfig:
-    return load_config(None, [*CPU_MODE.get(name, []), *overrides], backend=name)
+    return load_config(None, [*cpu_mode(name), *overrides], backend=name)
 
 
 def option_models(model: type[BaseModel], prefix: str = "backend") -> list[tuple[str, type[BaseModel]]]:
@@ -76,6 +82,14 @@ def test_every_installed_backend_is_checked() -> None:
 def test_is_a_backend(name: str) -> None:
     backend = backend_of(name)
     assert isinstance(backend, Backend) and backend.name == name and backend.description
+    # it trains in this Python environment through the core (and writes no train of its own), or in a
+    # runtime of its own through train()
+    if isinstance(backend, InProcessTrainer):
+        assert not isinstance(backend, OwnRuntime), f"{name}: the core dispatches in-process backends"
+        assert isinstance(backend.cpu_overrides, tuple)
+        assert all("=" in override for override in backend.cpu_overrides)
+    else:
+        assert isinstance(backend, OwnRuntime), f"{name} has neither training_setup nor train"
     assert issubclass(backend.Options, BaseModel)
     config = config_for(name)
     assert isinstance(config.backend.options, backend.Options)  # typed once, at load
@@ -118,7 +132,7 @@ def test_flags_set_keys_of_its_options_and_the_cli_lists_them(
 
 
 def config_with_flags(name: str, backend_flags: dict[str, Any]) -> RunConfig:
-    return load_config(None, CPU_MODE.get(name, []), backend=name, backend_flags=backend_flags)
+    return load_config(None, cpu_mode(name), backend=name, backend_flags=backend_flags)
 
 
 # --- probe ------------------------------------------------------------------------------------------
@@ -202,7 +216,7 @@ def test_resume_continues_the_loss_curve(
     name: str, request: pytest.FixtureRequest, tmp_path: Path
 ) -> None:
     backend = backend_of(name)
-    if not hasattr(backend, "training_setup"):  # trains outside this Python environment
+    if not isinstance(backend, InProcessTrainer):  # trains outside this Python environment
         config = config_for(name, "training.resume_from=runs/x/checkpoints/step-000002")
         refusals = [i for i in backend.check(config, Capabilities()) if i.loc == "training.resume_from"]
         if not refusals:

@@ -7,8 +7,9 @@ import pytest
 
 from whisper_tune.config_loading import load_config
 from whisper_tune.hub import hub_offline, is_network_error
+from whisper_tune.runs.directory import model_label
+from whisper_tune.runs.opening import warmup_issues
 from whisper_tune.runs.report import plot_figure, wer_lines
-from whisper_tune.runs.run import model_label, warmup_issues
 
 BEFORE = {"eval": {"normalized_wer": 23.5, "wer": 30.0}, "other-voice": {"normalized_wer": 1.9, "wer": 5.0}}
 AFTER = {"eval": {"normalized_wer": 5.6, "wer": 9.0}, "other-voice": {"normalized_wer": 2.1, "wer": 5.2}}

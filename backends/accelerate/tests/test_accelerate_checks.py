@@ -19,8 +19,8 @@ from whisper_tune.config.schema import RunConfig, TrainingConfig
 from whisper_tune.config_loading import load_config
 from whisper_tune.errors import ConfigError, HardwareError
 from whisper_tune.execution.launcher import WorkerFailed, last_error_line, launch_failure
+from whisper_tune.runs.opening import raise_issues
 from whisper_tune.runs.run import plan as pipeline_plan
-from whisper_tune.runs.run import raise_issues
 from whisper_tune.training.loop import total_steps
 
 BACKEND = AccelerateBackend()

@@ -135,6 +135,17 @@ def mode_settings(mode: str, checkpointing: bool, device: str) -> tuple[Any, Any
     return training, opts, precision
 
 
+def autocast_for(device: str, precision: str) -> Callable[[], Any]:
+    """A fresh autocast context per forward: fp16/bf16 as the mode says (the seeds: fp16), none for fp32
+    (the core's loop gets the same from its Accelerator's mixed precision)."""
+    import torch
+
+    if precision == "fp32":
+        return contextlib.nullcontext
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}[precision]
+    return lambda: torch.autocast(device, dtype=dtype)
+
+
 def build(
     model_dir: Path,
     mode: str,
@@ -143,7 +154,7 @@ def build(
     language: str | None,
     lora: dict[str, Any] | None = None,
 ) -> tuple[Any, Callable[[], Any], Any]:
-    from whisper_tune_cuda_lora.model import autocast_factory, build_lora_model
+    from whisper_tune_cuda_lora.model import build_lora_model
 
     from whisper_tune.config.schema import LoraConfig, ModelConfig
 
@@ -153,7 +164,7 @@ def build(
     model = build_lora_model(
         str(model_dir), ModelConfig(name=str(model_dir), language=language), training, opts
     )
-    return model, autocast_factory("cuda" if device == "cuda" else "cpu", precision), training
+    return model, autocast_for("cuda" if device == "cuda" else "cpu", precision), training
 
 
 def train_steps(
@@ -299,14 +310,15 @@ def adapter_round_trip(
     """Save the adapter, reload it onto a fresh base of the same mode, compare logits; merge on the CPU."""
     import torch
     from peft import PeftModel
-    from whisper_tune_cuda_lora.model import load_base, save_adapter
+    from whisper_tune_cuda_lora.model import load_base
 
     from whisper_tune.config.schema import ModelConfig
     from whisper_tune.models.adapters import merge_adapter
+    from whisper_tune.training.weights import ADAPTER_ONLY
 
     work = Path(tempfile.mkdtemp(prefix=f"adapter-{mode}-", dir=args.workdir))
     adapter_dir = work / "adapter"
-    save_adapter(model, adapter_dir)
+    ADAPTER_ONLY.save(model, adapter_dir)
     size = (adapter_dir / "adapter_model.safetensors").stat().st_size
     batch = random_batch(2, model.config.num_mel_bins, 8, model.config.vocab_size, args.device)
     decoder_ids = batch["labels"][:, :4]
@@ -366,13 +378,13 @@ def quickstart_clips(processor: Any, count: int) -> list[dict[str, Any]]:
 def functional(mode: str, args: argparse.Namespace) -> dict[str, Any]:
     """A small random Whisper + LoRA (all Linear layers) learns a handful of clips: WER before/after."""
     from transformers import WhisperProcessor, pipeline
-    from whisper_tune_cuda_lora.model import save_adapter
 
     from whisper_tune.config.schema import EvalConfig, ModelConfig
     from whisper_tune.data.collator import SpeechSeq2SeqCollator
     from whisper_tune.evaluation.evaluate import generate_predictions, score_predictions
     from whisper_tune.models.adapters import merge_adapter
     from whisper_tune.models.loading import resolve_source, save_processor
+    from whisper_tune.training.weights import ADAPTER_ONLY
 
     source = resolve_source(args.tokenizer_from)
     work = Path(tempfile.mkdtemp(prefix=f"functional-{mode}-", dir=args.workdir))
@@ -439,7 +451,7 @@ def functional(mode: str, args: argparse.Namespace) -> dict[str, Any]:
             break
     seconds = time.perf_counter() - start
     adapter_dir = work / "adapter"
-    save_adapter(model, adapter_dir)
+    ADAPTER_ONLY.save(model, adapter_dir)
     save_processor(processor, adapter_dir)
     model.generation_config.save_pretrained(adapter_dir)
     merged = merge_adapter(adapter_dir, work / "merged")

@@ -19,7 +19,8 @@ from whisper_tune.config.presets import list_presets
 from whisper_tune.config.schema import LoraConfig
 from whisper_tune.config_loading import merge_sources, validate
 from whisper_tune.errors import ConfigError, HardwareError
-from whisper_tune.runs.run import plan, raise_issues
+from whisper_tune.runs.opening import raise_issues
+from whisper_tune.runs.run import plan
 
 H100 = Capabilities(cpu_count=16, cuda_devices=1, cuda_memory_gib=(79.1,), cuda_bf16=True)
 T4 = Capabilities(cpu_count=4, cuda_devices=1, cuda_memory_gib=(14.6,), cuda_bf16=False)

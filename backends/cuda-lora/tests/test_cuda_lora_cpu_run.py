@@ -13,12 +13,13 @@ import pytest
 import torch
 from helpers import QUICKSTART_DATA, cli_argv
 from safetensors.torch import load_file
-from whisper_tune_cuda_lora.model import build_lora_model, load_adapter, save_adapter
+from whisper_tune_cuda_lora.model import build_lora_model
 from whisper_tune_cuda_lora.options import CudaLoraOptions
 
 from whisper_tune import load_config, run
 from whisper_tune.config.schema import ModelConfig, TrainingConfig
 from whisper_tune.console import Reporter
+from whisper_tune.training.weights import ADAPTER_ONLY
 
 QUIET = Reporter(quiet=True, progress=False)
 CPU = CudaLoraOptions(device="cpu", quantization="none")
@@ -162,11 +163,11 @@ def test_final_adapter_loads_and_merges_into_a_pipeline_model(
         base_logits = _base(toy_model_dir)(input_features=feats, decoder_input_ids=decoder_ids).logits
     assert not torch.allclose(logits, base_logits, atol=1e-4)  # the adapter changes the model
 
-    # the same weights through the checkpoint path (load_adapter into a freshly built LoRA model)
+    # the same weights through the checkpoint path (the adapter format loaded into a fresh LoRA model)
     fresh = build_lora_model(
         str(toy_model_dir), ModelConfig(name=str(toy_model_dir)), TrainingConfig(method="lora"), CPU
     ).eval()
-    load_adapter(fresh, full_run / "checkpoints" / "step-000005" / "weights")
+    ADAPTER_ONLY.load(fresh, full_run / "checkpoints" / "step-000005" / "weights")
     with torch.no_grad():
         assert torch.equal(fresh(input_features=feats, decoder_input_ids=decoder_ids).logits, logits)
 
@@ -199,7 +200,7 @@ def test_merged_tiny_en_transcribes_like_its_adapter(tiny_en_dir: Path, tmp_path
             if "lora_B" in name:
                 p.normal_(std=2e-3)
     adapter_dir = tmp_path / "final"
-    save_adapter(model, adapter_dir)
+    ADAPTER_ONLY.save(model, adapter_dir)
     save_processor(WhisperProcessor.from_pretrained(tiny_en_dir), adapter_dir)
     model.generation_config.save_pretrained(adapter_dir)
     merged_dir = merge_adapter(adapter_dir, tmp_path / "merged")
@@ -237,13 +238,13 @@ def test_only_lora_parameters_train_and_save_load_round_trips(toy_model_dir: Pat
     assert any(
         ".encoder.layers." in n and float(g.abs().sum()) > 0 for n, g in grads.items() if "lora_B" in n
     )
-    save_adapter(model, tmp_path / "a")
+    ADAPTER_ONLY.save(model, tmp_path / "a")
     other = build_lora_model(str(toy_model_dir), cfg, TrainingConfig(method="lora"), CPU)
     with torch.no_grad():
         for p in model.parameters():
             if p.requires_grad:
                 p.add_(0.01)
-    save_adapter(model, tmp_path / "b")
-    load_adapter(other, tmp_path / "b")
+    ADAPTER_ONLY.save(model, tmp_path / "b")
+    ADAPTER_ONLY.load(other, tmp_path / "b")
     for (n, p), (_, q) in zip(model.named_parameters(), other.named_parameters(), strict=True):
         assert torch.equal(p, q), n

@@ -37,6 +37,8 @@ class Launch:
 
     mode: Literal["in-process", "command"] = "in-process"
     argv: tuple[str, ...] = ()
+    #: what starting it means, in words ("2 training processes on this machine (2 in all) with ...")
+    description: str = ""
     #: variables set for the command on top of the inherited environment
     env: tuple[tuple[str, str], ...] = ()
     cwd: str | None = None
@@ -236,6 +238,8 @@ def accelerate_launch(
     job_file = f"{folder}/job-machine{rank}.json"
     return Launch(
         mode="command",
+        description=f"{processes.num_processes} training processes on this machine "
+        f"({processes.world_size} in all) with accelerate launch",
         argv=(
             sys.executable,
             "-m",

@@ -23,7 +23,6 @@ from whisper_tune.config.schema import RunConfig
 if TYPE_CHECKING:
     from whisper_tune.console import Reporter
 
-BACKEND_API = 1
 #: written in a planned launch's paths where the run directory goes; resolved when it exists
 
 
@@ -187,7 +186,14 @@ class TrainResult(BaseModel):
 
 @runtime_checkable
 class Backend(Protocol):
-    """The members every backend has. Instances are cheap to build; heavy imports happen in ``train``.
+    """The members every backend has. Instances are cheap to build; heavy imports happen in training.
+
+    A backend trains in one of two ways, and the core dispatches (``whisper_tune.execution.dispatch``):
+
+    * **in this Python environment** — it also has the members of ``backend.setup.InProcessTrainer``
+      (``uses_cpu``, ``training_setup``, ``cpu_overrides``): the core builds the accelerator, runs the
+      phases in this process, or runs the plan's ``accelerate launch`` whose workers do the same;
+    * **in a runtime of its own** (the IPU worker under the Poplar SDK) — it has ``OwnRuntime.train``.
 
     Optional: ``defaults(options) -> dict[str, BackendDefault]``, values for core fields (dotted keys such
     as ``training.learning_rate``) that suit the backend's method, given its validated options. The
@@ -215,6 +221,12 @@ class Backend(Protocol):
     def plan(self, config: RunConfig, caps: Capabilities) -> Plan:
         """Devices, batch per device and global, placement. Pure: no hardware is touched."""
         ...
+
+
+@runtime_checkable
+class OwnRuntime(Protocol):
+    """A backend that trains outside this Python environment (the IPU worker): it runs its planned
+    launch itself and hands back the result."""
 
     def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
         """Evaluate before (if asked), train, evaluate after, save; return predictions and logs."""

@@ -13,7 +13,7 @@ import difflib
 from dataclasses import dataclass
 from importlib.metadata import EntryPoint, entry_points
 
-from whisper_tune.backend.protocol import BACKEND_API, Backend, Flag
+from whisper_tune.backend.protocol import Backend, Flag
 from whisper_tune.errors import BackendUnavailableError, ConfigError
 
 GROUP = "whisper_tune.backends"
@@ -102,13 +102,6 @@ class Registry:
                 f"backend entry point '{name}' loads {cls.__qualname__}, whose name is "
                 f"'{getattr(backend, 'name', None)}'",
                 hint=f"fix the entry point in {entry.distribution}",
-            )
-        api = getattr(backend, "api_version", BACKEND_API)
-        if api != BACKEND_API:
-            raise BackendUnavailableError(
-                f"backend '{name}' ({entry.distribution} {entry.version}) implements backend API {api}, "
-                f"this whisper-tune speaks {BACKEND_API}",
-                hint=f"install a version of {entry.distribution} that matches this whisper-tune",
             )
         self._instances[name] = backend
         return backend

@@ -8,7 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Protocol, runtime_checkable
+from typing import TYPE_CHECKING, Any, ClassVar, Protocol, runtime_checkable
 
 from whisper_tune.backend.protocol import RecipeNeeds, TrainJob
 from whisper_tune.config.schema import RunConfig
@@ -44,6 +44,8 @@ class TrainingSetup:
     num_workers: int = 0
     #: a diagnostics hook called with every training micro-batch
     on_batch: Callable[[dict[str, Any]], None] | None = None
+    #: the model's processor (feature extractor + tokenizer), loaded once per job: the core fills it in
+    processor: Any = None
 
 
 @runtime_checkable
@@ -51,6 +53,10 @@ class InProcessTrainer(Protocol):
     """What a backend that trains through the core's phases provides (reference, cuda-lora, accelerate):
     the rest — accelerator, seeding, the loop, evaluation — is the core's, in one process or in each
     worker that ``accelerate launch`` starts (``whisper_tune.execution.worker``)."""
+
+    #: the ``key=value`` overrides that make it train on this machine's CPU (its development mode;
+    #: empty when it trains on the CPU as it is). The contract test runs every backend with them.
+    cpu_overrides: ClassVar[tuple[str, ...]]
 
     def uses_cpu(self, config: RunConfig) -> bool:
         """Train on the CPU (gloo between processes) rather than CUDA devices."""

@@ -16,7 +16,6 @@ and read twice).
 from __future__ import annotations
 
 from collections.abc import Iterator
-from dataclasses import asdict
 from typing import Any
 
 import numpy as np
@@ -61,11 +60,6 @@ class TrainStream(IterableDataset[dict[str, Any]]):
             "passes": self.passes,
             "dropped": self.drops.to_json(),
         }
-
-
-def stream_spec(spec: SplitSpec) -> dict[str, Any]:
-    """The split as JSON (it crosses to worker processes in the job)."""
-    return asdict(spec)
 
 
 def open_stream(spec: dict[str, Any], data: Any, tokenizer: Any) -> TrainStream:

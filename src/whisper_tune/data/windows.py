@@ -37,7 +37,6 @@ from whisper_tune.data.timestamps import (
     to_steps,
 )
 from whisper_tune.errors import DataError
-from whisper_tune.models.loading import load_processor
 
 
 def clip_segments(sample: dict[str, Any], texts: dict[str, list[int]], use_segments: bool) -> list[Segment]:
@@ -184,10 +183,7 @@ def no_speech_audio(window: Window) -> np.ndarray:
     return np.clip(noise, -1.0, 1.0).astype(np.float32)
 
 
-def train_windows(prepared: PreparedDataset, model_dir: str, data: DataConfig, model: Any, seed: int) -> Any:
+def train_windows(prepared: PreparedDataset, tokenizer: Any, data: DataConfig, seed: int) -> Any:
     """The training set the loop reads: ``prepared`` as it is, or as windows when the data section asks
     for them."""
-    if not data.windowed:
-        return prepared
-
-    return TrainWindows(prepared, load_processor(model_dir, model).tokenizer, data, seed)
+    return TrainWindows(prepared, tokenizer, data, seed) if data.windowed else prepared

@@ -21,14 +21,12 @@ from whisper_tune.backend.protocol import (
     Probe,
     RecipeNeeds,
     TrainJob,
-    TrainResult,
 )
 from whisper_tune.backend.setup import TrainingSetup
 from whisper_tune.config.schema import RunConfig
 from whisper_tune.console import Reporter
 from whisper_tune.models.loading import build_training_model
 from whisper_tune.models.lora import describe_trainable, method_note
-from whisper_tune.training.phases import train_in_process
 
 if TYPE_CHECKING:
     from whisper_tune.backend.setup import TrainingSetup
@@ -50,6 +48,8 @@ class ReferenceBackend:
     )
     Options: ClassVar[type[BaseModel]] = ReferenceOptions
     flags: ClassVar[tuple[Flag, ...]] = ()
+    #: the overrides of its CPU development mode (the contract test runs it with them)
+    cpu_overrides: ClassVar[tuple[str, ...]] = ()
 
     def probe(self) -> Probe:
         caps = Capabilities(cpu_count=os.cpu_count() or 1)
@@ -107,7 +107,3 @@ class ReferenceBackend:
         if job.train:
             reporter.info(describe_trainable(model))
         return TrainingSetup(accelerator, model, num_workers=opts.num_workers)
-
-    def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
-
-        return train_in_process(self, job, reporter)

@@ -88,13 +88,6 @@ def load_adapter_model(
     return adapted
 
 
-def merged_model(
-    adapter_dir: str | Path, base: str | None = None, dtype: Literal["fp32", "bf16", "fp16"] = "fp32"
-) -> Any:
-    """The adapter folded into its base: a plain WhisperForConditionalGeneration (CPU)."""
-    return load_adapter_model(adapter_dir, base, dtype).merge_and_unload()
-
-
 def load_processor_files(adapter_dir: str | Path, base: str | None = None) -> Any:
     """The processor saved with the adapter, else the base model's."""
     from transformers import WhisperProcessor
@@ -123,7 +116,7 @@ def merge_adapter(
     from transformers import GenerationConfig
 
     out = Path(out_dir)
-    model = merged_model(adapter_dir, base, dtype)
+    model = load_adapter_model(adapter_dir, base, dtype).merge_and_unload()
     if (Path(adapter_dir) / "generation_config.json").is_file():
         model.generation_config = GenerationConfig.from_pretrained(adapter_dir)
     if model_cfg is not None:

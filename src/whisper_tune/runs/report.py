@@ -1,4 +1,5 @@
-"""The run report: ``metrics.json``, ``predictions/*.jsonl`` and ``plot.png`` in the run directory."""
+"""The run report: ``metrics.json``, ``predictions/*.jsonl`` and ``plot.png`` in the run directory, the WER
+lines, and the guard rails' verdict."""
 
 from __future__ import annotations
 
@@ -7,6 +8,11 @@ import math
 import os
 from pathlib import Path
 from typing import Any
+
+from whisper_tune.backend.protocol import TrainResult
+from whisper_tune.config.schema import RunConfig
+from whisper_tune.errors import GuardRailError
+from whisper_tune.evaluation.guards import guard_report
 
 
 def write_json_atomic(path: Path, data: Any) -> None:
@@ -106,3 +112,68 @@ def plot_figure(
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def write_predictions(run_dir: Path, evaluation: dict[str, Any], eval_sets: dict[str, Any]) -> None:
+    """One JSON line per clip: its id (as the source names it: ``eval/0001.ogg``, ``x.csv:12``), the
+    audio file when it came from one, the reference and the prediction."""
+    out = run_dir / "predictions"
+    out.mkdir(exist_ok=True)
+    for phase, by_set in evaluation.items():
+        for name, scored in by_set.items():
+            samples = eval_sets[name].samples
+            with (out / f"{name}-{phase}.jsonl").open("w", encoding="utf-8") as fh:
+                for sample, hyp in zip(samples, scored["texts"], strict=True):
+                    row = {
+                        "id": sample.get("key"),
+                        "audio": sample.get("audio"),
+                        "reference": sample["text"],
+                        "prediction": hyp,
+                    }
+                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def metrics_document(
+    config: RunConfig, result: TrainResult, evaluation: dict[str, Any], data: dict[str, Any], wall: float
+) -> dict[str, Any]:
+
+    scores = {phase: {n: s["metrics"] for n, s in by_set.items()} for phase, by_set in evaluation.items()}
+    return {
+        "model": config.model.name,
+        "backend": config.backend.name,
+        "evaluation": scores,
+        "guard": guard_report(config, scores),
+        "train": {
+            "steps": result.steps,
+            "samples": result.train_samples,
+            "clips": result.train_clips or result.train_samples,
+            "audio_seconds": result.train_audio_seconds,
+            "seconds": result.train_seconds,
+            "samples_per_second": round(result.samples_per_second, 3),
+            "audio_seconds_per_second": (
+                round(result.train_audio_seconds / result.train_seconds, 3) if result.train_seconds else 0.0
+            ),
+            **({"windows": result.train_samples, "packing": result.windows} if result.windows else {}),
+            "final_loss": next((r["loss"] for r in reversed(result.log_history) if "loss" in r), None),
+            "interrupted": result.interrupted,
+        },
+        "selection": result.selection or None,
+        "eval_seconds": result.eval_seconds,
+        "peak_memory_bytes": result.peak_memory_bytes,
+        "data": data,
+        "final_model_dir": str(result.final_model_dir) if result.final_model_dir else None,
+        "wall_seconds": round(wall, 2),
+        "pid": os.getpid(),
+    }
+
+
+def fail_on_guard_warnings(config: RunConfig, warnings: list[str], run_dir: Path) -> None:
+    """With ``eval.fail_on_regression``, a guard-rail warning is an error (exit code 9), raised once
+    everything is written."""
+    if config.eval.fail_on_regression and warnings:
+        more = f" (and {len(warnings) - 1} more)" if len(warnings) > 1 else ""
+        raise GuardRailError(
+            f"guard rail: {warnings[0]}{more}; eval.fail_on_regression is set",
+            hint=f"the run is complete in {run_dir} (final/, metrics.json 'guard'); lower the learning "
+            "rate, train fewer steps or use training.method=lora, or raise eval.regression_margin",
+        )

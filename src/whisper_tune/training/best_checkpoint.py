@@ -25,7 +25,6 @@ from whisper_tune.data.sets import EVAL
 from whisper_tune.data.store import PreparedDataset
 from whisper_tune.errors import ConfigError
 from whisper_tune.evaluation.evaluate import generate_predictions, score_predictions
-from whisper_tune.models.loading import load_processor
 
 BEST_DIR = "best"
 BEST_FILE = "best.json"
@@ -148,7 +147,7 @@ def subset_wer_evaluator(
 def best_checkpoint_tracker(
     config: RunConfig,
     *,
-    model_dir: str,
+    tokenizer: Any,
     eval_data: dict[str, Path],
     checkpoint_dir: Path,
     resuming: bool,
@@ -167,7 +166,6 @@ def best_checkpoint_tracker(
             "eval.steps needs an eval set to evaluate on during training",
             hint="set data.eval_split or data.test_size, or unset eval.steps",
         )
-    tokenizer = load_processor(model_dir, config.model).tokenizer
     evaluate = subset_wer_evaluator(
         model,
         PreparedDataset(eval_data[EVAL]),

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from whisper_tune.backend.launch import MIXED_PRECISION
+from whisper_tune.backend.protocol import TrainResult
 from whisper_tune.backend.setup import WeightsFormat
 from whisper_tune.config.schema import TrainingConfig
 from whisper_tune.console import Reporter
@@ -191,23 +192,6 @@ def backward_step(
 
 
 @dataclass
-class LoopResult:
-    steps: int = 0
-    #: training samples (rows: clips, or windows with packing) seen, all processes together, every
-    #: session of the run (a resumed run adds to what its checkpoint had seen)
-    samples: int = 0
-    seconds: float = 0.0
-    #: clips inside those samples, and their seconds of speech
-    clips: int = 0
-    audio_seconds: float = 0.0
-    log_history: list[dict[str, float]] = field(default_factory=list)
-    checkpoints: list[Path] = field(default_factory=list)
-    interrupted: bool = False
-    #: the trained model as the accelerator wrapped it (DDP / FSDP / DeepSpeed)
-    model: Any = None
-
-
-@dataclass
 class TrainLoop:
     model: Any
     dataset: Any
@@ -232,8 +216,13 @@ class TrainLoop:
     _start: float = 0.0
     #: micro-batches per epoch on this process, by epoch (they vary with packing)
     _batches: dict[int, int] = field(default_factory=dict)
+    #: after ``run``: the trained model as the accelerator wrapped it (DDP / FSDP / DeepSpeed)
+    trained: Any = None
 
-    def run(self, resume_from: Path | None = None) -> LoopResult:
+    def run(self, resume_from: Path | None = None) -> TrainResult:
+        """Train to the end (or to early stopping / Ctrl-C); the run's ``TrainResult`` so far: steps,
+        samples, clips and seconds of every session of the run, the loss log, the checkpoints written.
+        The phases add predictions, the final model and memory to the same result."""
         import torch
         from transformers import get_scheduler
 
@@ -244,11 +233,13 @@ class TrainLoop:
         size = 0 if self.streaming else len(self.dataset)
         sizes = (lambda e: len(self._epoch_dataset(e))) if self.windowed else None
         steps = total_steps(cfg, size, self.drop_last, acc.num_processes, sizes)
-        result = LoopResult()
+        log_history: list[dict[str, float]] = []
+        checkpoints: list[Path] = []
+        interrupted = False
         step = 0
         if resume_from is not None:
             self._last_checkpoint = resume_from
-            step, result.log_history = read_state(resume_from)
+            step, log_history = read_state(resume_from)
             self._prior = read_totals(resume_from)
             # into the plain model before prepare: FSDP / DeepSpeed then shard the restored weights
             self.weights.load(self.model, resume_from / "weights")
@@ -260,7 +251,7 @@ class TrainLoop:
             cfg.lr_scheduler, optimizer, num_warmup_steps=cfg.warmup_steps, num_training_steps=steps
         )
         model, optimizer, scheduler = acc.prepare(self.model, optimizer, scheduler)
-        result.model = model
+        self.trained = model
         if resume_from is not None:
             self._restore(resume_from, optimizer, scheduler)
             self.reporter.info(f"resumed from {resume_from} at step {step}")
@@ -299,34 +290,40 @@ class TrainLoop:
                     if step % cfg.logging_steps == 0 or step == steps:
                         epoch = self._epoch_progress(micro) if batches_per_epoch else self._passes
                         record = self._log(step, epoch, window, scheduler)
-                        result.log_history.append(record)
+                        log_history.append(record)
                         window = []
-                    bar.update(1, loss=result.log_history[-1]["loss"] if result.log_history else None)
+                    bar.update(1, loss=log_history[-1]["loss"] if log_history else None)
                     if cfg.save_steps and step % cfg.save_steps == 0 and step < steps:
-                        result.checkpoints = self._save(model, optimizer, scheduler, step, result.log_history)
+                        checkpoints = self._save(model, optimizer, scheduler, step, log_history)
                     if self.best is not None:
                         seen = len(self.best.history)
                         stop = self.best.after_step(step, steps)
                         for record in self.best.history[seen:]:
-                            result.log_history.append(record)
+                            log_history.append(record)
                             self.reporter.log_metrics(record)
                         model.train()
         except KeyboardInterrupt:
-            result.interrupted = True
+            interrupted = True
             self.reporter.warning(f"interrupted at step {step}; saving a checkpoint to resume from")
         # every session's samples and seconds (a resumed run adds to what its checkpoint had seen)
         totals = self._totals()
-        result.seconds = totals.seconds
-        result.steps = step
-        result.samples, result.clips = totals.samples, totals.clips
-        result.audio_seconds = totals.audio_seconds
-        if step > 0 and (result.interrupted or cfg.save_steps):
-            result.checkpoints = self._save(model, optimizer, scheduler, step, result.log_history)
-        if self.best is not None and not result.interrupted:
+        if step > 0 and (interrupted or cfg.save_steps):
+            checkpoints = self._save(model, optimizer, scheduler, step, log_history)
+        if self.best is not None and not interrupted:
             acc.wait_for_everyone()  # the best weights are on disk for every process
             self.best.restore_best(step)
         model.eval()
-        return result
+        return TrainResult(
+            log_history=log_history,
+            steps=step,
+            train_samples=totals.samples,
+            train_clips=totals.clips,
+            train_audio_seconds=round(totals.audio_seconds, 3),
+            train_seconds=round(totals.seconds, 3),
+            checkpoints=checkpoints,
+            interrupted=interrupted,
+            selection=self.best.summary() if self.best is not None else {},
+        )
 
     def _count(self, group: list[dict[str, Any]]) -> None:
         """Add a step's rows, clips (a packed window holds several) and seconds of speech."""

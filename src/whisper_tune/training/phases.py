@@ -15,13 +15,14 @@ worker runs under its own pinned stack and stays apart (it applies the same need
 
 from __future__ import annotations
 
+import dataclasses
 import resource
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from whisper_tune.backend.protocol import RecipeNeeds, TrainJob, TrainResult
-from whisper_tune.backend.setup import InProcessTrainer, TrainingSetup, WeightsFormat
+from whisper_tune.backend.setup import InProcessTrainer, TrainingSetup
 from whisper_tune.console import Reporter
 from whisper_tune.models.loading import load_processor, save_processor
 from whisper_tune.training.weights import weights_format_of
@@ -43,12 +44,10 @@ def run_phases(job: TrainJob, setup: TrainingSetup, reporter: Reporter, needs: R
     # lazy: keeps numpy out of this module's import
     from whisper_tune.data.collator import SpeechSeq2SeqCollator
     from whisper_tune.data.store import PreparedDataset
-
-    # lazy: keeps numpy out of this module's import
     from whisper_tune.evaluation.evaluate import PhaseOutput, evaluate_sets, result_fields
 
     acc, cfg = setup.accelerator, job.config
-    weights = setup.weights or weights_format_of(setup.model)
+    setup = with_processor(setup, job)
     model = setup.model
     collator = SpeechSeq2SeqCollator(
         acc.unwrap_model(model).config.decoder_start_token_id,
@@ -72,85 +71,53 @@ def run_phases(job: TrainJob, setup: TrainingSetup, reporter: Reporter, needs: R
 
     if job.evaluate_before and eval_sets:
         evaluate("before")
-    fitted = None
-    if job.train and (job.train_data is not None or job.train_stream is not None):
-        fitted = fit(job, setup, weights, collator, reporter, drop_last=needs.drop_last)
-        model = fitted.model
-    finished = fitted is not None and not fitted.interrupted
-    final_dir = save_final(job, acc, model, weights) if finished and cfg.output.save_final_model else None
+    result, fitted = TrainResult(), job.train and (job.train_data is not None or job.train_stream is not None)
+    if fitted:
+        model, result = fit(job, setup, collator, reporter, drop_last=needs.drop_last)
+    finished = fitted and not result.interrupted
+    final_dir = save_final(job, setup, model) if finished and cfg.output.save_final_model else None
     if job.evaluate_after and eval_sets and finished:
         evaluate("after")
-    result = TrainResult(
+    update = {
         **result_fields(phases),
-        log_history=fitted.log_history if fitted else [],
-        steps=fitted.steps if fitted else 0,
-        train_samples=fitted.samples if fitted else 0,
-        train_clips=fitted.clips if fitted else 0,
-        train_audio_seconds=round(fitted.audio_seconds, 3) if fitted else 0.0,
-        train_seconds=round(fitted.seconds, 3) if fitted else 0.0,
-        peak_memory_bytes=peak_memory_bytes(acc),
-        final_model_dir=final_dir if acc.is_main_process else None,
-        checkpoints=fitted.checkpoints if fitted else [],
-        interrupted=bool(fitted and fitted.interrupted),
-        selection=fitted.selection if fitted else {},
-        stream=fitted.stream if fitted else {},
-        windows=fitted.windows if fitted else {},
-    )
-    return Outcome(result, model)
+        "peak_memory_bytes": peak_memory_bytes(acc),
+        "final_model_dir": final_dir if acc.is_main_process else None,
+    }
+    return Outcome(result.model_copy(update=update), model)
 
 
-@dataclass
-class Fitted:
-    model: Any
-    steps: int
-    samples: int
-    clips: int
-    audio_seconds: float
-    seconds: float
-    log_history: list[dict[str, float]]
-    checkpoints: list[Path]
-    interrupted: bool
-    selection: dict[str, Any]
-    stream: dict[str, Any]
-    windows: dict[str, Any]
+def with_processor(setup: TrainingSetup, job: TrainJob) -> TrainingSetup:
+    """``setup`` holding the job's processor: the one the run loaded, else loaded here (once per job)."""
+    if setup.processor is not None:
+        return setup
+    return dataclasses.replace(setup, processor=load_processor(job.model_dir, job.config.model))
 
 
 def fit(
-    job: TrainJob,
-    setup: TrainingSetup,
-    weights: WeightsFormat,
-    collator: Any,
-    reporter: Reporter,
-    *,
-    drop_last: bool = False,
-) -> Fitted:
+    job: TrainJob, setup: TrainingSetup, collator: Any, reporter: Reporter, *, drop_last: bool = False
+) -> tuple[Any, TrainResult]:
     """The training loop over the job's prepared training set (as windows with data.packing,
-    data.timestamps or data.no_speech_fraction), from its checkpoint when resuming."""
+    data.timestamps or data.no_speech_fraction), from its checkpoint when resuming: the trained model
+    and the result so far."""
     # lazy: keeps numpy out of this module's import
     from whisper_tune.data.store import PreparedDataset
     from whisper_tune.data.windows import train_windows
-
-    # lazy: keeps numpy out of this module's import
     from whisper_tune.training.best_checkpoint import best_checkpoint_tracker
     from whisper_tune.training.loop import TrainLoop
 
-    acc = setup.accelerator
-    cfg = job.config
+    acc, cfg, tokenizer = setup.accelerator, job.config, setup.processor.tokenizer
     if job.train_data is not None:
-        dataset: Any = train_windows(
-            PreparedDataset(job.train_data), job.model_dir, cfg.data, cfg.model, cfg.training.seed
-        )
+        dataset: Any = train_windows(PreparedDataset(job.train_data), tokenizer, cfg.data, cfg.training.seed)
     else:
         # lazy: keeps torch, numpy out of this module's import
         from whisper_tune.data.streaming import open_stream
 
         assert job.train_stream is not None
-        tokenizer = load_processor(job.model_dir, job.config.model).tokenizer
-        dataset = open_stream(job.train_stream, job.config.data, tokenizer)
+        dataset = open_stream(job.train_stream, cfg.data, tokenizer)
     checkpoint_dir = machine_zero_path(acc, Path(job.run_dir) / "checkpoints")
     best = best_checkpoint_tracker(
-        job.config,
-        model_dir=job.model_dir,
+        cfg,
+        tokenizer=tokenizer,
         eval_data=job.eval_data,
         checkpoint_dir=checkpoint_dir,
         resuming=job.resume_from is not None,
@@ -163,31 +130,20 @@ def fit(
         setup.model,
         dataset,
         collator,
-        job.config.training,
+        cfg.training,
         checkpoint_dir,
         reporter,
         accelerator=acc,
-        weights=weights,
+        weights=setup.weights or weights_format_of(setup.model),
         drop_last=drop_last,
         num_workers=setup.num_workers,
         best=best,
         on_batch=setup.on_batch,
     )
-    out = loop.run(resume_from=Path(job.resume_from) if job.resume_from else None)
-    return Fitted(
-        model=out.model,
-        steps=out.steps,
-        samples=out.samples,
-        clips=out.clips,
-        audio_seconds=out.audio_seconds,
-        seconds=out.seconds,
-        log_history=out.log_history,
-        checkpoints=out.checkpoints,
-        interrupted=out.interrupted,
-        selection=best.summary() if best is not None else {},
-        stream=dataset.report() if job.train_stream is not None else {},
-        windows=dataset.report() if job.train_data is not None and loop.windowed else {},
-    )
+    result = loop.run(resume_from=Path(job.resume_from) if job.resume_from else None)
+    report = dataset.report() if job.train_stream is not None or loop.windowed else {}
+    key = "stream" if job.train_stream is not None else "windows"
+    return loop.trained, result.model_copy(update={key: report}) if report else result
 
 
 def machine_zero_path(accelerator: Any, path: Path) -> Path:
@@ -202,7 +158,7 @@ def machine_zero_path(accelerator: Any, path: Path) -> Path:
     return Path(holder[0])
 
 
-def save_final(job: TrainJob, accelerator: Any, model: Any, weights: WeightsFormat) -> Path:
+def save_final(job: TrainJob, setup: TrainingSetup, model: Any) -> Path:
     """``final/`` (or ``output.model_dir``): the weights in the backend's format and the processor files,
     written by the main process under a temporary name and renamed when complete (a collective call:
     FSDP / ZeRO-3 gather the shards on every process)."""
@@ -211,14 +167,15 @@ def save_final(job: TrainJob, accelerator: Any, model: Any, weights: WeightsForm
     # lazy: keeps numpy out of this module's import
     from whisper_tune.training.loop import shards_state
 
-    cfg = job.config
+    cfg, accelerator = job.config, setup.accelerator
+    weights = setup.weights or weights_format_of(setup.model)
     final_dir = Path(cfg.output.model_dir) if cfg.output.model_dir else Path(job.run_dir) / "final"
     state = accelerator.get_state_dict(model) if shards_state(accelerator) else None
     if accelerator.is_main_process:
         tmp = final_dir.with_name(f".{final_dir.name}.partial")
         shutil.rmtree(tmp, ignore_errors=True)
         weights.save(accelerator.unwrap_model(model), tmp, state)
-        save_processor(load_processor(job.model_dir, cfg.model), tmp)
+        save_processor(setup.processor, tmp)
         shutil.rmtree(final_dir, ignore_errors=True)
         tmp.rename(final_dir)
     accelerator.wait_for_everyone()
@@ -248,8 +205,10 @@ def start(backend: InProcessTrainer, job: TrainJob) -> Any:
     return accelerator
 
 
-def train_in_process(backend: InProcessTrainer, job: TrainJob, reporter: Reporter) -> TrainResult:
-    """A backend's ``train`` when its plan launches in this process."""
+def train_in_process(
+    backend: InProcessTrainer, job: TrainJob, reporter: Reporter, processor: Any = None
+) -> TrainResult:
+    """Train ``job`` in this process (``processor``: the run's, when it has loaded it already)."""
     accelerator = start(backend, job)
-    setup = backend.training_setup(job, accelerator, reporter)
+    setup = dataclasses.replace(backend.training_setup(job, accelerator, reporter), processor=processor)
     return run_phases(job, setup, reporter, backend.recipe_needs(job.config)).result

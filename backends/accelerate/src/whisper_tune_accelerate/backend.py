@@ -22,7 +22,8 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
-from whisper_tune.backend.launch import accelerate_launch
+from whisper_tune.backend.launch import MIXED_PRECISION, accelerate_launch
+from whisper_tune.backend.processes import NUM_PROCESSES, cuda_capabilities, devices_line, process_issues
 from whisper_tune.backend.protocol import (
     BackendDefault,
     Capabilities,
@@ -32,11 +33,10 @@ from whisper_tune.backend.protocol import (
     Probe,
     RecipeNeeds,
     TrainJob,
-    TrainResult,
 )
 from whisper_tune.config.schema import RunConfig
 from whisper_tune.models.lora import method_note
-from whisper_tune_accelerate.options import AccelerateOptions, precision_to_mixed
+from whisper_tune_accelerate.options import AccelerateOptions
 
 if TYPE_CHECKING:
     from whisper_tune.backend.setup import TrainingSetup
@@ -58,22 +58,6 @@ def port_in_use(port: int, host: str = "") -> bool:
     return False
 
 
-def cuda_capabilities() -> tuple[int, tuple[float, ...], bool]:
-    """(visible CUDA devices, memory GiB each, bf16 support); zeros when torch or CUDA is missing."""
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return 0, (), False
-        count = torch.cuda.device_count()
-        memory = tuple(
-            round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1) for i in range(count)
-        )
-        return count, memory, bool(torch.cuda.is_bf16_supported())
-    except Exception:  # a broken driver must not break 'whisper-tune backends'
-        return 0, (), False
-
-
 class AccelerateBackend:
     name: ClassVar[str] = "accelerate"
     description: ClassVar[str] = (
@@ -81,22 +65,17 @@ class AccelerateBackend:
         "DeepSpeed)"
     )
     Options: ClassVar[type[BaseModel]] = AccelerateOptions
-    flags: ClassVar[tuple[Flag, ...]] = (
-        Flag(
-            "--num-processes",
-            "backend.num_processes",
-            "Training processes on this machine, one per GPU (per machine with several machines).",
-            min=1,
-        ),
-    )
+    flags: ClassVar[tuple[Flag, ...]] = (NUM_PROCESSES,)
+    #: the overrides of its CPU development mode (the contract test runs it with them)
+    cpu_overrides: ClassVar[tuple[str, ...]] = ("backend.cpu=true",)
 
     def probe(self) -> Probe:
         cpu = os.cpu_count() or 1
         for module, hint in (("torch", "pip install torch"), ("accelerate", "pip install accelerate")):
             if find_spec(module) is None:
                 return Probe(False, f"{module} is not installed", hint, Capabilities(cpu_count=cpu))
-        count, memory, bf16 = cuda_capabilities()
-        caps = Capabilities(cpu_count=cpu, cuda_devices=count, cuda_memory_gib=memory, cuda_bf16=bf16)
+        caps = cuda_capabilities()
+        count = caps.cuda_devices
         if count:
             mode = f"GPU: {count} CUDA device(s), up to {count} processes here (more over several machines)"
         else:
@@ -145,19 +124,36 @@ class AccelerateBackend:
                     hint=CUDA_LORA_HINT,
                 )
             )
-        if opts.mixed_precision is not None and opts.mixed_precision != precision_to_mixed(precision):
+        if opts.mixed_precision is not None and opts.mixed_precision != MIXED_PRECISION[precision]:
             issues.append(
                 Issue(
                     "backend.mixed_precision",
                     f"mixed_precision {opts.mixed_precision} disagrees with training.precision {precision}",
-                    hint=f"set backend.mixed_precision={precision_to_mixed(precision)} or leave it unset "
+                    hint=f"set backend.mixed_precision={MIXED_PRECISION[precision]} or leave it unset "
                     "(it follows training.precision)",
                 )
             )
-        if opts.cpu:
-            issues += self._cpu_issues(config, opts, caps)
-        else:
-            issues += self._gpu_issues(config, opts, caps)
+        issues += process_issues(
+            caps,
+            cpu=opts.cpu,
+            num_processes=opts.num_processes,
+            precision=precision,
+            no_gpu=Issue(
+                "backend.num_processes",
+                "no CUDA GPU is visible on this machine",
+                hint="run on a machine with GPUs, or set backend.cpu=true to train in CPU processes",
+                hardware=True,
+            ),
+        )
+        if opts.cpu and opts.strategy != "ddp":
+            issues.append(
+                Issue(
+                    "backend.strategy",
+                    f"{opts.strategy} runs on GPUs only (Accelerate enables FSDP and DeepSpeed for GPU "
+                    "process groups, not for CPU ones)",
+                    hint="use backend.strategy=ddp with backend.cpu=true",
+                )
+            )
         if opts.strategy.startswith("deepspeed") and find_spec("deepspeed") is None:
             issues.append(
                 Issue(
@@ -183,74 +179,12 @@ class AccelerateBackend:
             )
         return issues
 
-    def _cpu_issues(self, config: RunConfig, opts: AccelerateOptions, caps: Capabilities) -> list[Issue]:
-        issues = []
-        if config.training.precision == "fp16":
-            issues.append(
-                Issue("training.precision", "fp16 is not supported on the CPU", hint="use fp32 or bf16")
-            )
-        if opts.strategy != "ddp":
-            issues.append(
-                Issue(
-                    "backend.strategy",
-                    f"{opts.strategy} runs on GPUs only (Accelerate enables FSDP and DeepSpeed for GPU "
-                    "process groups, not for CPU ones)",
-                    hint="use backend.strategy=ddp with backend.cpu=true",
-                )
-            )
-        if opts.num_processes > caps.cpu_count:
-            issues.append(
-                Issue(
-                    "backend.num_processes",
-                    f"{opts.num_processes} CPU processes asked for; this machine has {caps.cpu_count} cores "
-                    "(each process holds a copy of the model: more processes than cores only run out of "
-                    "memory)",
-                    hint=f"use at most --num-processes {caps.cpu_count}",
-                    hardware=True,
-                )
-            )
-        return issues
-
-    def _gpu_issues(self, config: RunConfig, opts: AccelerateOptions, caps: Capabilities) -> list[Issue]:
-        issues = []
-        if caps.cuda_devices == 0:
-            issues.append(
-                Issue(
-                    "backend.num_processes",
-                    "no CUDA GPU is visible on this machine",
-                    hint="run on a machine with GPUs, or set backend.cpu=true to train in CPU processes",
-                    hardware=True,
-                )
-            )
-        elif opts.num_processes > caps.cuda_devices:
-            issues.append(
-                Issue(
-                    "backend.num_processes",
-                    f"{opts.num_processes} processes asked for; {caps.cuda_devices} CUDA GPUs are visible",
-                    hint=f"use --num-processes {caps.cuda_devices} (one process per GPU) or check "
-                    "CUDA_VISIBLE_DEVICES",
-                    hardware=True,
-                )
-            )
-        if config.training.precision == "bf16" and caps.cuda_devices and not caps.cuda_bf16:
-            issues.append(
-                Issue(
-                    "training.precision",
-                    "these GPUs have no bf16 support",
-                    hint="use training.precision=fp16",
-                    hardware=True,
-                )
-            )
-        return issues
-
     def recipe_needs(self, config: RunConfig) -> RecipeNeeds:
         return RecipeNeeds()
 
     def plan(self, config: RunConfig, caps: Capabilities) -> Plan:
         opts = config.backend.options_as(AccelerateOptions)
         training = config.training
-        where = "CPU processes (gloo)" if opts.cpu else "CUDA GPUs, one process each"
-        machines = f" on each of {opts.num_machines} machines" if opts.num_machines > 1 else ""
         placement = {
             "ddp": "DDP: a full copy of the model per process; gradients all-reduced every step",
             "fsdp": f"FSDP ({opts.fsdp_sharding_strategy}): weights, gradients and optimizer state sharded "
@@ -263,7 +197,7 @@ class AccelerateBackend:
         }[opts.strategy]
         notes = [
             method_note(training),
-            f"precision {training.precision} (mixed_precision {precision_to_mixed(training.precision)})",
+            f"precision {training.precision} (mixed_precision {MIXED_PRECISION[training.precision]})",
             f"learning rate {training.learning_rate} as configured (not rescaled by the process count)",
             "steps count global batches: an epoch is training samples / "
             f"({training.batch_size} x {opts.world_size} processes) micro-batches per process",
@@ -276,7 +210,7 @@ class AccelerateBackend:
             )
         return Plan(
             backend=self.name,
-            devices=f"{opts.num_processes} {where}{machines}",
+            devices=devices_line(opts.num_processes, cpu=opts.cpu, num_machines=opts.num_machines),
             processes=opts.world_size,
             batch_per_device=training.batch_size,
             gradient_accumulation_steps=training.gradient_accumulation_steps,
@@ -306,14 +240,3 @@ class AccelerateBackend:
         if job.train and accelerator.is_main_process:
             reporter.info(describe_trainable(model))
         return TrainingSetup(accelerator, model, num_workers=opts.num_workers)
-
-    def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
-        """Run the planned ``accelerate launch``: every process runs the core's phases."""
-        from whisper_tune.execution.launcher import run_launch
-
-        opts = job.config.backend.options_as(AccelerateOptions)
-        reporter.info(
-            f"starting {opts.num_processes} training processes on this machine "
-            f"({opts.world_size} in all) with accelerate launch"
-        )
-        return run_launch(job, reporter)

@@ -62,8 +62,3 @@ class AccelerateOptions(ProcessOptions):
     @property
     def sharding(self) -> Sharding:
         return Sharding(self.strategy, self.fsdp_sharding_strategy, self.offload)
-
-
-def precision_to_mixed(precision: str) -> Literal["no", "fp16", "bf16"]:
-    """training.precision -> Accelerate's mixed_precision."""
-    return "no" if precision == "fp32" else "fp16" if precision == "fp16" else "bf16"

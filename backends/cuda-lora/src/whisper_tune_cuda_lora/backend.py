@@ -14,13 +14,13 @@ files). Evaluation is the core's batched
 
 from __future__ import annotations
 
-import os
 from importlib.util import find_spec
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from pydantic import BaseModel
 
 from whisper_tune.backend.launch import Launch, accelerate_launch
+from whisper_tune.backend.processes import NUM_PROCESSES, cuda_capabilities, devices_line
 from whisper_tune.backend.protocol import (
     BackendDefault,
     Capabilities,
@@ -30,7 +30,6 @@ from whisper_tune.backend.protocol import (
     Probe,
     RecipeNeeds,
     TrainJob,
-    TrainResult,
 )
 from whisper_tune.config.schema import RunConfig
 from whisper_tune_cuda_lora.checks import check_config, memory_estimate
@@ -52,40 +51,13 @@ def installed_version(distribution: str) -> str | None:
         return None
 
 
-def cuda_capabilities() -> Capabilities:
-    """What torch sees: CUDA device count, memory of each (GiB) and bf16 support. Never raises."""
-    cpus = os.cpu_count() or 1
-    try:
-        import torch
-
-        if not torch.cuda.is_available():
-            return Capabilities(cpu_count=cpus)
-        count = torch.cuda.device_count()
-        memory = tuple(
-            round(torch.cuda.get_device_properties(i).total_memory / 2**30, 1) for i in range(count)
-        )
-        return Capabilities(
-            cpu_count=cpus,
-            cuda_devices=count,
-            cuda_memory_gib=memory,
-            cuda_bf16=torch.cuda.is_bf16_supported(),
-        )
-    except Exception:  # a broken driver must not break 'whisper-tune backends'
-        return Capabilities(cpu_count=cpus)
-
-
 class CudaLoraBackend:
     name: ClassVar[str] = "cuda-lora"
     description: ClassVar[str] = "one GPU, LoRA (peft) on an int8 / 4-bit (bitsandbytes) or bf16 base"
     Options: ClassVar[type[BaseModel]] = CudaLoraOptions
-    flags: ClassVar[tuple[Flag, ...]] = (
-        Flag(
-            "--num-processes",
-            "backend.num_processes",
-            "Training processes on this machine, one per GPU (per machine with several machines).",
-            min=1,
-        ),
-    )
+    flags: ClassVar[tuple[Flag, ...]] = (NUM_PROCESSES,)
+    #: the overrides of its CPU development mode (the contract test runs it with them)
+    cpu_overrides: ClassVar[tuple[str, ...]] = ("backend.device=cpu",)
 
     def probe(self) -> Probe:
         for module, hint in (("torch", "pip install torch"), ("peft", "pip install peft")):
@@ -158,9 +130,9 @@ class CudaLoraBackend:
                 notes.append(line)
         several = opts.world_size > 1
         if several:
-            where = "CPU processes (gloo)" if opts.device == "cpu" else "CUDA GPUs, one process each"
-            machines = f" on each of {opts.num_machines} machines" if opts.num_machines > 1 else ""
-            devices = f"{opts.num_processes} {where}{machines}"
+            devices = devices_line(
+                opts.num_processes, cpu=opts.device == "cpu", num_machines=opts.num_machines
+            )
             placement: tuple[str, ...] = (
                 "DDP: each process holds its own copy of the base on its own device; only the adapters' "
                 "gradients are all-reduced",
@@ -212,12 +184,3 @@ class CudaLoraBackend:
         else:  # evaluation only: the base itself (a fresh adapter would change nothing)
             model = load_base(job.model_dir, cfg.model, cfg.training, opts, accelerator.device)
         return TrainingSetup(accelerator, model, num_workers=opts.num_workers)
-
-    def train(self, job: TrainJob, reporter: Reporter) -> TrainResult:
-        """In this process (one process), or the planned ``accelerate launch`` (several)."""
-        from whisper_tune.execution.launcher import run_launch
-        from whisper_tune.training.phases import train_in_process
-
-        if job.launch is not None and job.launch.mode == "command":
-            return run_launch(job, reporter)
-        return train_in_process(self, job, reporter)

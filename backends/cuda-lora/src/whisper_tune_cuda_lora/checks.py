@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 from pathlib import Path
 
+from whisper_tune.backend.processes import process_issues
 from whisper_tune.backend.protocol import Capabilities, Issue
 from whisper_tune.config.schema import RunConfig
 from whisper_tune_cuda_lora.memory import (
@@ -27,7 +28,7 @@ BNB_CPU_MIN = (0, 47)
 def check_config(config: RunConfig, caps: Capabilities, *, bnb_version: str | None) -> list[Issue]:
     """``bnb_version``: the installed bitsandbytes version, None when it is not installed."""
     opts = config.backend.options_as(CudaLoraOptions)
-    issues = [*_device_issues(opts, caps), *_precision_issues(config, opts, caps)]
+    issues = _device_issues(config, opts, caps)
     if config.training.method != "lora":
         issues.append(
             Issue(
@@ -80,55 +81,22 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(parts) if len(parts) == 2 else (0, 0)
 
 
-def _device_issues(opts: CudaLoraOptions, caps: Capabilities) -> list[Issue]:
-    if opts.device == "cuda" and caps.cuda_devices == 0:
-        return [
-            Issue(
-                "backend.device",
-                "no CUDA device found (torch.cuda.is_available() is False)",
-                hint="run on a machine with an NVIDIA GPU and a CUDA build of torch, " + CPU_MODE_HINT,
-                hardware=True,
-            )
-        ]
-    if opts.device == "cuda" and opts.num_processes > caps.cuda_devices:
-        return [
-            Issue(
-                "backend.num_processes",
-                f"{opts.num_processes} processes asked for; {caps.cuda_devices} CUDA GPUs are visible",
-                hint=f"use --num-processes {caps.cuda_devices} (one process per GPU) or check "
-                "CUDA_VISIBLE_DEVICES",
-                hardware=True,
-            )
-        ]
-    if opts.device == "cpu" and opts.num_processes > caps.cpu_count:
-        return [
-            Issue(
-                "backend.num_processes",
-                f"{opts.num_processes} CPU processes asked for; this machine has {caps.cpu_count} cores",
-                hint=f"use at most --num-processes {caps.cpu_count}",
-                hardware=True,
-            )
-        ]
-    return []
-
-
-def _precision_issues(config: RunConfig, opts: CudaLoraOptions, caps: Capabilities) -> list[Issue]:
-    precision = config.training.precision
-    issues = []
-    if opts.device == "cpu" and precision == "fp16":
-        issues.append(
-            Issue("training.precision", "fp16 is not supported on the CPU", hint="use fp32 or bf16")
-        )
-    if opts.device == "cuda" and precision == "bf16" and caps.cuda_devices > 0 and not caps.cuda_bf16:
-        issues.append(
-            Issue(
-                "training.precision",
-                "this GPU does not support bf16 (it needs compute capability 8.0 or newer)",
-                hint="set training.precision=fp16",
-                hardware=True,
-            )
-        )
-    if opts.device == "cuda" and precision == "fp32":
+def _device_issues(config: RunConfig, opts: CudaLoraOptions, caps: Capabilities) -> list[Issue]:
+    no_gpu = Issue(
+        "backend.device",
+        "no CUDA device found (torch.cuda.is_available() is False)",
+        hint="run on a machine with an NVIDIA GPU and a CUDA build of torch, " + CPU_MODE_HINT,
+        hardware=True,
+    )
+    issues = process_issues(
+        caps,
+        cpu=opts.device == "cpu",
+        num_processes=opts.num_processes,
+        precision=config.training.precision,
+        no_gpu=no_gpu,
+        bf16_message="this GPU does not support bf16 (it needs compute capability 8.0 or newer)",
+    )
+    if opts.device == "cuda" and config.training.precision == "fp32":
         what = (
             "keeps the base in fp32 (twice the memory of bf16)"
             if opts.quantization == "none"

@@ -13,16 +13,12 @@ embeddings, so otherwise no gradient reaches the checkpointed layers), and the c
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from whisper_tune.config.schema import ModelConfig, TrainingConfig
 from whisper_tune.errors import BackendUnavailableError
 from whisper_tune.models.loading import freeze_for_adapters, route_gradients_into_frozen_encoder
 from whisper_tune.models.lora import add_lora, peft_on_transformers_5
-from whisper_tune.training.weights import ADAPTER_ONLY
 from whisper_tune_cuda_lora.options import BNB_INSTALL, CudaLoraOptions
 
 
@@ -30,16 +26,6 @@ def torch_dtype(precision: str) -> Any:
     import torch
 
     return {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def autocast_factory(device: str, precision: str) -> Callable[[], Any]:
-    """A fresh autocast context per forward: fp16/bf16 as configured (the seeds: fp16), none for fp32."""
-    import torch
-
-    if precision == "fp32":
-        return contextlib.nullcontext
-    dtype = torch_dtype(precision)
-    return lambda: torch.autocast(device, dtype=dtype)
 
 
 def quantization_config(opts: CudaLoraOptions, precision: str) -> Any:
@@ -125,13 +111,3 @@ def build_lora_model(
     device: Any = None,
 ) -> Any:
     return add_lora(load_base(model_dir, model_cfg, training, opts, device), training)
-
-
-def save_adapter(model: Any, directory: Path) -> None:
-    """adapter_config.json + adapter_model.safetensors (+ generation config): never the base."""
-    ADAPTER_ONLY.save(model, directory)
-
-
-def load_adapter(model: Any, directory: Path) -> None:
-    """Put the adapter weights saved by ``save_adapter`` back into ``model`` (a PeftModel)."""
-    ADAPTER_ONLY.load(model, directory)
