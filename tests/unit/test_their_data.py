@@ -109,6 +109,7 @@ def test_a_common_voice_tsv_alone_is_a_manifest(commonvoice: Path) -> None:
     samples = list(iter_split(train))
     assert len(samples) == 4 and samples[1].audio == commonvoice / "clips" / "common_voice_en_1001.mp3"
     assert check_data(DataConfig(dataset=str(tsv), eval_split=None, test_size=0.5)) == []
+    assert own_language_column(str(tsv), "csv") == "locale"
     (commonvoice / "notes.txt").write_text("x")
     with pytest.raises(DataError, match=r"not a \.csv, \.tsv or \.jsonl manifest"):
         detect_kind(str(commonvoice / "notes.txt"))

@@ -488,8 +488,8 @@ def is_whisper_finetune(rows: list[dict[str, Any]], audio_column: str = "audio")
 
 def own_language_column(dataset: str, kind: DatasetKind) -> str | None:
     """The column a data set's own layout gives each row's language in, if it has one: Common Voice's
-    ``locale``, Whisper-Finetune's ``language``. Used (``data.language_column``) when the model is
-    multilingual and the config names no language column."""
+    ``locale`` (its folder, or one of its .tsv files), Whisper-Finetune's ``language``. Used (as
+    ``data.language_column``) when the model is multilingual and the config names no language column."""
     if kind in ("auto", "hub"):
         return None
     root = Path(dataset).expanduser()
@@ -498,6 +498,10 @@ def own_language_column(dataset: str, kind: DatasetKind) -> str | None:
             splits = commonvoice_splits(root)
             columns = _read_table(root / f"{splits[0]}.tsv")[0] if splits else []
             return COMMONVOICE_LANGUAGE if COMMONVOICE_LANGUAGE in columns else None
+        if kind == "csv" and root.suffix.lower() == ".tsv":  # one of a Common Voice release's .tsv files
+            columns = _read_table(root)[0]
+            if all(c in columns for c in (*COMMONVOICE_COLUMNS, COMMONVOICE_LANGUAGE)):
+                return COMMONVOICE_LANGUAGE
         if kind == "jsonl":
             columns, rows = _read_table(root)
             if is_whisper_finetune(rows) and WHISPER_FINETUNE_LANGUAGE in columns:
