@@ -177,3 +177,117 @@ def real_samples(
         features = extractor(clip, sampling_rate=16_000, return_tensors="np")["input_features"][0]
         out.append({"input_features": features, "labels": labels})
     return out
+
+
+# --- data in the forms other tools write (issue 29); every fixture is built inside its test ---------
+
+#: a Common Voice release's .tsv columns (v17), in its order
+COMMONVOICE_COLUMNS = (
+    "client_id path sentence_id sentence sentence_domain up_votes down_votes age gender accents variant "
+    "locale segment"
+).split()
+
+
+def quickstart_clips(count: int, split: str = "train") -> list[tuple[Path, str]]:
+    """The first ``count`` real speech clips of a quickstart split: (ogg file, transcript)."""
+    with (QUICKSTART_DATA / split / "metadata.csv").open(newline="") as fh:
+        rows = list(csv.DictReader(fh))[:count]
+    return [(QUICKSTART_DATA / split / row["file_name"], row["text"]) for row in rows]
+
+
+def encode_with_pyav(source: Path, out: Path, container: str, codec: str, rate: int) -> Path:
+    """``source`` re-encoded by PyAV (FFmpeg) as ``codec`` in ``container`` at ``rate`` Hz, mono:
+    m4a ("ipod", "aac"), webm ("webm", "libopus"), mp4 ("mp4", "aac"), mp3 ("mp3", "libmp3lame")."""
+    import av
+    import soundfile as sf
+
+    samples, source_rate = sf.read(source, dtype="float32", always_2d=True)
+    frame = av.AudioFrame.from_ndarray(samples.mean(axis=1)[None, :], format="flt", layout="mono")
+    frame.sample_rate = source_rate
+    with av.open(str(out), "w", format=container) as output:
+        stream = output.add_stream(codec, rate=rate)
+        stream.layout = "mono"
+        resampler = av.AudioResampler(format=stream.format.name, layout="mono", rate=rate)
+        for converted in [*resampler.resample(frame), *resampler.resample(None)]:
+            for packet in stream.encode(converted):
+                output.mux(packet)
+        for packet in stream.encode(None):
+            output.mux(packet)
+    return out
+
+
+def write_mp3(source: Path, out: Path) -> Path:
+    """``source`` as MP3: libsndfile writes it (1.1+), else PyAV."""
+    import soundfile as sf
+
+    samples, rate = sf.read(source, dtype="float32")
+    try:
+        sf.write(out, samples, rate, format="MP3")
+    except (sf.LibsndfileError, ValueError, TypeError):
+        encode_with_pyav(source, out, "mp3", "libmp3lame", 44_100)
+    return out
+
+
+def write_commonvoice(root: Path, splits: dict[str, list[tuple[Path | None, str, str]]]) -> Path:
+    """A Common Voice release folder: ``<split>.tsv`` (tab-separated, unquoted) and ``clips/*.mp3``, with
+    the other files a release has (clip_durations.tsv, reported.tsv) beside them. splits: name ->
+    (source clip or None for a clip missing from clips/, sentence, locale)."""
+    (root / "clips").mkdir(parents=True, exist_ok=True)
+    n = 0
+    for split, rows in splits.items():
+        lines = ["\t".join(COMMONVOICE_COLUMNS)]
+        for source, sentence, locale in rows:
+            name = f"common_voice_{locale}_{1000 + n}.mp3"
+            n += 1
+            if source is not None:
+                write_mp3(source, root / "clips" / name)
+            values = {"client_id": f"c{n}", "path": name, "sentence_id": f"s{n}", "sentence": sentence}
+            values.update(up_votes="2", down_votes="0", locale=locale)
+            lines.append("\t".join(values.get(c, "") for c in COMMONVOICE_COLUMNS))
+        (root / f"{split}.tsv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    (root / "clip_durations.tsv").write_text("clip\tduration[ms]\n", encoding="utf-8")
+    (root / "reported.tsv").write_text("sentence_id\tsentence\tlocale\treason\n", encoding="utf-8")
+    return root
+
+
+def write_whisper_finetune(path: Path, rows: list[tuple[Path, str, str | None]]) -> Path:
+    """A JSONL manifest in yeyupiaoling/Whisper-Finetune's layout: {"audio": {"path"}, "sentence",
+    "language", "sentences": [{"start", "end", "text"}], "duration"}; each transcript split in two
+    timestamped sentences. rows: (audio file, transcript, language or None)."""
+    import soundfile as sf
+
+    with path.open("w", encoding="utf-8") as fh:
+        for audio, text, language in rows:
+            seconds = round(sf.info(audio).duration, 2) if audio.is_file() else 1.0
+            words = text.split()
+            first, second = " ".join(words[: len(words) // 2]), " ".join(words[len(words) // 2 :])
+            cut = round(seconds * len(first) / len(text), 2)
+            row: dict[str, Any] = {"audio": {"path": str(audio)}, "sentence": text}
+            if language is not None:
+                row["language"] = language
+            row["sentences"] = [
+                {"start": 0.0, "end": cut, "text": first},
+                {"start": cut, "end": seconds, "text": second},
+            ]
+            row["duration"] = seconds
+            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    return path
+
+
+def write_saved_dataset(root: Path, splits: dict[str, list[tuple[Path, str]]]) -> Path:
+    """A folder written by ``datasets``' save_to_disk: a DatasetDict whose ``audio`` column is an Audio
+    feature (the encoded files' bytes) and ``sentence`` the transcript."""
+    import datasets
+
+    # the Audio feature is cast onto {bytes, path} structs: encoding through it would need torchcodec
+    built = {
+        split: datasets.Dataset.from_dict(
+            {
+                "audio": [{"bytes": audio.read_bytes(), "path": audio.name} for audio, _ in rows],
+                "sentence": [text for _, text in rows],
+            }
+        ).cast_column("audio", datasets.Audio())
+        for split, rows in splits.items()
+    }
+    datasets.DatasetDict(built).save_to_disk(str(root))
+    return root

@@ -49,6 +49,9 @@ def language_code(value: str) -> str:
     by_name = {name: code for code, name in LANGUAGES.items()} | _ALIASES
     if key in by_name:
         return by_name[key]
+    base = key.replace("_", "-").split("-")[0]
+    if base != key and base in LANGUAGES:  # a locale with a region, e.g. Common Voice's "sv-SE", "zh-CN"
+        return base
     close = difflib.get_close_matches(key, [*LANGUAGES, *by_name], n=1, cutoff=0.75)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise ValueError(f"Whisper does not know the language '{value}'{hint}")

@@ -14,7 +14,18 @@ SRC = REPO / "src"
 ARCHITECTURE = REPO / "docs" / "architecture.md"
 #: what an import inside a function may keep lazy: heavy libraries, and for the package's public names
 #: (``whisper_tune.__getattr__``) the config libraries too
-LAZY = ("torch", "transformers", "datasets", "numpy", "soundfile", "jiwer", "matplotlib", "peft", "pydantic")
+LAZY = (
+    "torch",
+    "transformers",
+    "datasets",
+    "numpy",
+    "soundfile",
+    "PyAV",
+    "jiwer",
+    "matplotlib",
+    "peft",
+    "pydantic",
+)
 IMPORT_LINE = re.compile(r"^(from |import |\)$|[A-Za-z_][\w ,]*,?$)")
 
 

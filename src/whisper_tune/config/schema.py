@@ -124,7 +124,7 @@ class EvalSetConfig(Section):
     )
 
 
-DatasetKind = Literal["auto", "hub", "audiofolder", "csv", "jsonl", "prepared"]
+DatasetKind = Literal["auto", "hub", "audiofolder", "csv", "jsonl", "prepared", "commonvoice", "saved"]
 
 
 class PackingConfig(Section):
@@ -158,7 +158,8 @@ class DataConfig(Section):
         None,
         description=(
             "Where the data is: a Hugging Face dataset name, a local audiofolder (audio files + "
-            "metadata.csv, one sub-folder per split), a CSV or JSONL manifest, or a directory written by "
+            "metadata.csv, one sub-folder per split), a CSV/TSV or JSONL manifest (Whisper-Finetune's JSONL "
+            "too), a Common Voice release folder, a datasets save_to_disk folder, or a directory written by "
             "'whisper-tune prepare'. In a YAML file a relative path is relative to that file's folder "
             "('./x', '../x' and 'x.csv' always; 'x/y' when it exists there, else it is a hub name); on the "
             "command line it is relative to the working directory. 'whisper-tune run --data PATH' sets it "
@@ -166,7 +167,10 @@ class DataConfig(Section):
         ),
     )
     kind: DatasetKind = Field(
-        "auto", description="How to read data.dataset; 'auto' decides from the path (see docs/data.md)."
+        "auto",
+        description="How to read data.dataset; 'auto' decides from the path (see docs/data.md). "
+        "'commonvoice': a Common Voice release folder (<split>.tsv + clips/); 'saved': a folder written "
+        "by datasets' save_to_disk; 'csv' also reads .tsv manifests.",
     )
     subset: str | None = Field(
         None, description="Hub dataset configuration name, e.g. 'mr' for Common Voice."

@@ -1,8 +1,10 @@
 """Decode, downmix and resample audio to Whisper's 16 kHz mono float32.
 
-Decoding goes through soundfile (libsndfile: WAV, FLAC, OGG/Vorbis/Opus, MP3 on recent builds) and
-resampling through soxr (the SoX resampler, "HQ" quality). Problems are ``BadAudio`` exceptions that
-the caller counts and skips, so one broken file never stops a run.
+Decoding goes through soundfile (libsndfile: WAV, FLAC, OGG/Vorbis/Opus, MP3 on recent builds), and
+through PyAV (FFmpeg, installed with faster-whisper) for what libsndfile cannot read: m4a/AAC phone
+recordings, webm/Opus browser captures, the audio of mp4 videos. Resampling goes through soxr (the SoX
+resampler, "HQ" quality). Problems are ``BadAudio`` exceptions that the caller counts and skips, so one
+broken file never stops a run.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import io
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -65,10 +68,43 @@ def decode(source: str | Path | bytes) -> DecodedAudio:
         handle = io.BytesIO(source) if isinstance(source, bytes) else source
         samples, rate = sf.read(handle, dtype="float32", always_2d=False)
     except (sf.LibsndfileError, RuntimeError, ValueError, TypeError) as exc:
-        raise BadAudio(
-            "unreadable_audio", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        ) from None
+        decoded = decode_with_pyav(source)
+        if decoded is None:
+            raise BadAudio(
+                "unreadable_audio", str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            ) from None
+        samples, rate = decoded
     return DecodedAudio(to_mono_16k(samples, int(rate)), int(rate))
+
+
+def decode_with_pyav(source: str | Path | bytes) -> tuple[npt.NDArray[np.float32], int] | None:
+    """Decode the first audio stream of any container FFmpeg reads (m4a, webm, mp4, ...) at its own rate,
+    frames x channels float32; None when PyAV is not installed or cannot read it."""
+    try:
+        # lazy: keeps PyAV (FFmpeg), like soundfile, out of this module's import; optional
+        import av
+    except ImportError:
+        return None
+    chunks: list[npt.NDArray[Any]] = []
+    try:
+        with av.open(io.BytesIO(source) if isinstance(source, bytes) else str(source)) as container:
+            if not container.streams.audio:
+                return None
+            stream = container.streams.audio[0]
+            # planar float at the stream's own rate and layout; soxr resamples like every other file
+            resampler = av.AudioResampler(format="fltp")
+            rate = 0
+            for frame in container.decode(stream):
+                for out in resampler.resample(frame):
+                    rate = rate or out.sample_rate
+                    chunks.append(out.to_ndarray())
+            for out in resampler.resample(None):
+                chunks.append(out.to_ndarray())
+    except (av.FFmpegError, OSError, ValueError, EOFError):
+        return None
+    if not chunks or not rate:
+        return None
+    return np.concatenate(chunks, axis=1).T.astype(np.float32, copy=False), int(rate)
 
 
 def from_array(array: npt.ArrayLike, rate: int) -> DecodedAudio:

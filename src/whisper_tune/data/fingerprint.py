@@ -2,7 +2,8 @@
 
 A set's fingerprint is a SHA-256 over: the prepared format version; the split it comes from (dataset,
 kind, split, subset, columns); for local data, every file of the split (audiofolder: the split folder;
-a manifest: the manifest file; a local datasets folder: all of it) by relative path, size and
+a manifest: the manifest file; a Common Voice folder: the split's .tsv files; a save_to_disk folder:
+the split's folder; a local datasets folder: all of it) by relative path, size and
 modification time; the filters (durations, label length) and the sample limit; the model, language,
 task and decoder prefix the labels were made with; and anything else that decides the samples (a seeded
 ``test_size`` split: its fraction and seed). Hub datasets by name are fingerprinted by name only.
@@ -29,7 +30,11 @@ def source_files(spec: SplitSpec) -> list[tuple[str, int, int]]:
         return [(path.name, stat.st_size, stat.st_mtime_ns)]
     if not path.is_dir():
         return []
-    root = path / spec.split if spec.kind == "audiofolder" and (path / spec.split).is_dir() else path
+    if spec.kind == "commonvoice":  # the split's .tsv files (a release's clips never change by name)
+        files = [path / f"{part.strip()}.tsv" for part in spec.split.split("+")]
+        return sorted((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files if f.is_file())
+    split_dir = spec.kind in ("audiofolder", "saved") and (path / spec.split).is_dir()
+    root = path / spec.split if split_dir else path
     found = []
     for file in root.rglob("*"):
         if file.is_file():

@@ -15,7 +15,9 @@ from whisper_tune.data.sources import (
     SPLIT_COLUMN,
     _read_table,
     available_splits,
+    column_for,
     resolve_kind,
+    saved_columns,
     split_parts,
 )
 from whisper_tune.errors import DataError
@@ -168,17 +170,24 @@ def check_set(check: SetCheck) -> list[str]:
     else:
         choose = check.remedy.removeprefix("or ") or f"set {check.split_field}"
     for part in parts:
-        if check.kind in ("audiofolder", "prepared"):
+        if check.kind in ("audiofolder", "prepared", "commonvoice", "saved"):
             if part not in splits:
+                what = {"commonvoice": "Common Voice folder", "saved": "save_to_disk folder"}
                 problems.append(
-                    f"{field}: {check.kind} {root} has no split '{part}' (its splits: {listed}); {choose}"
+                    f"{field}: {what.get(check.kind, check.kind)} {root} has no split '{part}' "
+                    f"(its splits: {listed}); {choose}"
                 )
             elif check.kind == "audiofolder":
                 metadata = root / part / AUDIOFOLDER_METADATA
                 if not metadata.is_file():
                     metadata = root / AUDIOFOLDER_METADATA
                 columns, _ = _read_table(metadata)
-                problems += _column_problems(check, columns, metadata, audiofolder=True)
+                problems += _column_problems(check, columns, metadata)
+            elif check.kind == "commonvoice":
+                columns, _ = _read_table(root / f"{part}.tsv")
+                problems += _column_problems(check, columns, root / f"{part}.tsv")
+            elif check.kind == "saved":
+                problems += _column_problems(check, saved_columns(root, part), root / part)
             continue
         columns, rows = _read_table(root)  # csv / jsonl
         if part != "all":
@@ -196,16 +205,14 @@ def check_set(check: SetCheck) -> list[str]:
     return problems
 
 
-def _column_problems(
-    check: SetCheck, columns: list[str], where: Path, *, audiofolder: bool = False
-) -> list[str]:
+def _column_problems(check: SetCheck, columns: list[str], where: Path) -> list[str]:
     problems = []
     for column in check.columns:
         if column.name is None or column.name in columns:
             continue
-        if audiofolder and column.field.endswith("audio_column") and column.name == "audio":
-            if "file_name" in columns:
-                continue  # an audiofolder names its files in file_name
+        role = column.field.rsplit(".", 1)[-1].removesuffix("_column")
+        if role in ("audio", "text") and column_for(check.kind, role, column.name, columns) in columns:
+            continue  # the kind's own name for it (an audiofolder's file_name, Common Voice's sentence)
         inherited = f" (inherited from {column.inherited})" if column.inherited else ""
         remedy = f", {check.column_remedy}" if check.column_remedy else ""
         problems.append(

@@ -5,7 +5,7 @@ Also the way back in: a directory written by ``whisper-tune prepare`` is used as
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -16,12 +16,14 @@ from whisper_tune.data.preparation import Filters, Workers, prepare_samples
 from whisper_tune.data.sources import (
     SplitSpec,
     iter_split,
+    own_language_column,
     resolve_kind,
     seeded_split,
     train_and_eval_specs,
 )
 from whisper_tune.data.store import PreparedDataset
 from whisper_tune.errors import DataError
+from whisper_tune.models.loading import is_multilingual
 
 EVAL = "eval"
 
@@ -102,6 +104,8 @@ def _prepare_all(
         _check_mel_bins([p for p in [train_dir, *evals.values()] if p], int(feature_extractor.feature_size))
     else:
         train_spec, eval_spec = train_and_eval_specs(data)
+        train_spec = _own_language(train_spec, common, reporter)
+        eval_spec = _own_language(eval_spec, common) if eval_spec is not None else None
         if data.test_size is not None:
             everything = list(iter_split(train_spec))
             train_samples, eval_samples = seeded_split(everything, data.test_size, data.split_seed)
@@ -170,6 +174,7 @@ def _prepare_extra(extra: EvalSetConfig, data: DataConfig, out_dir: Path, common
         text_column=extra.text_column or data.text_column,
         language_column=extra.language_column or data.language_column,
     )
+    spec = _own_language(spec, common, common["reporter"], extra.name)
     return prepare_samples(
         iter_split(spec),
         out_dir / extra.name,
@@ -178,6 +183,22 @@ def _prepare_extra(extra: EvalSetConfig, data: DataConfig, out_dir: Path, common
         fingerprint=_fingerprint(spec, extra.max_samples, common),
         **common,
     )
+
+
+def _own_language(
+    spec: SplitSpec, common: dict[str, Any], reporter: Reporter | None = None, name: str = "data"
+) -> SplitSpec:
+    """With a multilingual model and no language column configured, a data set whose own layout gives each
+    row's language (Common Voice's ``locale``, Whisper-Finetune's ``language``) is read with it: each
+    row's labels carry its language token (``data.language_column``, docs/data.md)."""
+    if spec.language_column is not None or not is_multilingual(len(common["tokenizer"])):
+        return spec
+    column = own_language_column(spec.dataset, spec.kind)
+    if column is None:
+        return spec
+    if reporter is not None:
+        reporter.info(f"{name}: each row's language from its '{column}' column (a multilingual model)")
+    return replace(spec, language_column=column)
 
 
 def _fingerprint(spec: SplitSpec, limit: int | None, common: dict[str, Any], **extra: Any) -> str:

@@ -1,4 +1,5 @@
-"""Where samples come from: Hugging Face datasets, local audiofolders, CSV/JSONL manifests.
+"""Where samples come from: Hugging Face datasets, local audiofolders, CSV/TSV/JSONL manifests
+(Whisper-Finetune's JSONL among them), Common Voice release folders and ``datasets``' save_to_disk folders.
 
 Every source yields ``RawSample``s (an id, something decodable, a transcript); decoding happens later in
 ``prepare`` so that one bad file is counted and skipped, never fatal. The layouts are in docs/data.md.
@@ -21,6 +22,16 @@ from whisper_tune.hub import NO_LOCAL_DIRECTORY, hub_offline, is_network_error, 
 
 PREPARED_MANIFEST = "manifest.json"
 AUDIOFOLDER_METADATA = "metadata.csv"
+#: save_to_disk writes this file at the top of a DatasetDict folder, and these two into a Dataset folder
+SAVED_DICT = "dataset_dict.json"
+SAVED_DATASET = ("state.json", "dataset_info.json")
+#: a Common Voice release folder: <split>.tsv files (columns path, sentence, locale ...) and clips/
+COMMONVOICE_CLIPS = "clips"
+COMMONVOICE_COLUMNS = ("path", "sentence")
+#: the column each kind holds its row's language in, used when the model is multilingual and
+#: data.language_column is unset (``own_language_column``)
+COMMONVOICE_LANGUAGE = "locale"
+WHISPER_FINETUNE_LANGUAGE = "language"
 NO_NETWORK_HINT = (
     "the Hugging Face hub cannot be reached or the dataset needs a loading script that current `datasets` "
     "no longer runs; point data.dataset at a local copy (audiofolder, CSV/JSONL manifest or parquet), "
@@ -59,8 +70,62 @@ class SplitSpec:
     segments_column: str | None = None
 
 
+MANIFEST_SUFFIXES = {".csv": "csv", ".tsv": "csv", ".jsonl": "jsonl", ".json": "jsonl"}
+#: columns a kind's own layout uses when the configured one is the default and absent:
+#: (kind, role) -> names tried in order (audiofolder: file_name; Common Voice: path and sentence;
+#: Whisper-Finetune's JSONL: sentence)
+COLUMN_ALIASES: dict[tuple[str, str], tuple[str, ...]] = {
+    ("audiofolder", "audio"): ("file_name",),
+    ("commonvoice", "audio"): ("path",),
+    ("commonvoice", "text"): ("sentence",),
+    ("csv", "audio"): ("path",),
+    ("csv", "text"): ("sentence",),
+    ("jsonl", "text"): ("sentence",),
+    ("saved", "text"): ("sentence",),
+}
+DEFAULT_COLUMNS = {"audio": "audio", "text": "text"}
+
+
 def looks_like_path(name: str) -> bool:
-    return name.startswith((".", "/", "~")) or Path(name).suffix.lower() in {".csv", ".jsonl", ".json"}
+    return name.startswith((".", "/", "~")) or Path(name).suffix.lower() in MANIFEST_SUFFIXES
+
+
+def column_for(kind: str, role: str, configured: str, available: list[str]) -> str:
+    """The column that holds ``role`` ("audio" / "text"): the configured one, or where the configured one
+    is the default and absent, the name the kind's own layout uses (Common Voice's ``path`` and
+    ``sentence``, an audiofolder's ``file_name``) when the data has it."""
+    if configured in available or configured != DEFAULT_COLUMNS.get(role):
+        return configured
+    return next((c for c in COLUMN_ALIASES.get((kind, role), ()) if c in available), configured)
+
+
+def with_own_columns(spec: SplitSpec, available: list[str]) -> SplitSpec:
+    """``spec`` with its audio and text columns as ``column_for`` finds them in ``available``."""
+    return replace(
+        spec,
+        audio_column=column_for(spec.kind, "audio", spec.audio_column, available),
+        text_column=column_for(spec.kind, "text", spec.text_column, available),
+    )
+
+
+def is_saved_dataset(path: Path) -> bool:
+    """A folder written by ``datasets``' ``save_to_disk`` (a DatasetDict or one Dataset)."""
+    return (path / SAVED_DICT).is_file() or all((path / name).is_file() for name in SAVED_DATASET)
+
+
+def commonvoice_splits(path: Path) -> list[str]:
+    """The split files of a Common Voice release folder: each ``<split>.tsv`` whose header has ``path``
+    and ``sentence`` (train, dev, test, validated, other, invalidated ...); [] when there are none."""
+    found = []
+    for tsv in sorted(path.glob("*.tsv")):
+        try:
+            with tsv.open(encoding="utf-8") as fh:
+                header = fh.readline().rstrip("\r\n").split("\t")
+        except (OSError, UnicodeDecodeError):
+            continue
+        if all(c in header for c in COMMONVOICE_COLUMNS):
+            found.append(tsv.stem)
+    return found
 
 
 def detect_kind(dataset: str) -> DatasetKind:
@@ -71,13 +136,15 @@ def detect_kind(dataset: str) -> DatasetKind:
             return "prepared"
         if (path / AUDIOFOLDER_METADATA).is_file() or any(path.glob(f"*/{AUDIOFOLDER_METADATA}")):
             return "audiofolder"
+        if is_saved_dataset(path):
+            return "saved"
+        if commonvoice_splits(path):
+            return "commonvoice"
         return "hub"  # a local directory `datasets` can read (parquet, arrow, csv shards...)
     if path.is_file():
-        if path.suffix.lower() == ".csv":
-            return "csv"
-        if path.suffix.lower() in {".jsonl", ".json"}:
-            return "jsonl"
-        raise DataError(f"{dataset} is a file, but not a .csv or .jsonl manifest")
+        if path.suffix.lower() in MANIFEST_SUFFIXES:
+            return MANIFEST_SUFFIXES[path.suffix.lower()]  # type: ignore[return-value]
+        raise DataError(f"{dataset} is a file, but not a .csv, .tsv or .jsonl manifest")
     if looks_like_path(dataset):
         raise DataError(f"dataset path {dataset} does not exist")
     return "hub"
@@ -112,6 +179,11 @@ def _require_columns(available: list[str], spec: SplitSpec, where: str) -> None:
 
 def _read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
     try:
+        if path.suffix.lower() == ".tsv":  # Common Voice's: tab-separated, quotes are text (QUOTE_NONE)
+            with path.open(newline="", encoding="utf-8") as fh:
+                reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
+                rows = list(reader)
+                return list(reader.fieldnames or []), rows
         if path.suffix.lower() == ".csv":
             with path.open(newline="", encoding="utf-8") as fh:
                 reader = csv.DictReader(fh)
@@ -131,8 +203,24 @@ def _read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
         raise DataError(f"cannot read {path}: {exc}") from None
 
 
+def _audio_path(value: Any, folder: Path) -> Path | None:
+    """A manifest's audio cell as a file: a path relative to the manifest's folder (or to its ``clips/``,
+    as a Common Voice .tsv names them), absolute, or relative to the working directory (Whisper-Finetune's
+    manifests are written so); Whisper-Finetune's ``{"path": ...}`` cells too."""
+    if isinstance(value, dict):
+        value = value.get("path")
+    if value in (None, ""):
+        return None
+    name = Path(str(value)).expanduser()
+    for candidate in (folder / name, folder / COMMONVOICE_CLIPS / name, name):
+        if candidate.is_file():
+            return candidate
+    return folder / name  # missing: dropped and counted as missing_file
+
+
 def _iter_table(path: Path, spec: SplitSpec, split_filter: str | None) -> Iterator[RawSample]:
     columns, rows = _read_table(path)
+    spec = with_own_columns(spec, columns)
     _require_columns(columns, spec, str(path))
     if split_filter is not None:
         if "split" not in columns:
@@ -142,11 +230,9 @@ def _iter_table(path: Path, spec: SplitSpec, split_filter: str | None) -> Iterat
             )
         rows = [r for r in rows if str(r.get("split")) == split_filter]
     for n, row in enumerate(rows):
-        audio = row.get(spec.audio_column)
-        audio_path = (path.parent / str(audio)) if audio not in (None, "") else None
         yield RawSample(
             key=f"{path.name}:{n + 1}",
-            audio=audio_path,
+            audio=_audio_path(row.get(spec.audio_column), path.parent),
             text=row.get(spec.text_column),
             language=_language(row, spec),
             segments=_segments(row, spec),
@@ -180,10 +266,10 @@ def _iter_audiofolder(spec: SplitSpec, part: str) -> Iterator[RawSample]:
     folder = _audiofolder_split_dir(Path(spec.dataset).expanduser(), part)
     metadata = folder / AUDIOFOLDER_METADATA
     columns, rows = _read_table(metadata)
-    audio_col = "file_name" if spec.audio_column == "audio" and "audio" not in columns else spec.audio_column
-    _require_columns(columns, replace(spec, audio_column=audio_col), str(metadata))
+    spec = with_own_columns(spec, columns)
+    _require_columns(columns, spec, str(metadata))
     for row in rows:
-        name = row.get(audio_col) or ""
+        name = row.get(spec.audio_column) or ""
         yield RawSample(
             key=f"{folder.name}/{name}",
             audio=(folder / name) if name else None,
@@ -191,6 +277,79 @@ def _iter_audiofolder(spec: SplitSpec, part: str) -> Iterator[RawSample]:
             language=_language(row, spec),
             segments=_segments(row, spec),
         )
+
+
+def _iter_commonvoice(spec: SplitSpec, part: str) -> Iterator[RawSample]:
+    root = Path(spec.dataset).expanduser()
+    tsv = root / f"{part}.tsv"
+    if part not in commonvoice_splits(root):
+        raise DataError(
+            f"Common Voice folder {root} has no split '{part}' (no {part}.tsv)",
+            hint=f"available splits: {', '.join(commonvoice_splits(root)) or 'none'}",
+        )
+    columns, rows = _read_table(tsv)
+    spec = with_own_columns(spec, columns)
+    _require_columns(columns, spec, str(tsv))
+    for row in rows:
+        name = row.get(spec.audio_column) or ""
+        yield RawSample(
+            key=f"{part}/{name}",
+            audio=(root / COMMONVOICE_CLIPS / name) if name else None,
+            text=row.get(spec.text_column),
+            language=_language(row, spec),
+            segments=_segments(row, spec),
+        )
+
+
+def saved_splits(path: Path) -> list[str]:
+    """The splits of a save_to_disk folder (from dataset_dict.json; one Dataset is ``train``)."""
+    if (path / SAVED_DICT).is_file():
+        try:
+            return [str(s) for s in json.loads((path / SAVED_DICT).read_text(encoding="utf-8"))["splits"]]
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise DataError(f"cannot read {path / SAVED_DICT}: {exc}") from None
+    return ["train"]
+
+
+def saved_columns(path: Path, split: str) -> list[str]:
+    """A save_to_disk split's columns, from its dataset_info.json (no data read)."""
+    folder = path / split if (path / SAVED_DICT).is_file() else path
+    try:
+        info = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8"))
+        return list(info.get("features") or {})
+    except (OSError, ValueError, AttributeError) as exc:
+        raise DataError(f"cannot read {folder / 'dataset_info.json'}: {exc}") from None
+
+
+def _load_saved_split(spec: SplitSpec, part: str) -> Any:
+    import datasets  # lazy: keeps datasets out of this module's import
+
+    root = Path(spec.dataset).expanduser()
+    splits = saved_splits(root)
+    if part not in splits:
+        raise DataError(
+            f"save_to_disk folder {root} has no split '{part}'", hint=f"available splits: {', '.join(splits)}"
+        )
+    try:
+        loaded = datasets.load_from_disk(str(root))
+    except Exception as exc:  # datasets raises its own classes (and FileNotFoundError, ValueError, ...)
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"cannot load {root} with datasets.load_from_disk: {first}") from None
+    ds = loaded[part] if isinstance(loaded, datasets.DatasetDict) else loaded
+    return _undecoded(ds, with_own_columns(spec, list(ds.features)), f"{root} ({part})")
+
+
+def _undecoded(ds: Any, spec: SplitSpec, where: str) -> Any:
+    """Check the columns; an Audio column is read undecoded (decoded by whisper-tune itself)."""
+    import datasets  # lazy: keeps datasets out of this module's import
+
+    columns = list(ds.features or {}) if ds.features is not None else []
+    if columns:
+        _require_columns(columns, spec, where)
+        if isinstance(ds.features[spec.audio_column], datasets.Audio):
+            # Decode ourselves with soundfile: no dependency on the decoder `datasets` bundles this year.
+            ds = ds.cast_column(spec.audio_column, datasets.Audio(decode=False))
+    return ds
 
 
 def _raise_hub_error(spec: SplitSpec, part: str, exc: Exception) -> NoReturn:
@@ -223,17 +382,14 @@ def _load_hub_split(spec: SplitSpec, part: str) -> Any:
                 "local copy (audiofolder, CSV/JSONL manifest or parquet), see docs/data.md",
             ) from None
         _raise_hub_error(spec, part, exc)
-    columns = list(ds.features or {}) if ds.features is not None else []
-    if columns:
-        _require_columns(columns, spec, f"dataset {spec.dataset} ({part})")
-        if isinstance(ds.features[spec.audio_column], datasets.Audio):
-            # Decode ourselves with soundfile: no dependency on the decoder `datasets` bundles this year.
-            ds = ds.cast_column(spec.audio_column, datasets.Audio(decode=False))
-    return ds
+    return _undecoded(ds, spec, f"dataset {spec.dataset} ({part})")
 
 
 def _iter_hub(spec: SplitSpec, part: str, ds: Any | None = None) -> Iterator[RawSample]:
-    ds = _load_hub_split(spec, part) if ds is None else ds
+    if ds is None:
+        ds = _load_saved_split(spec, part) if spec.kind == "saved" else _load_hub_split(spec, part)
+    if spec.kind == "saved":
+        spec = with_own_columns(spec, list(ds.features or {}))
     for n, row in enumerate(ds):
         if n == 0:
             _require_columns(list(row), spec, f"dataset {spec.dataset} ({part})")
@@ -253,7 +409,9 @@ def iter_split(spec: SplitSpec) -> Iterator[RawSample]:
             yield from _iter_audiofolder(spec, part)
         elif spec.kind in ("csv", "jsonl"):
             yield from _iter_table(Path(spec.dataset).expanduser(), spec, None if part == "all" else part)
-        elif spec.kind == "hub":
+        elif spec.kind == "commonvoice":
+            yield from _iter_commonvoice(spec, part)
+        elif spec.kind in ("hub", "saved"):
             yield from _iter_hub(spec, part)
         else:
             raise DataError(f"data kind '{spec.kind}' cannot be read as raw samples")
@@ -311,11 +469,45 @@ def available_splits(dataset: str, kind: DatasetKind) -> list[str] | None:
         if (root / marker).is_file() and "train" not in splits:
             splits.insert(0, "train")
         return splits
+    if kind == "commonvoice":
+        return commonvoice_splits(root)
+    if kind == "saved":
+        return saved_splits(root)
     if kind in ("csv", "jsonl"):
         columns, rows = _read_table(root)
         if SPLIT_COLUMN not in columns:
             return []
         return sorted({str(row.get(SPLIT_COLUMN)) for row in rows if row.get(SPLIT_COLUMN) not in (None, "")})
+    return None
+
+
+def is_whisper_finetune(rows: list[dict[str, Any]], audio_column: str = "audio") -> bool:
+    """Rows in yeyupiaoling/Whisper-Finetune's JSONL layout: ``{"audio": {"path": ...}, "sentence": ...}``."""
+    return bool(rows) and isinstance(rows[0].get(audio_column), dict) and "path" in rows[0][audio_column]
+
+
+def own_language_column(dataset: str, kind: DatasetKind) -> str | None:
+    """The column a data set's own layout gives each row's language in, if it has one: Common Voice's
+    ``locale`` (its folder, or one of its .tsv files), Whisper-Finetune's ``language``. Used (as
+    ``data.language_column``) when the model is multilingual and the config names no language column."""
+    if kind in ("auto", "hub"):
+        return None
+    root = Path(dataset).expanduser()
+    try:
+        if kind == "commonvoice":
+            splits = commonvoice_splits(root)
+            columns = _read_table(root / f"{splits[0]}.tsv")[0] if splits else []
+            return COMMONVOICE_LANGUAGE if COMMONVOICE_LANGUAGE in columns else None
+        if kind == "csv" and root.suffix.lower() == ".tsv":  # one of a Common Voice release's .tsv files
+            columns = _read_table(root)[0]
+            if all(c in columns for c in (*COMMONVOICE_COLUMNS, COMMONVOICE_LANGUAGE)):
+                return COMMONVOICE_LANGUAGE
+        if kind == "jsonl":
+            columns, rows = _read_table(root)
+            if is_whisper_finetune(rows) and WHISPER_FINETUNE_LANGUAGE in columns:
+                return WHISPER_FINETUNE_LANGUAGE
+    except DataError:
+        return None  # reading the data reports it
     return None
 
 
@@ -336,12 +528,22 @@ def data_shortcut(dataset: str, current: dict[str, Any]) -> tuple[dict[str, Any]
             f"eval '{evaluation}'){dropped}"
         )
     updates.update(subset=None, streaming=False)
+    timestamps = ""
+    if kind == "jsonl":
+        _, rows = _read_table(Path(dataset).expanduser())
+        segments = current.get("segments_column") or DataConfig.model_fields["segments_column"].default
+        if is_whisper_finetune(rows) and all(isinstance(r.get(segments), list) and r[segments] for r in rows):
+            # Whisper-Finetune's layout with every row's timestamped segments: train with them
+            updates["timestamps"] = True
+            timestamps = f"; timestamps from its '{segments}' column (data.timestamps=true)"
     test_size = current.get("test_size") or DEFAULT_TEST_SIZE
     seed = current.get("split_seed", DataConfig.model_fields["split_seed"].default)
     holdout = f"holding out {test_size:.0%} of it for evaluation (data.test_size={test_size:g}, seed {seed})"
     if not splits:
         updates.update(eval_split=None, test_size=test_size)
-        return updates, f"data: {dataset} ({kind}, no split column): train on all rows, {holdout}{dropped}"
+        return updates, (
+            f"data: {dataset} ({kind}, no split column): train on all rows, {holdout}{timestamps}{dropped}"
+        )
     train = "train" if "train" in splits else (splits[0] if len(splits) == 1 else None)
     if train is not None:
         updates["train_split"] = train
@@ -354,4 +556,4 @@ def data_shortcut(dataset: str, current: dict[str, Any]) -> tuple[dict[str, Any]
     else:
         updates.update(eval_split=None, test_size=test_size)
         chosen = f"train split '{train}', {holdout}"
-    return updates, f"data: {dataset} ({kind}, splits: {', '.join(splits)}): {chosen}{dropped}"
+    return updates, f"data: {dataset} ({kind}, splits: {', '.join(splits)}): {chosen}{timestamps}{dropped}"
