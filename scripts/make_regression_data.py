@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""Regenerate the bundled regression slice in ``src/whisper_tune/recipe/assets/regression/``.
+"""Regenerate the bundled regression slice in ``src/whisper_tune/evaluation/assets/regression/``.
 
 The slice is the default guard-rail set (``eval.regression_set: bundled``): a fine-tune is evaluated on it
 before and after, and the run warns when its WER rises. It is deliberately unlike a user's data:
@@ -27,7 +27,7 @@ import zlib
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
-OUT = REPO / "src" / "whisper_tune" / "recipe" / "assets" / "regression"
+OUT = REPO / "src" / "whisper_tune" / "evaluation" / "assets" / "regression"
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import make_quickstart_data as qs  # noqa: E402  (shared trimming, synthesis and Ogg encoding)

@@ -50,7 +50,7 @@ def test_quickstart_runs_from_an_installed_wheel(tmp_path: Path) -> None:
         "whisper_tune/data/quickstart/train/metadata.csv",
         "whisper_tune/data/quickstart/other-voice/metadata.csv",
         "whisper_tune/data/quickstart/LICENSE",
-        "whisper_tune/recipe/assets/regression/english.csv",
+        "whisper_tune/evaluation/assets/regression/english.csv",
     ):
         assert packaged in names, packaged
 

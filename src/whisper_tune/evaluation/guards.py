@@ -34,7 +34,7 @@ SIGNAL_MARGIN = 2.0
 
 
 def bundled_regression_dir() -> Path:
-    return Path(str(resources.files("whisper_tune.recipe") / "assets" / "regression"))
+    return Path(str(resources.files("whisper_tune.evaluation") / "assets" / "regression"))
 
 
 def regression_set_name(config: RunConfig) -> str | None:
