@@ -178,6 +178,8 @@ class TrainResult(BaseModel):
     stream: dict[str, Any] = Field(default_factory=dict)
     #: data.packing / timestamps / no-speech windows: data.windows.TrainWindows.report(); empty if off
     windows: dict[str, Any] = Field(default_factory=dict)
+    #: eval.keep: the candidates, the choice and the halves (training.scale_back); empty if off
+    keep: dict[str, Any] = Field(default_factory=dict)
 
     @property
     def samples_per_second(self) -> float:

@@ -454,6 +454,20 @@ class EvalConfig(Section):
         ge=0,
         description="Warn when that share falls by more than this many points during training.",
     )
+    keep: Literal["auto", "off"] | Annotated[float, Field(gt=0, le=1)] = Field(
+        "auto",
+        description="After training, keep only as much of the change as the held-out sets allow: 'auto' "
+        "decodes candidates (the change scaled by α; LoRA: the adapter scaled) on one seeded half of "
+        "every eval set, keeps the one with the lowest eval WER whose guard sets are no worse than the "
+        "pretrained model's beyond their margins (paired word errors), bakes it into final/, and reports "
+        "every number on the other half (docs/guard-rails.md); a number in (0, 1] keeps that fraction "
+        "without choosing; 'off' keeps the whole change and reports on whole sets.",
+    )
+    keep_grid: tuple[Annotated[float, Field(gt=0, le=1)], ...] | None = Field(
+        None,
+        description="eval.keep=auto: the α candidates (whole model). null = 0.2, 0.4, 0.6, 0.8, 1 when the "
+        "encoder is frozen; 0.25, 0.5, 0.75, 1 plus encoder 0 and 0.5 with the decoder at 1 when it trains.",
+    )
     steps: int | None = Field(
         None,
         gt=0,
@@ -476,6 +490,16 @@ class EvalConfig(Section):
         gt=0,
         description="With eval.steps: stop when this many evaluations in a row did not improve the WER.",
     )
+
+    @field_validator("keep", mode="before")
+    @classmethod
+    def _yaml_booleans(cls, value: Any) -> Any:
+        """YAML reads a bare ``off`` (``eval.keep=off``) as false and ``on`` as true."""
+        if value is False:
+            return "off"
+        if value is True:
+            return "auto"
+        return value
 
 
 class OutputConfig(Section):

@@ -54,7 +54,6 @@ def generate_predictions(
     With an ``accelerator`` of several processes, each generates for its share of the batches and the
     rows are gathered back into dataset order, every sample exactly once (a collective call); device and
     autocast are then the accelerator's."""
-    import torch
 
     kwargs = {
         "max_new_tokens": eval_cfg.max_new_tokens,
@@ -77,9 +76,15 @@ def generate_predictions(
         # generate(language=[...]) with one language per row returns wrong rows; checked.)
         for language, index in group_by_language(languages, kwargs.get("language")):
             batch_kwargs = {**kwargs, "language": language} if language else kwargs
-            sequences = generate(input_features=features[index], **batch_kwargs)
-            sequences = sequences if isinstance(sequences, torch.Tensor) else sequences.sequences
-            for i, row in zip(index, sequences.tolist(), strict=True):
+            sequences = sequences_of(generate(input_features=features[index], **batch_kwargs))
+            if len(sequences) != len(index):
+                # transformers 5.24 (generation_whisper's _stack_split_outputs) returns fewer rows than
+                # inputs when some rows loop to max_new_tokens (seen with a wrecked fine-tune): one clip
+                # at a time gives each its row
+                sequences = [
+                    sequences_of(generate(input_features=features[[i]], **batch_kwargs))[0] for i in index
+                ]
+            for i, row in zip(index, sequences, strict=True):
                 rows[i] = strip_padding(row, pad, eos)
         return rows
 
@@ -95,6 +100,13 @@ def generate_predictions(
         autocast=autocast,
         bar=(reporter or Reporter.silent(), f"evaluate {name}"),
     )
+
+
+def sequences_of(output: Any) -> list[list[int]]:
+    """The token ids of a ``generate`` call's output (a tensor, or a ModelOutput with ``sequences``)."""
+    sequences = output if hasattr(output, "tolist") else output.sequences
+    rows: list[list[int]] = sequences.tolist()
+    return rows
 
 
 def _unwrapped(model: Any, accelerator: Any) -> Any:

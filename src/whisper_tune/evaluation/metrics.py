@@ -20,7 +20,8 @@ Normalizer = Callable[[str], str]
 
 @cache
 def english_spelling_map() -> dict[str, str]:
-    text = (resources.files("whisper_tune.evaluation") / "assets" / "english.json").read_text(encoding="utf-8")
+    path = resources.files("whisper_tune.evaluation") / "assets" / "english.json"
+    text = path.read_text(encoding="utf-8")
     mapping: dict[str, str] = json.loads(text)
     return mapping
 

@@ -35,9 +35,11 @@ def wer_lines(evaluation: dict[str, dict[str, dict[str, Any]]], *, trained: bool
         b = before.get(name, {}).get("normalized_wer")
         a = after.get(name, {}).get("normalized_wer")
         if b is not None and a is not None:
+            half = after[name].get("half") == "report"
+            where = f"; report half, {after[name].get('samples')} clips" if half else ""
             lines.append(
                 f"{name}: WER {fmt_pct(b)} -> {fmt_pct(a)} (normalised; raw "
-                f"{fmt_pct(before[name]['wer'])} -> {fmt_pct(after[name]['wer'])})"
+                f"{fmt_pct(before[name]['wer'])} -> {fmt_pct(after[name]['wer'])}{where})"
             )
         else:
             phase = "after" if a is not None else "before"
@@ -114,22 +116,29 @@ def plot_figure(
     return fig
 
 
-def write_predictions(run_dir: Path, evaluation: dict[str, Any], eval_sets: dict[str, Any]) -> None:
+def write_predictions(
+    run_dir: Path, evaluation: dict[str, Any], eval_sets: dict[str, Any], halves: dict[str, Any] | None = None
+) -> None:
     """One JSON line per clip: its id (as the source names it: ``eval/0001.ogg``, ``x.csv:12``), the
-    audio file when it came from one, the reference and the prediction."""
+    audio file when it came from one, the reference and the prediction; after a selection
+    (``eval.keep: auto``) also the half it is in: "choose" (used to choose) or "report"."""
+    halves = halves or {}
     out = run_dir / "predictions"
     out.mkdir(exist_ok=True)
     for phase, by_set in evaluation.items():
         for name, scored in by_set.items():
             samples = eval_sets[name].samples
+            chosen_on = set(halves.get(name, {}).get("choose", ()))
             with (out / f"{name}-{phase}.jsonl").open("w", encoding="utf-8") as fh:
-                for sample, hyp in zip(samples, scored["texts"], strict=True):
+                for i, (sample, hyp) in enumerate(zip(samples, scored["texts"], strict=True)):
                     row = {
                         "id": sample.get("key"),
                         "audio": sample.get("audio"),
                         "reference": sample["text"],
                         "prediction": hyp,
                     }
+                    if name in halves:
+                        row["half"] = "choose" if i in chosen_on else "report"
                     fh.write(json.dumps(row, ensure_ascii=False) + "\n")
 
 
@@ -158,6 +167,8 @@ def metrics_document(
             "interrupted": result.interrupted,
         },
         "selection": result.selection or None,
+        # eval.keep: every candidate's WER on the choose half, the choice, the halves (None: off)
+        "keep": result.keep or None,
         "eval_seconds": result.eval_seconds,
         "peak_memory_bytes": result.peak_memory_bytes,
         "data": data,

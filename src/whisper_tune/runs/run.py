@@ -7,6 +7,7 @@ the same for every backend.
 
 from __future__ import annotations
 
+import functools
 import shutil
 import time
 from dataclasses import asdict, dataclass, field
@@ -49,6 +50,7 @@ from whisper_tune.runs.report import (
     write_predictions,
 )
 from whisper_tune.runs.trackers import evaluation_scalars, open_trackers
+from whisper_tune.training.scale_back import keep_lines
 
 
 @dataclass
@@ -167,40 +169,56 @@ class Run:
 
     def evaluate(self, result: TrainResult) -> dict[str, dict[str, Any]]:
         """The backend's token ids decoded and scored per phase and set (WER/CER raw and normalised), with
-        the share of the expected language where the backend detected it."""
+        the share of the expected language where the backend detected it. After a selection
+        (``eval.keep: auto``) the scores are on each set's report half, the clips selection never saw."""
         # lazy: keeps numpy out of this module's import
         from whisper_tune.data.store import PreparedDataset
-        from whisper_tune.evaluation.evaluate import row_languages_of, score_predictions
 
-        config, tokenizer = self.config, self.processor.tokenizer
         self.eval_sets = {name: PreparedDataset(path) for name, path in self.sets.evals.items()}
+        report = {name: h["report"] for name, h in result.keep.get("halves", {}).items()}
         evaluation = {
-            phase: {
-                name: score_predictions(
-                    tokenizer,
-                    ids,
-                    self.eval_sets[name].texts,
-                    model_cfg=config.model,
-                    eval_cfg=config.eval,
-                    normalizer=normalizer_override(config, name, self.multilingual),
-                )
-                for name, ids in by_set.items()
-            }
+            phase: {name: self._score(name, ids, report.get(name)) for name, ids in by_set.items()}
             for phase, by_set in result.predictions.items()
         }
         for phase, by_set in result.detected_languages.items():
             for name, detected in by_set.items():
-                expected = row_languages_of(self.eval_sets[name], config.model.language)
-                expected = expected or [config.model.language] * len(detected)
                 if name in evaluation.get(phase, {}):
-                    evaluation[phase][name]["metrics"]["language_share"] = language_share(detected, expected)
+                    share = self._language_share(name, detected, report.get(name))
+                    evaluation[phase][name]["metrics"]["language_share"] = share
         return evaluation
+
+    def _score(self, name: str, ids: list[list[int]], half: list[int] | None) -> dict[str, Any]:
+        """Every clip's text; the metrics of ``half`` (indices) when given, else of the whole set."""
+        # lazy: keeps numpy out of this module's import
+        from whisper_tune.evaluation.evaluate import score_predictions
+
+        config, references = self.config, self.eval_sets[name].texts
+        normalizer = normalizer_override(config, name, self.multilingual)
+        score = functools.partial(
+            score_predictions, self.processor.tokenizer, model_cfg=config.model, eval_cfg=config.eval,
+            normalizer=normalizer,
+        )  # fmt: skip
+        scored = score(ids, references)
+        if half is not None:
+            scored["metrics"] = score([ids[i] for i in half], [references[i] for i in half])["metrics"]
+        scored["metrics"]["half"] = "report" if half is not None else "all"
+        return scored
+
+    def _language_share(self, name: str, detected: list[str], half: list[int] | None) -> float | None:
+        # lazy: keeps numpy out of this module's import
+        from whisper_tune.evaluation.evaluate import row_languages_of
+
+        expected = row_languages_of(self.eval_sets[name], self.config.model.language)
+        expected = expected or [self.config.model.language] * len(detected)
+        if half is not None:
+            detected, expected = [detected[i] for i in half], [expected[i] for i in half]
+        return language_share(detected, expected)
 
     def report(self, result: TrainResult, evaluation: dict[str, Any], echo_summary: bool) -> RunSummary:
         """predictions/, metrics.json, plot.png, the trackers' scalars, the WER lines and the guard rails'
         warnings (an error with ``eval.fail_on_regression``, once everything is written)."""
         config, run_dir, reporter = self.config, self._dir(), self.reporter
-        write_predictions(run_dir, evaluation, self.eval_sets)
+        write_predictions(run_dir, evaluation, self.eval_sets, result.keep.get("halves", {}))
         data = {**({"train": result.stream} if result.stream else {}), **self.sets.report()}
         metrics = metrics_document(config, result, evaluation, data, time.perf_counter() - self.started)
         write_json_atomic(run_dir / METRICS_FILE, metrics)
@@ -211,7 +229,7 @@ class Run:
             write_plot(run_dir / "plot.png", result.log_history, metrics["evaluation"], title)
         for tracker in reporter.trackers:
             tracker.log(evaluation_scalars(metrics["evaluation"]), step=result.steps)
-        lines = wer_lines(metrics["evaluation"], trained=self.training)
+        lines = keep_lines(result.keep) + wer_lines(metrics["evaluation"], trained=self.training)
         for line in lines:
             (reporter.info if echo_summary else reporter.log_only)(line)
         for warning in metrics["guard"]["warnings"]:

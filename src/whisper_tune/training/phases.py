@@ -24,7 +24,9 @@ from typing import Any
 from whisper_tune.backend.protocol import RecipeNeeds, TrainJob, TrainResult
 from whisper_tune.backend.setup import InProcessTrainer, TrainingSetup
 from whisper_tune.console import Reporter
+from whisper_tune.evaluation.selection import PRIMARY
 from whisper_tune.models.loading import load_processor, save_processor
+from whisper_tune.training.scale_back import scale_back, trained_weights
 from whisper_tune.training.weights import weights_format_of
 
 
@@ -72,9 +74,15 @@ def run_phases(job: TrainJob, setup: TrainingSetup, reporter: Reporter, needs: R
     if job.evaluate_before and eval_sets:
         evaluate("before")
     result, fitted = TrainResult(), job.train and (job.train_data is not None or job.train_stream is not None)
+    keeps = fitted and cfg.eval.keep != "off" and PRIMARY in eval_sets
+    base = trained_weights(acc.unwrap_model(model)) if keeps and not hasattr(model, "peft_config") else None
     if fitted:
         model, result = fit(job, setup, collator, reporter, drop_last=needs.drop_last)
     finished = fitted and not result.interrupted
+    if keeps and finished:
+        before = phases["before"].predictions if "before" in phases else {}
+        kept = scale_back(job, setup, model, collator, eval_sets, before, base, reporter)
+        result = result.model_copy(update={"keep": kept})
     final_dir = save_final(job, setup, model) if finished and cfg.output.save_final_model else None
     if job.evaluate_after and eval_sets and finished:
         evaluate("after")

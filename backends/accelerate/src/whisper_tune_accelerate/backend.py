@@ -90,7 +90,10 @@ class AccelerateBackend:
         return {
             "training.method": BackendDefault(
                 "full", f"{opts.strategy} shards the weights of full fine-tuning; LoRA under it is unverified"
-            )
+            ),
+            "eval.keep": BackendDefault(
+                "off", f"scaling the change back is not built for weights {opts.strategy} shards"
+            ),
         }
 
     def check(self, config: RunConfig, caps: Capabilities) -> list[Issue]:
@@ -104,6 +107,15 @@ class AccelerateBackend:
                     f"restoring the best checkpoint into a model sharded by {opts.strategy} is not supported",
                     hint="set eval.keep_best=false (the best weights stay in checkpoints/best/), or use "
                     "backend.strategy=ddp",
+                )
+            )
+        if config.eval.keep != "off" and opts.strategy != "ddp":
+            issues.append(
+                Issue(
+                    "eval.keep",
+                    f"scaling the change back (eval.keep={config.eval.keep}) is not built for weights "
+                    f"{opts.strategy} shards",
+                    hint="leave eval.keep unset (off under FSDP / DeepSpeed), or use backend.strategy=ddp",
                 )
             )
         if config.training.method == "lora" and opts.strategy != "ddp":

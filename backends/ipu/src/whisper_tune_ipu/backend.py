@@ -229,7 +229,10 @@ class IpuBackend:
         return {
             "training.method": BackendDefault(
                 "full", "optimum-graphcore's IPUSeq2SeqTrainer trains every weight (no LoRA on the IPU)"
-            )
+            ),
+            "eval.keep": BackendDefault(
+                "off", "the IPU worker keeps the whole change: choosing how much to keep is not built for it"
+            ),
         }
 
     def check(self, config: RunConfig, caps: Capabilities) -> list[Issue]:
@@ -243,6 +246,16 @@ class IpuBackend:
                     f"training.method={config.training.method}",
                     hint="set training.method=full, or train LoRA with --backend reference / accelerate / "
                     "cuda-lora",
+                )
+            )
+        if config.eval.keep != "off":
+            issues.append(
+                Issue(
+                    "eval.keep",
+                    f"the IPU worker cannot scale the change back after training (eval.keep="
+                    f"{config.eval.keep})",
+                    hint="leave eval.keep unset (off on this backend), or train with --backend reference / "
+                    "accelerate / cuda-lora",
                 )
             )
         if not options.drop_last:
