@@ -57,22 +57,27 @@ def write_plot(
     log_history: list[dict[str, float]],
     evaluation: dict[str, dict[str, dict[str, Any]]],
     title: str,
+    keep: dict[str, Any] | None = None,
 ) -> Path | None:
     """Loss per step and WER before/after per eval set, side by side; for a run that did not train
-    (no loss logged) only the WER panel."""
+    (no loss logged) only the WER panel; after a selection (``eval.keep: auto``) a third panel with the
+    frontier of its candidates."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig = plot_figure(log_history, evaluation, title)
+    fig = plot_figure(log_history, evaluation, title, keep)
     fig.savefig(path, dpi=100)
     plt.close(fig)
     return path
 
 
 def plot_figure(
-    log_history: list[dict[str, float]], evaluation: dict[str, dict[str, dict[str, Any]]], title: str
+    log_history: list[dict[str, float]],
+    evaluation: dict[str, dict[str, dict[str, Any]]],
+    title: str,
+    keep: dict[str, Any] | None = None,
 ) -> Any:
     """The matplotlib figure of ``write_plot``."""
     import matplotlib
@@ -82,8 +87,13 @@ def plot_figure(
 
     losses = [r for r in log_history if "loss" in r]
     evals = [r for r in log_history if "eval_wer" in r]
+    frontier = keep is not None and keep.get("mode") == "auto"
     if losses or evals:
-        fig, (ax_loss, ax_wer) = plt.subplots(1, 2, figsize=(10, 4))
+        panels = 3 if frontier else 2
+        fig, axes = plt.subplots(1, panels, figsize=(5 * panels, 4))
+        ax_loss, ax_wer = axes[0], axes[1]
+        if frontier:
+            plot_frontier(axes[2], keep or {})
         if losses:
             ax_loss.plot([r["step"] for r in losses], [r["loss"] for r in losses], marker=".")
         if evals:  # evaluation during training: WER on a second y axis over the same steps
@@ -108,12 +118,39 @@ def plot_figure(
     ax_wer.set_ylim(0, max(peak * 1.15, 1.0))  # room for the bar labels
     # one phase: an evaluation-only run says nothing more, a training run says which side of training
     when = f", {phases[0]} training" if len(phases) == 1 and (losses or evals) else ""
+    halves = {s.get("half") for p in phases for s in evaluation[p].values()}
+    when += ", report half" if halves == {"report"} else ""
     ax_wer.set(title=f"normalised WER (%){when}", ylabel="WER %")
     if len(phases) > 1:  # before/after: the legend goes beside the panel, never over a bar
         ax_wer.legend(loc="upper left", bbox_to_anchor=(1.01, 1.0), frameon=False, fontsize=8)
     fig.suptitle(title)
     fig.tight_layout()
     return fig
+
+
+def plot_frontier(ax: Any, keep: dict[str, Any]) -> None:
+    """Each candidate of a selection: its eval WER on the choose half against its worst guard set's word
+    errors beyond the pretrained model's (paired, same clips); the chosen one ringed, the margin drawn
+    where the guards allow it (a candidate right of 0 is over a margin)."""
+    points = []
+    for candidate in keep["candidates"]:
+        sets = candidate["sets"]
+        guards = [
+            s["errors"] - s["pretrained_errors"] - s["margin_words"] for n, s in sets.items() if n != "eval"
+        ]
+        points.append((max(guards, default=0.0), sets.get("eval", {}).get("wer", float("nan")), candidate))
+    for excess, wer, candidate in points:
+        chosen = candidate["label"] == keep["chosen"]["label"]
+        ax.scatter([excess], [wer], s=80 if chosen else 30, facecolors="none" if chosen else None,
+                   edgecolors="black" if chosen else None)  # fmt: skip
+        ax.annotate(candidate["label"], (excess, wer), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    ax.axvline(0.0, color="gray", linestyle="--", linewidth=1)
+    ax.set(
+        title="keep: candidates (choose half)",
+        xlabel="worst guard: word errors beyond pretrained + margin",
+        ylabel="eval WER %",
+    )
+    ax.grid(alpha=0.3)
 
 
 def write_predictions(

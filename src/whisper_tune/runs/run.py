@@ -226,7 +226,7 @@ class Run:
             title = f"{config.model.name} · {self.backend.name}" + (
                 "" if self.training else " · evaluation only"
             )
-            write_plot(run_dir / "plot.png", result.log_history, metrics["evaluation"], title)
+            write_plot(run_dir / "plot.png", result.log_history, metrics["evaluation"], title, result.keep)
         for tracker in reporter.trackers:
             tracker.log(evaluation_scalars(metrics["evaluation"]), step=result.steps)
         lines = keep_lines(result.keep) + wer_lines(metrics["evaluation"], trained=self.training)
