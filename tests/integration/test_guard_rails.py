@@ -205,7 +205,7 @@ def test_the_bundled_real_speech_set_goes_with_the_regression_slice() -> None:
     data = with_regression_set(config, multilingual=False)
     real = next(s for s in data.extra_eval if s.name == REAL_SPEECH_SET)
     samples = list(iter_split(SplitSpec(dataset=real.dataset, kind="csv", split="all")))
-    assert len(samples) == 10 and samples[1].text == "he was not an ill disposed young man"
+    assert len(samples) == 61 and samples[1].text == "he was not an ill disposed young man"
     assert all(Path(s.audio).is_file() for s in samples)
     assert {s.name for s in data.extra_eval} >= {"regression", REAL_SPEECH_SET}
 

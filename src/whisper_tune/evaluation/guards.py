@@ -2,8 +2,8 @@
 
 * A regression set, evaluated before and after like every eval set, whose WER must not rise by more than
   ``eval.regression_margin``: by default a small slice shipped with whisper-tune (multilingual speech for
-  multilingual models, other-domain English for English-only ones) plus ten real English recordings
-  (``real-speech``), or any ``data.extra_eval`` set. Every set other than the run's own eval set is
+  multilingual models, other-domain English for English-only ones) plus 61 real English recordings
+  (``real-speech``, 4.5 min), or any ``data.extra_eval`` set. Every set other than the run's own eval set is
   watched the same way: a fine-tune that gains in domain and loses another voice or real speech warns.
 * Language retention: for multilingual models, the share of eval clips Whisper's own language detection
   still assigns to the configured language (or each row's language), before and after.
@@ -27,7 +27,8 @@ from typing import Any
 from whisper_tune.config.schema import BUNDLED_REGRESSION, DataConfig, EvalSetConfig, RunConfig
 
 REGRESSION_SET = "regression"
-#: ten real recordings bundled beside the regression slice (LibriVox and CMU pocketsphinx test data)
+#: 61 real recordings bundled beside the regression slice (LibriVox, CMU pocketsphinx and ARCTIC, JFK,
+#: praatio, Asterisk prompts; sources and licences in assets/regression/README.md)
 REAL_SPEECH_SET = "real-speech"
 #: a hallucination signal rising by more than this many points is reported next to the WER change
 SIGNAL_MARGIN = 2.0
