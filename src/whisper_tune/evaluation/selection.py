@@ -26,6 +26,8 @@ from typing import Any
 
 #: the run's own eval set: what selection minimises; every other set is a guard
 PRIMARY = "eval"
+#: an eval set smaller than this cannot be split into a half to choose on and a half to report on
+MIN_CLIPS = 4
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ from whisper_tune.console import Reporter
 from whisper_tune.evaluation.guards import normalizer_override, set_margin
 from whisper_tune.evaluation.metrics import make_normalizer, pick_normalizer
 from whisper_tune.evaluation.selection import (
+    MIN_CLIPS,
     PRIMARY,
     Candidate,
     Half,
@@ -139,6 +140,11 @@ def scale_back(
         blend.bake(chosen)
         reporter.info(f"keep: {chosen.label} of the change (eval.keep={keep:g}), no selection")
         return {"mode": "fixed", "chosen": {**vars(chosen), "label": chosen.label}}
+    if len(eval_sets[PRIMARY]) < MIN_CLIPS:
+        clips = len(eval_sets[PRIMARY])
+        reason = f"the eval set has {clips} clips: too few to choose on one half and report on the other"
+        reporter.info(f"keep: the whole change ({reason})")
+        return {"mode": "skipped", "reason": reason}
     seed = cfg.training.seed
     split = {name: halves(len(ds), name, seed) for name, ds in eval_sets.items()}
     choose = {name: Half(ds, split[name][0]) for name, ds in eval_sets.items()}
@@ -238,6 +244,8 @@ def _report(
 
 def keep_lines(report: Mapping[str, Any]) -> list[str]:
     """The console lines of a selection: every candidate on the choose half, then the choice."""
+    if report.get("mode") == "skipped":
+        return [f"keep: the whole change ({report['reason']})"]
     if report.get("mode") != "auto":
         chosen = report.get("chosen", {})
         return [f"keep: {chosen.get('label', '')} (fixed)"] if chosen else []
