@@ -47,7 +47,7 @@ def test_clip_errors_count_substitutions_deletions_and_insertions_per_clip() -> 
 
 def test_the_default_grid_has_at_most_six_candidates_and_splits_the_encoder_only_when_it_trained() -> None:
     frozen = candidate_grid(None, encoder_trained=False)
-    assert [c.label for c in frozen] == ["α=0.2", "α=0.4", "α=0.6", "α=0.8", "α=1"]
+    assert [c.label for c in frozen] == ["α=0.25", "α=0.5", "α=0.75", "α=1"]
     trained = candidate_grid(None, encoder_trained=True)
     assert len(trained) == 6 and Candidate(0.0, 1.0) in trained and Candidate(0.5, 1.0) in trained
     assert [c.label for c in candidate_grid((0.5, 0.1, 0.5), encoder_trained=True)] == ["α=0.1", "α=0.5"]

@@ -465,8 +465,8 @@ class EvalConfig(Section):
     )
     keep_grid: tuple[Annotated[float, Field(gt=0, le=1)], ...] | None = Field(
         None,
-        description="eval.keep=auto: the α candidates (whole model). null = 0.2, 0.4, 0.6, 0.8, 1 when the "
-        "encoder is frozen; 0.25, 0.5, 0.75, 1 plus encoder 0 and 0.5 with the decoder at 1 when it trains.",
+        description="eval.keep=auto: the α candidates (whole model). null = 0.25, 0.5, 0.75, 1, plus encoder "
+        "0 and 0.5 with the decoder at 1 when the encoder trains.",
     )
     steps: int | None = Field(
         None,

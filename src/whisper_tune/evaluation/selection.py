@@ -51,13 +51,14 @@ class Candidate:
 
 
 def candidate_grid(grid: Sequence[float] | None, encoder_trained: bool) -> list[Candidate]:
-    """The candidates of ``eval.keep: auto`` (at most 6 by default): whole-model α over a grid; where the
-    encoder trained, also the encoder's α apart from the decoder's (encoder 0 and 0.5, decoder 1)."""
+    """The candidates of ``eval.keep: auto`` (at most 6 by default): whole-model α over a grid of 4 (each
+    candidate is a decode of every choose half: 4 keep the quickstart's selection within half its
+    time); where the encoder trained, also the encoder's α apart from the decoder's (encoder 0 and
+    0.5, decoder 1)."""
     if grid:
         return [Candidate(a, a) for a in sorted(set(grid))]
-    if not encoder_trained:
-        return [Candidate(a, a) for a in (0.2, 0.4, 0.6, 0.8, 1.0)]
-    return [Candidate(a, a) for a in (0.25, 0.5, 0.75, 1.0)] + [Candidate(0.0, 1.0), Candidate(0.5, 1.0)]
+    whole = [Candidate(a, a) for a in (0.25, 0.5, 0.75, 1.0)]
+    return [*whole, Candidate(0.0, 1.0), Candidate(0.5, 1.0)] if encoder_trained else whole
 
 
 def halves(size: int, name: str, seed: int) -> tuple[list[int], list[int]]:

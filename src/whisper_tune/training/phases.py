@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import resource
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -24,7 +25,7 @@ from typing import Any
 from whisper_tune.backend.protocol import RecipeNeeds, TrainJob, TrainResult
 from whisper_tune.backend.setup import InProcessTrainer, TrainingSetup
 from whisper_tune.console import Reporter
-from whisper_tune.evaluation.selection import PRIMARY
+from whisper_tune.evaluation.selection import PRIMARY, Half
 from whisper_tune.models.loading import load_processor, save_processor
 from whisper_tune.training.scale_back import scale_back, trained_weights
 from whisper_tune.training.weights import weights_format_of
@@ -59,10 +60,10 @@ def run_phases(job: TrainJob, setup: TrainingSetup, reporter: Reporter, needs: R
     eval_sets = {name: PreparedDataset(path) for name, path in job.eval_data.items()}
     phases: dict[str, PhaseOutput] = {}
 
-    def evaluate(phase: str) -> None:
+    def evaluate(phase: str, sets: Mapping[str, Any] = eval_sets) -> None:
         phases[phase] = evaluate_sets(
             model,
-            eval_sets,
+            sets,
             collator,
             model_cfg=cfg.model,
             eval_cfg=cfg.eval,
@@ -79,12 +80,18 @@ def run_phases(job: TrainJob, setup: TrainingSetup, reporter: Reporter, needs: R
     if fitted:
         model, result = fit(job, setup, collator, reporter, drop_last=needs.drop_last)
     finished = fitted and not result.interrupted
+    kept = None
     if keeps and finished:
         before = phases["before"].predictions if "before" in phases else {}
         kept = scale_back(job, setup, model, collator, eval_sets, before, base, reporter)
-        result = result.model_copy(update={"keep": kept})
+        result = result.model_copy(update={"keep": kept.report})
     final_dir = save_final(job, setup, model) if finished and cfg.output.save_final_model else None
-    if job.evaluate_after and eval_sets and finished:
+    if job.evaluate_after and eval_sets and finished and kept is not None and kept.choose_ids:
+        # the choose halves were decoded with the chosen model while choosing: only the rest now
+        halves = {name: Half(ds, kept.report["halves"][name]["report"]) for name, ds in eval_sets.items()}
+        evaluate("after", halves)
+        phases["after"] = kept.after(phases["after"], {name: len(ds) for name, ds in eval_sets.items()})
+    elif job.evaluate_after and eval_sets and finished:
         evaluate("after")
     update = {
         **result_fields(phases),

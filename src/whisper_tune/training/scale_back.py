@@ -14,7 +14,8 @@ from __future__ import annotations
 
 import time
 from collections.abc import Mapping
-from typing import Any, Protocol
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Protocol
 
 from whisper_tune.backend.protocol import TrainJob
 from whisper_tune.backend.setup import TrainingSetup
@@ -34,6 +35,9 @@ from whisper_tune.evaluation.selection import (
     set_score,
 )
 from whisper_tune.models.loading import is_multilingual
+
+if TYPE_CHECKING:
+    from whisper_tune.evaluation.evaluate import PhaseOutput
 
 RULE = (
     "among candidates whose word errors on every guard set's choose half exceed the pretrained model's "
@@ -119,6 +123,38 @@ def blend_for(model: Any, base: Mapping[str, Any] | None) -> Blend:
     return WeightBlend(model, base)
 
 
+@dataclass
+class Kept:
+    """What ``scale_back`` did: the ``keep`` block of metrics.json, and the chosen candidate's token ids
+    on every choose half (decoded while choosing: the evaluation after training decodes only the report
+    halves and takes these for the rest)."""
+
+    report: dict[str, Any]
+    choose_ids: dict[str, list[list[int]]] = field(default_factory=dict)
+
+    def after(self, reported: PhaseOutput, sizes: Mapping[str, int]) -> PhaseOutput:
+        """The evaluation after training over whole sets, from the report halves' (``reported``) and
+        the choose halves' token ids; languages are detected on the report halves only ("" elsewhere)."""
+        # lazy: keeps numpy out of this module's import
+        from whisper_tune.evaluation.evaluate import PhaseOutput
+
+        merged = PhaseOutput(seconds=reported.seconds)
+        for name, size in sizes.items():
+            halves = self.report["halves"][name]
+            ids: list[list[int]] = [[] for _ in range(size)]
+            for i, row in zip(halves["report"], reported.predictions[name], strict=True):
+                ids[i] = row
+            for i, row in zip(halves["choose"], self.choose_ids[name], strict=True):
+                ids[i] = row
+            merged.predictions[name] = ids
+            if name in reported.languages:
+                languages = [""] * size
+                for i, code in zip(halves["report"], reported.languages[name], strict=True):
+                    languages[i] = code
+                merged.languages[name] = languages
+        return merged
+
+
 def scale_back(
     job: TrainJob,
     setup: TrainingSetup,
@@ -128,10 +164,10 @@ def scale_back(
     before: Mapping[str, list[list[int]]],
     base: Mapping[str, Any] | None,
     reporter: Reporter,
-) -> dict[str, Any]:
-    """Choose (``eval.keep: auto``) or apply (a fixed α) how much of the change to keep, bake it into
-    ``model`` and return the ``keep`` block of metrics.json. ``before``: the pretrained model's token ids
-    per set (from the evaluation before training; decoded here at α = 0 where missing)."""
+) -> Kept:
+    """Choose (``eval.keep: auto``) or apply (a fixed α) how much of the change to keep and bake it into
+    ``model``. ``before``: the pretrained model's token ids per set (from the evaluation before
+    training; decoded here at α = 0 where missing)."""
     cfg, started = job.config, time.perf_counter()
     blend = blend_for(setup.accelerator.unwrap_model(model), base)
     keep = cfg.eval.keep
@@ -139,12 +175,12 @@ def scale_back(
         chosen = Candidate(float(keep), float(keep))
         blend.bake(chosen)
         reporter.info(f"keep: {chosen.label} of the change (eval.keep={keep:g}), no selection")
-        return {"mode": "fixed", "chosen": {**vars(chosen), "label": chosen.label}}
+        return Kept({"mode": "fixed", "chosen": {**vars(chosen), "label": chosen.label}})
     if len(eval_sets[PRIMARY]) < MIN_CLIPS:
         clips = len(eval_sets[PRIMARY])
         reason = f"the eval set has {clips} clips: too few to choose on one half and report on the other"
         reporter.info(f"keep: the whole change ({reason})")
-        return {"mode": "skipped", "reason": reason}
+        return Kept({"mode": "skipped", "reason": reason})
     seed = cfg.training.seed
     split = {name: halves(len(ds), name, seed) for name, ds in eval_sets.items()}
     choose = {name: Half(ds, split[name][0]) for name, ds in eval_sets.items()}
@@ -159,15 +195,18 @@ def scale_back(
         blend.apply(Candidate(0.0, 0.0))
         baseline = decode.all("pretrained")
     scores: dict[Candidate, dict[str, SetScore]] = {}
+    ids: dict[Candidate, dict[str, list[list[int]]]] = {}
     for candidate in candidates:
         blend.apply(candidate)
         counts = decode.all(candidate.label)
+        ids[candidate] = decode.ids
         scores[candidate] = {
             name: set_score(counts[name], baseline[name], set_margin(cfg, name)) for name in choose
         }
     decision = decide(candidates, scores)
     blend.bake(decision.chosen)
-    return _report(decision, candidates, scores, split, seed, time.perf_counter() - started)
+    report = _report(decision, candidates, scores, split, seed, time.perf_counter() - started)
+    return Kept(report, ids[decision.chosen])
 
 
 class _decoder:
@@ -180,6 +219,7 @@ class _decoder:
         cfg = job.config
         self.job, self.setup, self.model, self.collator, self.sets = job, setup, model, collator, sets
         self.reporter = reporter
+        self.ids: dict[str, list[list[int]]] = {}
         self.tokenizer = setup.processor.tokenizer
         multilingual = is_multilingual(len(self.tokenizer))
         default = pick_normalizer(cfg.eval.normalizer, cfg.model.language, cfg.model.english_only)
@@ -192,6 +232,8 @@ class _decoder:
         return paired_counts([t.strip() for t in texts], self.sets[name].texts, self.normalizers[name])
 
     def all(self, label: str) -> dict[str, list[tuple[int, int]]]:
+        """Every choose half decoded with the model as it is now: paired counts per set (the token ids
+        stay in ``self.ids``)."""
         # lazy: keeps numpy out of this module's import
         from whisper_tune.evaluation.evaluate import evaluate_sets
 
@@ -201,6 +243,7 @@ class _decoder:
             eval_cfg=cfg.eval.model_copy(update={"detect_language": False}), phase=f"keep {label}",
             accelerator=self.setup.accelerator, reporter=self.reporter,
         )  # fmt: skip
+        self.ids = out.predictions
         return {name: self.counts(name, ids) for name, ids in out.predictions.items()}
 
 
