@@ -264,15 +264,20 @@ def _audiofolder_split_dir(root: Path, split: str) -> Path:
 
 def _iter_audiofolder(spec: SplitSpec, part: str) -> Iterator[RawSample]:
     folder = _audiofolder_split_dir(Path(spec.dataset).expanduser(), part)
-    metadata = folder / AUDIOFOLDER_METADATA
-    columns, rows = _read_table(metadata)
+    yield from _table_samples(folder / AUDIOFOLDER_METADATA, spec, folder.name, folder)
+
+
+def _table_samples(table: Path, spec: SplitSpec, key_prefix: str, audio_dir: Path) -> Iterator[RawSample]:
+    """The rows of a metadata table (an audiofolder's metadata.csv, a Common Voice split's .tsv) whose
+    audio column names files in ``audio_dir``; keys are ``<key_prefix>/<file name>``."""
+    columns, rows = _read_table(table)
     spec = with_own_columns(spec, columns)
-    _require_columns(columns, spec, str(metadata))
+    _require_columns(columns, spec, str(table))
     for row in rows:
         name = row.get(spec.audio_column) or ""
         yield RawSample(
-            key=f"{folder.name}/{name}",
-            audio=(folder / name) if name else None,
+            key=f"{key_prefix}/{name}",
+            audio=(audio_dir / name) if name else None,
             text=row.get(spec.text_column),
             language=_language(row, spec),
             segments=_segments(row, spec),
@@ -281,24 +286,12 @@ def _iter_audiofolder(spec: SplitSpec, part: str) -> Iterator[RawSample]:
 
 def _iter_commonvoice(spec: SplitSpec, part: str) -> Iterator[RawSample]:
     root = Path(spec.dataset).expanduser()
-    tsv = root / f"{part}.tsv"
     if part not in commonvoice_splits(root):
         raise DataError(
             f"Common Voice folder {root} has no split '{part}' (no {part}.tsv)",
             hint=f"available splits: {', '.join(commonvoice_splits(root)) or 'none'}",
         )
-    columns, rows = _read_table(tsv)
-    spec = with_own_columns(spec, columns)
-    _require_columns(columns, spec, str(tsv))
-    for row in rows:
-        name = row.get(spec.audio_column) or ""
-        yield RawSample(
-            key=f"{part}/{name}",
-            audio=(root / COMMONVOICE_CLIPS / name) if name else None,
-            text=row.get(spec.text_column),
-            language=_language(row, spec),
-            segments=_segments(row, spec),
-        )
+    yield from _table_samples(root / f"{part}.tsv", spec, part, root / COMMONVOICE_CLIPS)
 
 
 def saved_splits(path: Path) -> list[str]:
