@@ -8,6 +8,8 @@ Layout of ``--out DIR``::
     DIR/export.json    source, clips, WER of the source and of each format, delta, tolerance, verdict
     DIR/parity-predictions.jsonl   per clip: reference, source transcript, each format's transcript
 
+Each format's folder gets README.md, its model card (runs/card.py: the source run's results, the parity).
+
 A format whose normalised WER is worse than the source's by more than its tolerance fails the export
 (ExportError, exit code 8) after export.json is written; the exported files are kept for inspection.
 """
