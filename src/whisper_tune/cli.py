@@ -18,7 +18,7 @@ import click
 from whisper_tune.backend.registry import KNOWN_BACKENDS, Registry
 from whisper_tune.config.docs import backend_options_markdown, config_reference_markdown, with_options_block
 from whisper_tune.config.presets import list_presets
-from whisper_tune.config.schema import UncheckedOptions
+from whisper_tune.config.schema import REPO_ID, UncheckedOptions
 from whisper_tune.config_loading import dump_yaml, load_config, resolve_config
 from whisper_tune.console import Reporter
 from whisper_tune.errors import ConfigError, InterruptedRun, WhisperTuneError
@@ -27,6 +27,7 @@ from whisper_tune.export.exporter import export as export_model
 from whisper_tune.models.adapters import merge_adapter
 from whisper_tune.runs.directory import run_dir_path
 from whisper_tune.runs.model_ref import resolve_model, resolve_run
+from whisper_tune.runs.push import push as push_model
 from whisper_tune.runs.run import plan as make_plan
 from whisper_tune.runs.run import prepare as prepare_data
 from whisper_tune.runs.run import run as run_pipeline
@@ -466,6 +467,36 @@ def merge(adapter_dir: Path, out: Path, base: str | None, dtype: str) -> None:
 
     merged = merge_adapter(adapter_dir, out, base=base, dtype=dtype)  # type: ignore[arg-type]
     click.echo(f"merged model: {merged}")
+
+
+@cli.command()
+@click.argument("source", metavar="RUN_OR_EXPORT", type=click.Path(path_type=Path))
+@click.option(
+    "--repo-id", required=True, metavar="ORG/NAME", help="The Hub repo to push to (created if missing)."
+)
+@click.option(
+    "--private", is_flag=True, help="Create the repo private (an existing repo keeps its visibility)."
+)
+@click.option("--dry-run", is_flag=True, help="List what would be uploaded; upload nothing.")
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["hf", "ct2-float16", "ct2-int8"]),
+    default=None,
+    help="Of an export directory: which format to push (default hf).",
+)
+@click.pass_context
+def push(
+    ctx: click.Context, /, source: Path, repo_id: str, private: bool, dry_run: bool, fmt: str | None
+) -> None:
+    """Upload a run's final model (or LoRA adapter), or an export, with its model card (README.md) to a
+    Hub repo. Needs a token with write access (HF_TOKEN or 'hf auth login'); HF_ENDPOINT picks the Hub."""
+
+    if not REPO_ID.fullmatch(repo_id):
+        raise ConfigError(f"--repo-id '{repo_id}' is not a Hub repo id ORG/NAME")
+    result = push_model(source, repo_id, private=private, dry_run=dry_run, fmt=fmt, reporter=_reporter(ctx))
+    for line in result.lines:
+        click.echo(line)
 
 
 @cli.command()

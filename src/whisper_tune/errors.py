@@ -79,6 +79,13 @@ class GuardRailError(WhisperTuneError):
     kind = "guard-rail"
 
 
+class PushError(WhisperTuneError):
+    """A push to the Hub failed: no token, the Hub cannot be reached, or the repo is not yours to write."""
+
+    exit_code = 10
+    kind = "push"
+
+
 class InterruptedRun(WhisperTuneError):
     """The run was interrupted (Ctrl-C / SIGTERM); what was written so far is kept."""
 
@@ -101,6 +108,7 @@ EXIT_CODES: dict[int, tuple[str, str]] = {
             OutputError,
             ExportError,
             GuardRailError,
+            PushError,
             InterruptedRun,
         )
     },

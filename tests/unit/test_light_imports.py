@@ -32,6 +32,7 @@ def imported_after(code: str) -> list[str]:
         "from whisper_tune.cli import main; main(['run', '--help'])",
         "from whisper_tune.cli import main; main(['export', '--help'])",
         "from whisper_tune.cli import main; main(['transcribe', '--help'])",
+        "from whisper_tune.cli import main; main(['push', '--help'])",
         "from whisper_tune.cli import main; main(['config', 'validate', '--config', 'quickstart'])",
         "from whisper_tune.backend.registry import Registry; Registry().get('reference').probe()",
     ],

@@ -7,6 +7,7 @@ second phase by ``whisper_tune.config_loading`` once the backend is known.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -20,6 +21,8 @@ SAMPLING_RATE = 16_000
 MAX_AUDIO_SECONDS = 30.0
 MAX_LABEL_TOKENS = 448
 BUNDLED_REGRESSION = "bundled"
+#: a Hub repo id: ORG/NAME
+REPO_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*")
 TrackerName = Literal[
     "auto", "none",
     "aim", "comet_ml", "mlflow", "tensorboard", "wandb", "clearml", "dvclive", "swanlab", "trackio",
@@ -519,12 +522,30 @@ class OutputConfig(Section):
     )
     save_final_model: bool = Field(True, description="Save the trained weights and processor.")
     plot: bool = Field(True, description="Write plot.png with the loss and WER curves.")
+    license: str = Field(
+        "apache-2.0",
+        description="The licence field of the model card (final/README.md), a Hub licence id; Whisper's "
+        "own weights are Apache-2.0 on the Hub (MIT in OpenAI's repository). Check your data's terms.",
+    )
+    push_to: str | None = Field(
+        None,
+        description="A Hub repo id (ORG/NAME): at the end of a run, upload final/ with its model card there, "
+        "as 'whisper-tune push' does (needs a token: HF_TOKEN or 'hf auth login').",
+    )
+    push_private: bool = Field(False, description="With output.push_to: create the repo private.")
 
     @field_validator("run_name")
     @classmethod
     def _plain_name(cls, value: str | None) -> str | None:
         if value is not None and (not value or Path(value).name != value):
             raise ValueError("output.run_name must be a plain directory name, without '/'")
+        return value
+
+    @field_validator("push_to")
+    @classmethod
+    def _repo_id(cls, value: str | None) -> str | None:
+        if value is not None and not REPO_ID.fullmatch(value):
+            raise ValueError("output.push_to must be a Hub repo id ORG/NAME (letters, digits, '-', '_', '.')")
         return value
 
 

@@ -8,6 +8,8 @@ Layout of ``--out DIR``::
     DIR/export.json    source, clips, WER of the source and of each format, delta, tolerance, verdict
     DIR/parity-predictions.jsonl   per clip: reference, source transcript, each format's transcript
 
+Each format's folder gets README.md, its model card (runs/card.py: the source run's results, the parity).
+
 A format whose normalised WER is worse than the source's by more than its tolerance fails the export
 (ExportError, exit code 8) after export.json is written; the exported files are kept for inspection.
 """
@@ -27,6 +29,7 @@ from whisper_tune.errors import ConfigError, ExportError, ModelError, OutputErro
 from whisper_tune.export import parity
 from whisper_tune.export.ct2 import cpu_compute_type, export_ct2, load_faster_whisper
 from whisper_tune.export.hf import export_hf
+from whisper_tune.runs.card import CardKind, export_card_text, write_card
 from whisper_tune.runs.model_ref import ModelRef, load_hf, resolve_model
 from whisper_tune.runs.report import write_json_atomic
 
@@ -62,6 +65,13 @@ def _check_out_dir(out_dir: Path, formats: Sequence[str]) -> None:
 def _write_json(path: Path, data: Any) -> None:
 
     write_json_atomic(path, data)
+
+
+def _write_cards(ref: ModelRef, written: dict[str, Path], report: dict[str, Any] | None) -> None:
+    """README.md, the model card, in every format's folder (the run's results, the format's parity)."""
+    for fmt, path in written.items():
+        kind: CardKind = "full" if fmt == "hf" else "ct2"
+        write_card(path, export_card_text(kind, ref.model_cfg, ref.run_dir, fmt, report))
 
 
 def export(
@@ -118,6 +128,7 @@ def export(
     if not check:
         report["parity"] = None
         _write_json(out_dir / REPORT_FILE, report)
+        _write_cards(ref, written, None)
         return ExportResult(out_dir, report, [*lines, "parity check skipped (--no-check)"])
     tolerances = {fmt: (DEFAULT_TOLERANCE[fmt] if tolerance is None else tolerance) for fmt in written}
     parity, predictions = check_parity(ref, written, out_dir, clips, max_clips, tolerances, reporter)
@@ -125,6 +136,7 @@ def export(
         report["formats"][fmt].update(verdict)
     report.update(parity)
     _write_json(out_dir / REPORT_FILE, report)
+    _write_cards(ref, written, report)
     with (out_dir / PREDICTIONS_FILE).open("w", encoding="utf-8") as fh:
         for row in predictions:
             fh.write(json.dumps(row, ensure_ascii=False) + "\n")

@@ -55,7 +55,8 @@ def is_run_dir(path: Path) -> bool:
     return (path / RUN_CONFIG).is_file() and ((path / "final").is_dir() or (path / "metrics.json").is_file())
 
 
-def _final_dir(run_dir: Path) -> Path:
+def final_dir(run_dir: Path) -> Path:
+    """A run's final model folder: where metrics.json recorded it, else final/."""
     metrics = run_dir / "metrics.json"
     if metrics.is_file():
         try:
@@ -87,7 +88,7 @@ def resolve_run(run_dir: Path, language: str | None = None, task: str | None = N
     model_cfg = config.model
     if language is not None or task is not None:
         model_cfg = _model_cfg(model_cfg.name, language or model_cfg.language, task or model_cfg.task)
-    final = _final_dir(run_dir)
+    final = final_dir(run_dir)
     kind: ModelKind = "adapter" if is_adapter_dir(final) else "hf"
     return ModelRef(str(run_dir), kind, str(final), model_cfg, run_dir=run_dir, eval_cfg=config.eval)
 

@@ -24,6 +24,7 @@ from whisper_tune.errors import ConfigError, DataError, InterruptedRun, ModelErr
 from whisper_tune.evaluation.guards import language_share, normalizer_override, with_regression_set
 from whisper_tune.execution import dispatch
 from whisper_tune.models.loading import is_multilingual, require_reachable, save_processor
+from whisper_tune.runs.card import write_run_card
 from whisper_tune.runs.directory import (
     CONFIG_FILE,
     METRICS_FILE,
@@ -41,6 +42,7 @@ from whisper_tune.runs.opening import (
     train_stream_spec,
     warmup_issues,
 )
+from whisper_tune.runs.push import push
 from whisper_tune.runs.report import (
     fail_on_guard_warnings,
     metrics_document,
@@ -85,7 +87,9 @@ class Run:
             job = self.prepare()
             result = self.train(job)
             evaluation = self.evaluate(result)
-            return self.report(result, evaluation, echo_summary)
+            summary = self.report(result, evaluation, echo_summary)
+            self.share(summary, result)
+            return summary
         except KeyboardInterrupt:
             raise InterruptedRun(f"interrupted; what was written so far is in {self.run_dir}") from None
         except (ConfigError, DataError, ModelError):
@@ -222,6 +226,8 @@ class Run:
         data = {**({"train": result.stream} if result.stream else {}), **self.sets.report()}
         metrics = metrics_document(config, result, evaluation, data, time.perf_counter() - self.started)
         write_json_atomic(run_dir / METRICS_FILE, metrics)
+        if result.final_model_dir is not None and result.final_model_dir.is_dir():
+            write_run_card(result.final_model_dir, config, metrics, run_dir.name, not self.multilingual)
         if config.output.plot:
             title = f"{config.model.name} · {self.backend.name}" + (
                 "" if self.training else " · evaluation only"
@@ -242,6 +248,16 @@ class Run:
             )
         fail_on_guard_warnings(config, metrics["guard"]["warnings"], run_dir)
         return RunSummary(run_dir, metrics, lines)
+
+    def share(self, summary: RunSummary, result: TrainResult) -> None:
+        """With ``output.push_to``: final/ and its card uploaded to that Hub repo (``whisper-tune push``)."""
+        output = self.config.output
+        if output.push_to is None or result.final_model_dir is None:
+            return
+        pushed = push(summary.run_dir, output.push_to, private=output.push_private, reporter=self.reporter)
+        for line in pushed.lines:
+            self.reporter.log_only(line)
+        summary.lines.extend(pushed.lines)
 
     def close(self, discard: bool = False) -> None:
         """Trackers finished, the log closed; with ``discard``, the directory this run made removed."""
