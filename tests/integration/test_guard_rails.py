@@ -37,7 +37,10 @@ def test_bundled_regression_slice_is_evaluated_before_and_after(toy_model_dir: P
     metrics = summary.metrics
     regression = metrics["guard"]["regression"]
     # English-only model: the English other-domain part of the slice (12 clips), scored like the run
-    assert metrics["evaluation"]["before"]["regression"]["samples"] == 12
+    # (on its report half: eval.keep chose on the other 6)
+    halves = metrics["keep"]["halves"]["regression"]
+    assert sorted(halves["choose"] + halves["report"]) == list(range(12))
+    assert metrics["evaluation"]["before"]["regression"]["samples"] == len(halves["report"]) == 6
     assert regression["set"] == "regression"
     assert regression["before"] == metrics["evaluation"]["before"]["regression"]["normalized_wer"]
     assert regression["after"] == metrics["evaluation"]["after"]["regression"]["normalized_wer"]
@@ -83,7 +86,9 @@ def test_mixed_language_data_trains_with_each_rows_language(
         for name in ("eval", "regression"):
             assert 0.0 <= evaluation[phase][name]["language_share"] <= 100.0
     assert set(summary.metrics["guard"]["language_share"]) == {"eval", "regression", "real-speech"}
-    assert evaluation["before"]["regression"]["samples"] == 36  # multilingual model: the whole slice
+    halves = summary.metrics["keep"]["halves"]["regression"]  # multilingual model: the whole slice
+    assert sorted(halves["choose"] + halves["report"]) == list(range(36))
+    assert evaluation["before"]["regression"]["samples"] == len(halves["report"]) == 18
     assert evaluation["before"]["regression"]["normalizer"] == "basic"
 
 

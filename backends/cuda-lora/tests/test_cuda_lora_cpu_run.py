@@ -163,11 +163,17 @@ def test_final_adapter_loads_and_merges_into_a_pipeline_model(
         base_logits = _base(toy_model_dir)(input_features=feats, decoder_input_ids=decoder_ids).logits
     assert not torch.allclose(logits, base_logits, atol=1e-4)  # the adapter changes the model
 
-    # the same weights through the checkpoint path (the adapter format loaded into a fresh LoRA model)
+    # the same weights through the checkpoint path (the adapter format loaded into a fresh LoRA model),
+    # with the share of the change eval.keep kept baked in as the run baked it
+    from whisper_tune.evaluation.selection import Candidate
+    from whisper_tune.training.scale_back import AdapterBlend
+
     fresh = build_lora_model(
         str(toy_model_dir), ModelConfig(name=str(toy_model_dir)), TrainingConfig(method="lora"), CPU
     ).eval()
     ADAPTER_ONLY.load(fresh, full_run / "checkpoints" / "step-000005" / "weights")
+    kept = json.loads((full_run / "metrics.json").read_text())["keep"]["chosen"]
+    AdapterBlend(fresh).bake(Candidate(kept["encoder"], kept["decoder"]))
     with torch.no_grad():
         assert torch.equal(fresh(input_features=feats, decoder_input_ids=decoder_ids).logits, logits)
 
