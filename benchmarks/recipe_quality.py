@@ -1,30 +1,40 @@
-"""Which default recipe adapts without forgetting: a quality benchmark over recipes and seeds.
+"""Which default recipe adapts and keeps: recipes × seeds × two training domains, each followed by selection.
 
-Every recipe fine-tunes real pretrained tiny.en (``pip:tiny.en``) on the quickstart's training voice
-(240 clips of espeak-ng speech) for the same number of optimizer steps at the same batch size, on the
-CPU, once per seed. Each fine-tune is then scored (normalised WER, Whisper's English normaliser,
-greedy decoding) on sets it never trained on:
+Every recipe fine-tunes real pretrained tiny.en (``pip:tiny.en``) through ``whisper_tune.run`` on the CPU,
+on one of two training domains (240 clips each, the same sentences):
 
-* ``eval``: 40 held-out sentences in the training voice (in-domain),
-* ``other-voice``: the same 40 sentences in another synthesiser's voice,
-* ``regression``: 12 other-domain sentences read by hibari-tts (the bundled guard slice),
-* ``real-speech``: 10 real recordings (LibriVox, CMU pocketsphinx test data; the bundled guard set).
+* ``espeak-us``: the quickstart's training voice (espeak-ng ``en-us``); in-domain set: its 40 eval clips,
+* ``voice-b``: espeak-ng ``en-gb-x-rp+f2``, a voice no guard set uses (``data/benchmark/voice-b``,
+  made by scripts/make_benchmark_voices.py); in-domain set: 50 held-out sentences in that voice.
 
-The pretrained model is scored once (greedy decoding does not depend on the seed). Results are written
-after every run, so an interrupted benchmark keeps what it measured (``--resume`` skips those runs).
+Then every candidate of selection, θ(α) = θ₀ + α(θ₁ − θ₀) for α in ``ALPHAS`` (for LoRA that is the
+adapter scaled by α, merged), is decoded on *every* clip of the in-domain set and of two guard sets
+no run trains on:
+
+* ``second-voice``: 110 held-out sentences (1022 words) read by hibari-tts (``data/benchmark``),
+* ``real-speech``: ``--real`` clips drawn (seeded) from data/real-speech/all, 227 real recordings.
+
+Selection is then replayed offline with the product's own rule (``whisper_tune.evaluation.selection``)
+and **cross-fitted**: α is chosen on one seeded half of every set and that choice is scored on the other
+half, then the halves swap, so every clip is scored once by a model chosen without it. The summary
+gives, per recipe, paired word errors against the pretrained model summed over seeds, for the product's
+margin (``eval.regression_margin`` 2.0 points) and for the goal's 0.5.
+
+Results are written after every run (``--resume`` keeps them), so an interrupted benchmark keeps what it
+measured. Needs the quickstart weights (pip install -e .[quickstart]).
 
     python benchmarks/recipe_quality.py --out benchmarks/results/recipe-quality.json
-
-Needs the quickstart weights (pip install -e .[quickstart]); about 2.5 minutes per run (12 steps) on 2
-CPU cores.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import json
+import os
 import platform
-import statistics
+import random
+import subprocess
 import sys
 import tempfile
 import time
@@ -33,200 +43,371 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-SETS = ("eval", "other-voice", "regression", "real-speech")
+ALPHAS = (0.25, 0.5, 0.75, 1.0)
+GUARDS = ("second-voice", "real-speech")
+DOMAINS = {
+    "espeak-us": REPO / "data" / "quickstart",
+    "voice-b": REPO / "data" / "benchmark" / "voice-b",
+}
+SECOND_VOICE = REPO / "data" / "benchmark" / "second-voice"
+REAL_SPEECH = REPO / "data" / "real-speech" / "all"
 
 #: recipe -> the overrides that make it (on top of the shared ones in ``overrides``)
 RECIPES: dict[str, dict[str, Any]] = {
-    # the core's defaults before this benchmark: full fine-tuning at 1e-5, no warm-up
-    "full-1e-5": {"training.method": "full", "training.learning_rate": 1e-5, "training.warmup_steps": 0},
-    # the quickstart's recipe before this benchmark
-    "full-6e-5-warmup": {
-        "training.method": "full", "training.learning_rate": 6e-5, "training.warmup_steps": 1,
-    },
-    # full fine-tuning of the decoder only, with warm-up
-    "full-frozen-encoder": {
-        "training.method": "full", "training.freeze_encoder": True,
-        "training.learning_rate": 3e-5, "training.warmup_steps": 1,
-    },
     # the seeds' LoRA: r=32, alpha=64 on q_proj/v_proj, 1e-3
-    "lora-qv": {
-        "training.method": "lora", "training.lora.target_modules": ["q_proj", "v_proj"],
-        "training.learning_rate": 1e-3, "training.warmup_steps": 1,
-    },
+    "lora-qv": {"training.method": "lora", "training.lora.target_modules": ["q_proj", "v_proj"],
+                "training.learning_rate": 1e-3},
     # LoRA on every Linear layer (attention and MLP), same rank and rate
-    "lora-all-linear": {
-        "training.method": "lora", "training.lora.target_modules": "all-linear",
-        "training.learning_rate": 1e-3, "training.warmup_steps": 1,
-    },
+    "lora-all-linear": {"training.method": "lora", "training.lora.target_modules": "all-linear",
+                        "training.learning_rate": 1e-3},
+    "lora-all-linear-dropout0": {"training.method": "lora", "training.lora.target_modules": "all-linear",
+                                 "training.learning_rate": 1e-3, "training.lora.dropout": 0.0},
+    # the decoder alone (encoder frozen), ten times the old default's rate
+    "decoder-3e-4": {"training.method": "full", "training.freeze_encoder": True,
+                     "training.learning_rate": 3e-4},
+    # every weight
+    "full-2e-5": {"training.method": "full", "training.freeze_encoder": False,
+                  "training.learning_rate": 2e-5},
 }  # fmt: skip
 
 
-def overrides(recipe: str, seed: int, args: argparse.Namespace, out: Path) -> list[str]:
+def overrides(recipe: str, domain: str, seed: int, args: argparse.Namespace, out: Path) -> list[str]:
     shared = {
+        "data.dataset": str(DOMAINS[domain]),
+        "data.train_split": "train",
+        "data.eval_split": "eval",
+        "data.extra_eval": [],
         "training.max_steps": args.steps,
         "training.batch_size": args.batch,
+        "training.warmup_steps": 5,
         "training.lr_scheduler": "linear",
         "training.seed": seed,
         "training.report_to": ["none"],
         "eval.before": False,
-        "eval.regression_set": "bundled",
+        "eval.after": False,
+        "eval.keep": "off",
+        "eval.regression_set": None,
         "output.dir": str(out),
-        "output.run_name": f"{recipe}-seed{seed}",
+        "output.run_name": f"{domain}-{recipe}-seed{seed}",
         "output.plot": False,
-        "output.save_final_model": False,
+        "output.save_final_model": True,
     }
     return [f"{key}={json.dumps(value)}" for key, value in {**shared, **RECIPES[recipe]}.items()]
 
 
-def scores(metrics: dict[str, Any], phase: str) -> dict[str, float]:
-    return {name: metrics["evaluation"][phase][name]["normalized_wer"] for name in SETS}
+# ----------------------------------------------------------------------------------------- sets
 
 
-def pretrained(out: Path) -> dict[str, float]:
-    from whisper_tune import load_config, run
-    from whisper_tune.console import Reporter
+def read_set(folder: Path, limit: int | None = None, seed: int = 0) -> list[tuple[Path, str]]:
+    with open(folder / "metadata.csv", newline="", encoding="utf-8") as fh:
+        rows = [(folder / row["file_name"], row["text"]) for row in csv.DictReader(fh)]
+    if limit is not None and limit < len(rows):
+        rows = sorted(random.Random(seed).sample(rows, limit), key=lambda r: r[0].name)
+    return rows
 
-    config = load_config(
-        "quickstart",
-        [
-            "eval.regression_set=bundled",
-            f"output.dir={out}",
-            "output.run_name=pretrained",
-            "output.plot=false",
-            "training.report_to=[none]",
-        ],
-    )
-    from whisper_tune.evaluation.guards import with_regression_set
 
-    # an evaluation-only run adds no regression sets itself: add the ones a training run evaluates
-    # ('regression' is a reserved name, so the slice is evaluated as 'slice' and renamed back)
-    added = with_regression_set(config.model_copy(update={"data": config.data}), multilingual=False)
-    extra = tuple(
-        s.model_copy(update={"name": "slice"}) if s.name == "regression" else s for s in added.extra_eval
-    )
-    config = config.model_copy(
-        update={
-            "data": config.data.model_copy(update={"extra_eval": extra}),
-            "eval": config.eval.model_copy(update={"regression_set": None}),
+class Sets:
+    """Every set's log-mel features (computed once) and references."""
+
+    def __init__(self, args: argparse.Namespace, processor: Any) -> None:
+        from whisper_tune.data.audio import decode
+
+        named = {
+            "in-domain:espeak-us": read_set(DOMAINS["espeak-us"] / "eval"),
+            "in-domain:voice-b": read_set(DOMAINS["voice-b"] / "eval"),
+            "second-voice": read_set(SECOND_VOICE),
+            "real-speech": read_set(REAL_SPEECH, args.real, seed=1),
         }
-    )
-    summary = run(config, reporter=Reporter.silent(), train=False, echo_summary=False)
-    phase = summary.metrics["evaluation"]["after" if "after" in summary.metrics["evaluation"] else "before"]
-    phase["regression"] = phase.pop("slice")
-    return {name: phase[name]["normalized_wer"] for name in SETS}
+        self.texts = {name: [t for _, t in rows] for name, rows in named.items()}
+        self.features = {
+            name: processor.feature_extractor(
+                [decode(p).samples for p, _ in rows], sampling_rate=16000, return_tensors="pt"
+            ).input_features
+            for name, rows in named.items()
+        }
+
+    def for_domain(self, domain: str) -> list[str]:
+        return [f"in-domain:{domain}", *GUARDS]
 
 
-def fine_tune(recipe: str, seed: int, args: argparse.Namespace, out: Path) -> dict[str, Any]:
+class Decoder:
+    """Greedy decoding of whole sets with one model, scored per clip (word errors, words) after
+    Whisper's English normaliser, as the runs score."""
+
+    def __init__(self, processor: Any, sets: Sets, args: argparse.Namespace) -> None:
+        from whisper_tune.evaluation.metrics import make_normalizer
+
+        self.processor, self.sets, self.args = processor, sets, args
+        self.normalizer = make_normalizer("english")
+
+    def errors(self, model: Any, name: str) -> list[list[int]]:
+        import torch
+
+        from whisper_tune.evaluation.selection import clip_errors
+
+        features, texts = self.sets.features[name], self.sets.texts[name]
+        hyps: list[str] = []
+        with torch.inference_mode():
+            for i in range(0, len(features), self.args.eval_batch):
+                ids = model.generate(features[i : i + self.args.eval_batch], max_new_tokens=96)
+                hyps += self.processor.batch_decode(ids, skip_special_tokens=True)
+        n = self.normalizer
+        return [list(c) for c in clip_errors([n(h) for h in hyps], [n(t) for t in texts])]
+
+
+def trained_weights(run_dir: Path, base_source: str) -> dict[str, Any]:
+    """θ₁ as full weights: final/ itself, or its adapter merged into the pretrained model."""
+    from transformers import WhisperForConditionalGeneration
+
+    final = run_dir / "final"
+    if (final / "adapter_config.json").is_file():
+        from peft import PeftModel
+
+        base = WhisperForConditionalGeneration.from_pretrained(base_source)
+        model = PeftModel.from_pretrained(base, final).merge_and_unload()
+    else:
+        model = WhisperForConditionalGeneration.from_pretrained(final)
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+# ------------------------------------------------------------------------------------- running
+
+
+def fine_tune(recipe: str, domain: str, seed: int, args: argparse.Namespace, work: Path, ctx: Any) -> dict:
+    import shutil
+
+    import torch
+
     from whisper_tune import load_config, run
     from whisper_tune.console import Reporter
 
-    config = load_config("quickstart", overrides(recipe, seed, args, out))
+    config = load_config("quickstart", overrides(recipe, domain, seed, args, work))
     started = time.perf_counter()
     summary = run(config, reporter=Reporter.silent(), echo_summary=False)
+    train_seconds = time.perf_counter() - started
+    theta1 = trained_weights(summary.run_dir, ctx.source)
+    shutil.rmtree(summary.run_dir, ignore_errors=True)
+    model, theta0 = ctx.model, ctx.theta0
+    errors: dict[str, dict[str, Any]] = {}
+    decode_started = time.perf_counter()
+    for alpha in ALPHAS:
+        with torch.no_grad():
+            model.load_state_dict(
+                {k: v + alpha * (theta1[k] - v) if v.is_floating_point() else v for k, v in theta0.items()}
+            )
+        errors[f"{alpha:g}"] = {name: ctx.decoder.errors(model, name) for name in ctx.sets.for_domain(domain)}
+    model.load_state_dict(theta0)
     return {
-        "recipe": recipe,
-        "seed": seed,
-        "wer": scores(summary.metrics, "after"),
-        "seconds": round(time.perf_counter() - started, 1),
-        "guard_warnings": summary.metrics["guard"]["warnings"],
-    }
+        "recipe": recipe, "domain": domain, "seed": seed, "errors": errors,
+        "train_seconds": round(train_seconds, 1),
+        "decode_seconds": round(time.perf_counter() - decode_started, 1),
+    }  # fmt: skip
 
 
-def summarise(results: dict[str, Any]) -> dict[str, Any]:
-    """Per recipe: mean over seeds of each set's WER, its change against pretrained, and the goals."""
-    base = results["pretrained"]
+class Context:
+    def __init__(self, args: argparse.Namespace) -> None:
+        import torch  # noqa: F401
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+
+        from whisper_tune.models.loading import resolve_source
+
+        self.source = resolve_source("pip:tiny.en")
+        self.processor = WhisperProcessor.from_pretrained(self.source)
+        self.model = WhisperForConditionalGeneration.from_pretrained(self.source).eval()
+        self.theta0 = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
+        self.sets = Sets(args, self.processor)
+        self.decoder = Decoder(self.processor, self.sets, args)
+
+
+# ------------------------------------------------------------------------------------- analysis
+
+
+def cross_fitted(run: dict[str, Any], base: dict[str, list[list[int]]], margin: float) -> dict[str, Any]:
+    """Selection replayed with the product's rule on one half of every set, scored on the other, then
+    swapped: per set, the chosen candidates' word errors over every clip (each clip scored by a choice
+    made without it) and the pretrained model's on the same clips."""
+    from whisper_tune.evaluation.selection import PRIMARY, Candidate, decide, halves, set_score
+
+    names = list(run["errors"]["1"])
+    domain_set = names[0]
+    candidates = [Candidate(float(a), float(a)) for a in run["errors"]]
+    split = {name: halves(len(base[name]), name, run["seed"]) for name in names}
+    out: dict[str, Any] = {"chosen": [], "errors": dict.fromkeys(names, 0), "baseline": dict.fromkeys(names, 0),
+                           "words": dict.fromkeys(names, 0)}  # fmt: skip
+    for side in (0, 1):
+        choose = {name: split[name][side] for name in names}
+        report = {name: split[name][1 - side] for name in names}
+
+        def counts(alpha: str, name: str, ids: list[int]) -> list[tuple[int, int]]:
+            rows = base[name] if alpha == "0" else run["errors"][alpha][name]
+            return [tuple(rows[i]) for i in ids]  # type: ignore[misc]
+
+        scores = {
+            c: {
+                (PRIMARY if name == domain_set else name): set_score(
+                    counts(f"{c.decoder:g}", name, choose[name]), counts("0", name, choose[name]),
+                    0.0 if name == domain_set else margin,
+                )
+                for name in names
+            }
+            for c in candidates
+        }  # fmt: skip
+        chosen = decide(candidates, scores).chosen
+        out["chosen"].append(chosen.decoder)
+        for name in names:
+            rows = counts(f"{chosen.decoder:g}", name, report[name])
+            out["errors"][name] += sum(e for e, _ in rows)
+            out["words"][name] += sum(w for _, w in rows)
+            out["baseline"][name] += sum(e for e, _ in counts("0", name, report[name]))
+    return out
+
+
+def summarise(results: dict[str, Any], margin: float) -> dict[str, Any]:
+    """Per recipe and domain: errors summed over seeds (cross-fitted), WERs, the change against
+    pretrained (points and words), and the goals."""
     table: dict[str, Any] = {}
     for recipe in RECIPES:
-        runs = [r for r in results["runs"] if r["recipe"] == recipe]
-        if not runs:
-            continue
-        mean = {s: round(statistics.mean(r["wer"][s] for r in runs), 2) for s in SETS}
-        table[recipe] = {
-            "seeds": [r["seed"] for r in runs],
-            "mean": mean,
-            "change": {s: round(mean[s] - base[s], 2) for s in SETS},
-            "in_domain_reduction_pct": round(100 * (base["eval"] - mean["eval"]) / base["eval"], 1),
-            "meets_goal": (base["eval"] - mean["eval"]) >= 0.65 * base["eval"]
-            and all(mean[s] - base[s] <= 1.0 for s in ("other-voice", "real-speech")),
-        }
+        for domain in DOMAINS:
+            runs = [r for r in results["runs"] if r["recipe"] == recipe and r["domain"] == domain]
+            if not runs:
+                continue
+            fits = [cross_fitted(r, results["pretrained"], margin) for r in runs]
+            row: dict[str, Any] = {"seeds": [r["seed"] for r in runs], "chosen": [f["chosen"] for f in fits]}
+            for name in fits[0]["errors"]:
+                key = "in-domain" if name.startswith("in-domain") else name
+                errors = sum(f["errors"][name] for f in fits)
+                base = sum(f["baseline"][name] for f in fits)
+                words = sum(f["words"][name] for f in fits)
+                row[key] = {
+                    "wer": round(100 * errors / words, 2), "pretrained": round(100 * base / words, 2),
+                    "change_words": errors - base, "words": words,
+                    "change_points": round(100 * (errors - base) / words, 2),
+                }  # fmt: skip
+            # unscaled (α = 1), whole sets, for the frontier
+            row["unscaled"] = {
+                ("in-domain" if n.startswith("in-domain") else n): round(
+                    100 * sum(sum(e for e, _ in r["errors"]["1"][n]) for r in runs)
+                    / sum(sum(w for _, w in r["errors"]["1"][n]) for r in runs), 2,
+                )
+                for n in runs[0]["errors"]["1"]
+            }  # fmt: skip
+            table.setdefault(recipe, {})[domain] = row
+    for recipe, domains in table.items():
+        ind = [d["in-domain"] for d in domains.values()]
+        domains["goal"] = {
+            "in_domain_reduction_pct": [round(100 * (1 - d["wer"] / d["pretrained"]), 1) for d in ind],
+            "second_voice_points": round(
+                100 * sum(d["second-voice"]["change_words"] for d in domains.values() if isinstance(d, dict)
+                          and "second-voice" in d)
+                / sum(d["second-voice"]["words"] for d in domains.values() if "second-voice" in d), 2,
+            ),
+            "real_speech_words": sum(d["real-speech"]["change_words"] for d in domains.values()
+                                     if "real-speech" in d),
+        }  # fmt: skip
+        goal = domains["goal"]
+        goal["second_voice_words"] = sum(
+            d["second-voice"]["words"] for d in domains.values() if "second-voice" in d
+        )
+        goal["met"] = (
+            len(goal["in_domain_reduction_pct"]) == len(DOMAINS)
+            and min(goal["in_domain_reduction_pct"]) >= 65
+            and goal["second_voice_points"] <= 0.5
+            and goal["real_speech_words"] <= 0
+        )
     return table
 
 
-def markdown(results: dict[str, Any]) -> str:
-    base = results["pretrained"]
+def markdown(results: dict[str, Any], margin: str) -> str:
     lines = [
-        "| recipe | seed | " + " | ".join(SETS) + " |",
-        "|---|---|" + "---|" * len(SETS),
-        "| pretrained | - | " + " | ".join(f"{base[s]:.1f}" for s in SETS) + " |",
+        "| recipe | domain | seeds | α chosen | in-domain | second-voice | real-speech | unscaled in-domain / 2nd / real |",
+        "|---|---|---|---|---|---|---|---|",
     ]
-    for recipe, row in results["summary"].items():
-        for r in (r for r in results["runs"] if r["recipe"] == recipe):
-            cells = " | ".join(f"{r['wer'][s]:.1f}" for s in SETS)
-            lines.append(f"| {recipe} | {r['seed']} | {cells} |")
-        lines.append(
-            f"| **{recipe}** | mean | " + " | ".join(f"**{row['mean'][s]:.1f}**" for s in SETS) + " |"
-        )
+    for recipe, domains in results["summary"][margin].items():
+        for domain, row in domains.items():
+            if domain == "goal":
+                continue
+            cell = lambda s: (  # noqa: E731
+                f"{row[s]['pretrained']:.1f} → {row[s]['wer']:.1f} ({row[s]['change_words']:+d} words)"
+            )
+            u = row["unscaled"]
+            lines.append(
+                f"| {recipe} | {domain} | {len(row['seeds'])} | {row['chosen']} | {cell('in-domain')} | "
+                f"{cell('second-voice')} | {cell('real-speech')} | {u['in-domain']:.1f} / "
+                f"{u['second-voice']:.1f} / {u['real-speech']:.1f} |"
+            )
     return "\n".join(lines)
 
 
-def versions() -> dict[str, str]:
+def machine() -> dict[str, Any]:
     import peft
     import torch
     import transformers
 
-    return {"torch": torch.__version__, "transformers": transformers.__version__, "peft": peft.__version__}
+    commit = subprocess.run(["git", "-C", str(REPO), "rev-parse", "--short", "HEAD"], capture_output=True,
+                            text=True).stdout.strip()  # fmt: skip
+    return {
+        "platform": platform.platform(), "python": platform.python_version(), "cpus": os.cpu_count(),
+        "load_1min_at_start": os.getloadavg()[0], "commit": commit,
+        "versions": {"torch": torch.__version__, "transformers": transformers.__version__,
+                     "peft": peft.__version__},
+    }  # fmt: skip
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--recipes", nargs="+", choices=list(RECIPES), default=list(RECIPES))
+    parser.add_argument("--domains", nargs="+", choices=list(DOMAINS), default=list(DOMAINS))
     parser.add_argument("--seeds", nargs="+", type=int, default=[1, 2, 3])
-    parser.add_argument("--steps", type=int, default=12, help="optimizer steps per run (30 x 8 = 1 epoch)")
-    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=50, help="optimizer steps per run")
+    parser.add_argument("--batch", type=int, default=4)
+    parser.add_argument("--real", type=int, default=60, help="real-speech clips drawn from the 227")
+    parser.add_argument("--eval-batch", type=int, default=32)
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --out")
-    parser.add_argument("--workdir", type=Path, default=None, help="run directories (default: a temp dir)")
+    parser.add_argument("--summarise", action="store_true", help="only summarise --out")
     args = parser.parse_args()
 
     results: dict[str, Any] = {"runs": []}
-    if args.resume and args.out and args.out.is_file():
+    if (args.resume or args.summarise) and args.out and args.out.is_file():
         results = json.loads(args.out.read_text())
-    results.update(
-        {
-            "benchmark": "recipe-quality",
-            "model": "pip:tiny.en",
-            "steps": args.steps,
-            "batch_size": args.batch,
-            "recipes": {name: RECIPES[name] for name in args.recipes},
-            "machine": {"platform": platform.platform(), "python": platform.python_version()},
-            "versions": versions(),
-            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        }
-    )
 
     def save() -> None:
-        results["summary"] = summarise(results) if "pretrained" in results else {}
+        if "pretrained" in results:
+            results["summary"] = {f"margin {m:g}": summarise(results, m) for m in (2.0, 0.5)}
         if args.out:
             args.out.parent.mkdir(parents=True, exist_ok=True)
-            args.out.write_text(json.dumps(results, indent=2) + "\n")
+            args.out.write_text(json.dumps(results, indent=1) + "\n")
 
-    with tempfile.TemporaryDirectory() as tmp:
-        work = args.workdir or Path(tmp)
+    if not args.summarise:
+        results.update({
+            "benchmark": "recipe-quality", "model": "pip:tiny.en", "steps": args.steps,
+            "batch_size": args.batch, "alphas": ALPHAS, "real_speech_clips": args.real,
+            "recipes": RECIPES, "machine": machine(),
+            "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        })  # fmt: skip
+        ctx = Context(args)
         if "pretrained" not in results:
-            results["pretrained"] = pretrained(work)
-            print("pretrained", results["pretrained"], flush=True)
+            started = time.perf_counter()
+            results["pretrained"] = {name: ctx.decoder.errors(ctx.model, name) for name in ctx.sets.texts}
+            print(f"pretrained decoded in {time.perf_counter() - started:.0f} s", flush=True)
             save()
-        done = {(r["recipe"], r["seed"]) for r in results["runs"]}
-        for seed in args.seeds:
-            for recipe in args.recipes:
-                if (recipe, seed) in done:
-                    continue
-                row = fine_tune(recipe, seed, args, work)
-                results["runs"].append(row)
-                print(recipe, seed, row["wer"], f"{row['seconds']} s", flush=True)
-                save()
+        done = {(r["recipe"], r["domain"], r["seed"]) for r in results["runs"]}
+        with tempfile.TemporaryDirectory() as work:
+            for seed in args.seeds:
+                for domain in args.domains:
+                    for recipe in args.recipes:
+                        if (recipe, domain, seed) in done:
+                            continue
+                        row = fine_tune(recipe, domain, seed, args, Path(work), ctx)
+                        row["load_1min"] = os.getloadavg()[0]
+                        results["runs"].append(row)
+                        print(f"{recipe} {domain} seed {seed}: train {row['train_seconds']} s, "
+                              f"decode {row['decode_seconds']} s", flush=True)  # fmt: skip
+                        save()
     save()
-    print(markdown(results))
+    for margin in results.get("summary", {}):
+        print(f"\n{margin}\n" + markdown(results, margin))
+        print(json.dumps({r: d["goal"] for r, d in results["summary"][margin].items()}, indent=1))
     sys.stdout.flush()
 
 
