@@ -223,43 +223,26 @@ class Context:
 
 
 def cross_fitted(run: dict[str, Any], base: dict[str, list[list[int]]], margin: float) -> dict[str, Any]:
-    """Selection replayed with the product's rule on one half of every set, scored on the other, then
-    swapped: per set, the chosen candidates' word errors over every clip (each clip scored by a choice
-    made without it) and the pretrained model's on the same clips."""
-    from whisper_tune.evaluation.selection import PRIMARY, Candidate, decide, halves, set_score
+    """Selection replayed with the product's rule, cross-fitted (``selection.cross_fit``): per set, the
+    chosen candidates' word errors over every clip (each clip scored by a choice made without it) and
+    the pretrained model's on the same clips."""
+    from whisper_tune.evaluation.selection import PRIMARY, Candidate, cross_fit, halves
 
     names = list(run["errors"]["1"])
-    domain_set = names[0]
+    rename = {names[0]: PRIMARY}  # the in-domain set is what selection minimises
+    as_rows = lambda rows: [tuple(r) for r in rows]  # noqa: E731
     candidates = [Candidate(float(a), float(a)) for a in run["errors"]]
-    split = {name: halves(len(base[name]), name, run["seed"]) for name in names}
-    out: dict[str, Any] = {"chosen": [], "errors": dict.fromkeys(names, 0), "baseline": dict.fromkeys(names, 0),
-                           "words": dict.fromkeys(names, 0)}  # fmt: skip
-    for side in (0, 1):
-        choose = {name: split[name][side] for name in names}
-        report = {name: split[name][1 - side] for name in names}
-
-        def counts(alpha: str, name: str, ids: list[int]) -> list[tuple[int, int]]:
-            rows = base[name] if alpha == "0" else run["errors"][alpha][name]
-            return [tuple(rows[i]) for i in ids]  # type: ignore[misc]
-
-        scores = {
-            c: {
-                (PRIMARY if name == domain_set else name): set_score(
-                    counts(f"{c.decoder:g}", name, choose[name]), counts("0", name, choose[name]),
-                    0.0 if name == domain_set else margin,
-                )
-                for name in names
-            }
-            for c in candidates
-        }  # fmt: skip
-        chosen = decide(candidates, scores).chosen
-        out["chosen"].append(chosen.decoder)
-        for name in names:
-            rows = counts(f"{chosen.decoder:g}", name, report[name])
-            out["errors"][name] += sum(e for e, _ in rows)
-            out["words"][name] += sum(w for _, w in rows)
-            out["baseline"][name] += sum(e for e, _ in counts("0", name, report[name]))
-    return out
+    clips = {
+        c: {rename.get(n, n): as_rows(run["errors"][f"{c.decoder:g}"][n]) for n in names} for c in candidates
+    }
+    baseline = {rename.get(n, n): as_rows(base[n]) for n in names}
+    split = {rename.get(n, n): halves(len(base[n]), n, run["seed"]) for n in names}
+    fit = cross_fit(candidates, clips, baseline, split, {n: margin for n in GUARDS})
+    back = {PRIMARY: names[0]}
+    return {
+        "chosen": [c.decoder for c in fit.chosen],
+        **{key: {back.get(n, n): v for n, v in getattr(fit, key).items()} for key in ("errors", "baseline", "words")},
+    }
 
 
 def summarise(results: dict[str, Any], margin: float) -> dict[str, Any]:

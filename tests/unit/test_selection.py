@@ -8,6 +8,7 @@ from whisper_tune.evaluation.selection import (
     Half,
     candidate_grid,
     clip_errors,
+    cross_fit,
     decide,
     halves,
     set_score,
@@ -89,3 +90,24 @@ def test_a_margin_is_counted_in_words_of_the_half() -> None:
     s = set_score([(3, 40), (2, 10)], [(1, 40), (1, 10)], margin_points=4.0)
     assert (s.errors, s.words, s.baseline_errors) == (5, 50, 2)
     assert s.allowed == 2.0 and s.excess == 1.0 and s.wer == 10.0
+
+
+def test_cross_fitting_chooses_on_each_half_and_scores_every_clip_once_on_the_other() -> None:
+    """Half A's clips favour α=1 and break the guard only in half B: the choice made on A (α=1) is
+    scored on B, where it costs guard words; the choice made on B (α=0.5) is scored on A. Each clip is
+    scored exactly once, by a choice made without it."""
+    half, full = Candidate(0.5, 0.5), Candidate(1.0, 1.0)
+    split = {"eval": ([0, 1], [2, 3]), "guard": ([0, 1], [2, 3])}
+    baseline = {"eval": [(5, 10)] * 4, "guard": [(1, 10)] * 4}
+    clips = {
+        half: {"eval": [(3, 10)] * 4, "guard": [(1, 10)] * 4},
+        # α=1: better in domain everywhere; the guard holds on A (clips 0, 1) and breaks on B (2, 3)
+        full: {"eval": [(1, 10)] * 4, "guard": [(1, 10), (1, 10), (4, 10), (4, 10)]},
+    }
+    fit = cross_fit([half, full], clips, baseline, split, {"guard": 1.0})
+    assert fit.chosen == (full, half)
+    # scored on B with α=1 (2 clips x 1 error) and on A with α=0.5 (2 clips x 3 errors)
+    assert fit.errors["eval"] == 2 * 1 + 2 * 3 and fit.baseline["eval"] == 4 * 5
+    assert fit.words == {"eval": 40, "guard": 40}
+    # the guard pays for the choice made on A: 2 x 4 errors on B, 2 x 1 on A, against 4 x 1
+    assert fit.errors["guard"] == 10 and fit.change("guard") == 6 and fit.change("eval") == -12
