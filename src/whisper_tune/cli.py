@@ -22,6 +22,8 @@ from whisper_tune.config.schema import REPO_ID, UncheckedOptions
 from whisper_tune.config_loading import dump_yaml, load_config, resolve_config
 from whisper_tune.console import Reporter
 from whisper_tune.errors import ConfigError, InterruptedRun, WhisperTuneError
+from whisper_tune.execution.external import outside_launch
+from whisper_tune.execution.worker import exit_now
 from whisper_tune.export.exporter import FORMATS
 from whisper_tune.export.exporter import export as export_model
 from whisper_tune.models.adapters import merge_adapter
@@ -180,8 +182,20 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
 
 
 def _reporter(ctx: click.Context) -> Any:
-
+    """The console reporter; silent on the ranks other than 0 of a torchrun / accelerate launch (rank 0
+    speaks for the run)."""
+    outside = outside_launch()
+    if outside is not None and not outside.main:
+        return Reporter.silent()
     return Reporter(quiet=ctx.obj["quiet"], verbose=ctx.obj["debug"])
+
+
+def _echo_summary(summary: Any) -> None:
+    if not summary.reports:
+        return
+    click.echo(f"run directory: {summary.run_dir}")
+    for line in summary.lines:
+        click.echo(line)
 
 
 DATA_HELP = (
@@ -204,9 +218,7 @@ def run(
     summary = run_pipeline(
         build_config(config, overrides, data=data, **flags), reporter=reporter, echo_summary=False
     )
-    click.echo(f"run directory: {summary.run_dir}")
-    for line in summary.lines:
-        click.echo(line)
+    _echo_summary(summary)
 
 
 @cli.command("eval", cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
@@ -240,9 +252,7 @@ def eval_cmd(
         train=False,
         echo_summary=False,
     )
-    click.echo(f"run directory: {summary.run_dir}")
-    for line in summary.lines:
-        click.echo(line)
+    _echo_summary(summary)
 
 
 @cli.command(cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
@@ -607,7 +617,16 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: run the CLI and map errors to one line and an exit code."""
+    """Entry point: run the CLI and map errors to one line and an exit code. A rank of a torchrun /
+    accelerate launch leaves without tearing the interpreter down (``worker.exit_now``: a DDP model's
+    process group can deadlock the interpreter's shutdown)."""
+    code = _main(argv)
+    if argv is None and outside_launch() is not None:
+        exit_now(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     signal.signal(signal.SIGTERM, _on_sigterm)

@@ -251,3 +251,20 @@ def test_probe_never_raises_and_the_preset_validates() -> None:
     opts = preset.backend.options
     assert isinstance(opts, AccelerateOptions) and opts.mixed_precision == "fp16"
     assert issues_at(BACKEND.check(preset, TWO_GPUS), "backend.mixed_precision") == []
+
+
+def test_under_torchrun_the_launcher_decides_the_process_count() -> None:
+    """A rank of ``torchrun --nproc_per_node 2``: --num-processes may be left out or agree; another count
+    is a config error, and the plan records the launcher's processes, trained in place."""
+    from whisper_tune.execution.external import OutsideLaunch, check_outside, outside_plan
+
+    outside = OutsideLaunch(rank=0, world_size=2, local_world_size=2, launcher="torchrun")
+    for agreeing in (config("backend.cpu=true"), config("backend.cpu=true", "backend.num_processes=2")):
+        check_outside(BACKEND, agreeing, outside)
+    with pytest.raises(ConfigError, match="backend.num_processes is 4, but torchrun started 2 processes"):
+        check_outside(BACKEND, config("backend.cpu=true", "backend.num_processes=4"), outside)
+    cpu = config("backend.cpu=true")
+    planned = outside_plan(BACKEND.plan(cpu, CPU), BACKEND, cpu, outside)
+    assert planned.processes == 2 and planned.global_batch == 2 * cpu.training.batch_size
+    assert planned.devices == "2 CPU processes (gloo), started by torchrun"
+    assert planned.launch == Launch()

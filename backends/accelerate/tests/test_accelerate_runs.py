@@ -205,6 +205,58 @@ def test_resume_continues_the_two_process_run(two_process_run: Path, toy_model_d
 
 
 @pytest.mark.slow
+def test_torchrun_starts_one_run_with_the_weights_of_num_processes_2(
+    two_process_run: Path, toy_model_dir: Path, tmp_path: Path
+) -> None:
+    """``torchrun --nproc_per_node 2 -m whisper_tune run …`` (the launcher of HF's examples): its two
+    processes are the two ranks of ONE run — one run directory (its name not given, so each rank would
+    have made its own), the data prepared once by rank 0, each rank on its own shard — ending with the
+    weights of the ``--num-processes 2`` run of the same config."""
+    import sys
+
+    out = tmp_path / "runs"
+    args = [
+        a for a in overrides(toy_model_dir, out, "unused", **MAIN_RUN) if not a.startswith("output.run_name")
+    ]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    command = [
+        *torchrun,
+        "-m",
+        "whisper_tune",
+        "-q",
+        "run",
+        "--config",
+        "quickstart",
+        "--backend",
+        "accelerate",
+    ]
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    done = run_child([*command, *args], env={**os.environ, TRACE_ENV: str(trace)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = out.iterdir()  # exactly one run directory
+    assert done.stdout.count("run directory:") == 1 and str(run_dir) in done.stdout  # rank 0 reports
+    assert (run_dir / "launch" / "job-ranks.json").is_file() and not (
+        run_dir / "launch" / "result-machine0.json"
+    ).exists()
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan["processes"] == 2 and plan["global_batch"] == 8 and "torchrun" in plan["devices"]
+    rank0, rank1 = traces(trace)
+    assert rank0["world"] == rank1["world"] == 2
+    first_epoch = [{tuple(x) for x in trace["seen_labels"][:8]} for trace in (rank0, rank1)]
+    assert len(first_epoch[0]) == 8 and not first_epoch[0] & first_epoch[1]  # sharded
+    # the same loop, shards and steps as --num-processes 2: the same weights, and the same final/
+    launched = traces(two_process_run / "trace-two")
+    assert (
+        rank0["seen_labels"] == launched[0]["seen_labels"]
+        and rank1["seen_labels"] == launched[1]["seen_labels"]
+    )
+    assert rank0["weights_sha256"] == rank1["weights_sha256"] == launched[0]["weights_sha256"]
+    assert digest_of(run_dir / "final") == digest_of(two_process_run / "two" / "final")
+    assert json.loads((run_dir / "metrics.json").read_text())["train"]["steps"] == 4
+
+
+@pytest.mark.slow
 def test_two_machines_over_loopback(toy_model_dir: Path, tmp_path: Path, free_port: int) -> None:
     """Two launcher invocations (machine ranks 0 and 1, one process each) meeting at 127.0.0.1, with
     evaluation during training (sharded over the machines) keeping the best checkpoint."""
@@ -374,6 +426,7 @@ def test_eval_only_over_two_processes(two_process_run: Path, toy_model_dir: Path
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     trained = json.loads((two_process_run / "two" / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 0 and not (tmp_path / "eval" / "checkpoints").exists()
+
     # the same transcripts of the starting weights as the training run's evaluation before training
     # (whose metrics are on the report half its selection left: compare clip by clip)
     def before(run: Path) -> list[str]:
