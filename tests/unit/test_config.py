@@ -226,7 +226,7 @@ def test_a_section_error_shows_only_the_values_it_names() -> None:
     with pytest.raises(ConfigError) as err:  # the message already quotes the values: nothing added
         load_config("quickstart", ["model.language=mr"])
     assert "'mr'" in err.value.message and "got" not in err.value.message
-    with pytest.raises(ConfigError, match=r"learning_rate: Input should be greater than 0 \(got -1\)"):
+    with pytest.raises(ConfigError, match=r"learning_rate: must be greater than 0 \(got -1\)"):
         load_config("quickstart", ["training.learning_rate=-1"])
 
 
