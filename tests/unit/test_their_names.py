@@ -233,3 +233,22 @@ def test_eval_metric_picks_the_best_checkpoint_and_stops_early(metric: str, tmp_
     assert summary[f"best_eval_{metric}"] == (10.0 if metric == "wer" else 3.0)
     kept = (tmp_path / "best" / "best.json").read_text()
     assert f'"eval_{metric}"' in kept
+
+
+def test_a_learning_rate_far_from_the_methods_range_warns_naming_its_default() -> None:
+    from whisper_tune.config.schema import DEFAULT_LEARNING_RATE
+    from whisper_tune.runs.opening import learning_rate_issues
+
+    (lora,) = learning_rate_issues(
+        load_config("quickstart", ["training.method=lora", "training.learning_rate=1e-5"])
+    )
+    assert lora.level == "warning" and lora.loc == "training.learning_rate"
+    assert "1e-05 is far below the usual range of training.method lora" in lora.message
+    assert f"LoRA's default is {DEFAULT_LEARNING_RATE['lora']:g}" in lora.message
+    (full,) = learning_rate_issues(
+        load_config("quickstart", ["training.method=full", "training.learning_rate=1e-3"])
+    )
+    assert "0.001 is far above the usual range of training.method full" in full.message
+    assert f"full fine-tuning's default is {DEFAULT_LEARNING_RATE['full']:g}" in full.message
+    for usual in (["training.method=lora"], ["training.method=full", "training.learning_rate=1e-5"]):
+        assert learning_rate_issues(load_config("quickstart", usual)) == []

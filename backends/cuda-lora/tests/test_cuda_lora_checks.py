@@ -267,3 +267,34 @@ def test_shape_of_a_local_model_matches_its_real_parameter_count(toy_model_dir: 
     assert shape is not None and shape.d_model == 64
     real = sum(p.numel() for p in WhisperForConditionalGeneration.from_pretrained(toy_model_dir).parameters())
     assert shape.params == pytest.approx(real, rel=0.02)
+
+
+def test_a_full_fine_tuning_rate_run_as_lora_warns(tmp_path: Path) -> None:
+    """A config written for full fine-tuning (learning_rate 1e-5) run with --backend cuda-lora would train
+    LoRA at 1e-5 without a word: plan and run warn, naming LoRA's default."""
+    import logging
+
+    from whisper_tune.console import LOGGER_NAME
+
+    written = tmp_path / "full-ft.yaml"
+    written.write_text("model: {name: pip:tiny.en}\ntraining: {learning_rate: 1.0e-5}\n")
+    cfg = load_config(written, ["backend.device=cpu"], backend="cuda-lora", registry=BACKEND)
+    assert cfg.training.method == "lora" and cfg.training.learning_rate == 1e-5
+
+    class Lines(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    handler, logger = Lines(), logging.getLogger(LOGGER_NAME)
+    logger.addHandler(handler)
+    try:
+        plan(cfg, registry=BACKEND)
+    finally:
+        logger.removeHandler(handler)
+    (warning,) = [line for line in handler.lines if "training.learning_rate" in line]
+    assert warning.startswith("warning: training.learning_rate: 1e-05 is far below the usual range")
+    assert "LoRA's default is 0.001" in warning and "leave training.learning_rate unset" in warning

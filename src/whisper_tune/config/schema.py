@@ -329,6 +329,9 @@ ALL_LINEAR = "all-linear"
 TrainingMethod = Literal["full", "lora"]
 #: the peak learning rate each method gets when the config sets none (see docs/benchmarks.md)
 DEFAULT_LEARNING_RATE: dict[str, float] = {"full": 3e-5, "lora": 1e-3}
+#: how far (a factor either way) from its method's default a learning rate is "far outside the usual
+#: range": a run then warns (LoRA at 1e-5, full fine-tuning at 1e-3; runs/opening.learning_rate_issues)
+LEARNING_RATE_FAR = 10.0
 #: whether each method freezes the encoder when the config does not say (see docs/benchmarks.md)
 DEFAULT_FREEZE_ENCODER: dict[str, bool] = {"full": True, "lora": False}
 
@@ -387,7 +390,8 @@ class TrainingConfig(Section):
         gt=0,
         description="Peak learning rate (never rescaled silently). Unset: "
         + ", ".join(f"{rate:g} for method '{m}'" for m, rate in DEFAULT_LEARNING_RATE.items())
-        + ".",
+        + f". A rate more than {LEARNING_RATE_FAR:g}x from its method's default (LoRA at 1e-5, full "
+        "fine-tuning at 1e-3) gets a warning naming that default.",
     )
     batch_size: int = Field(16, gt=0, description="Batch size per device (as in the seeds and HF Trainer).")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")

@@ -44,6 +44,7 @@ from whisper_tune.runs.directory import (
 )
 from whisper_tune.runs.opening import (
     epoch_steps,
+    learning_rate_issues,
     load_model_processor,
     prepare_sets,
     raise_issues,
@@ -136,7 +137,7 @@ class Run:
             _, self.launch_id = share_run_dir(self.accelerator, run_dir)
         self.reporter.log_to(run_dir / "run.log")
         if self.training:
-            raise_issues(warmup_issues(config, config.training.max_steps))
+            raise_issues(warmup_issues(config, config.training.max_steps) + learning_rate_issues(config))
         (run_dir / CONFIG_FILE).write_text(dump_yaml(config), encoding="utf-8")
         self.reporter.attach_trackers(
             open_trackers(config.training.report_to, run_dir, config.to_yaml_dict())
@@ -339,5 +340,6 @@ def plan(config: RunConfig, registry: Registry | None = None, caps: Capabilities
     plan shows on a laptop)."""
     backend = (registry or Registry()).get(config.backend.name)
     caps = caps or backend.probe().capabilities
-    raise_issues([i for i in backend.check(config, caps) if not (i.hardware or i.run_only)])
+    issues = [i for i in backend.check(config, caps) if not (i.hardware or i.run_only)]
+    raise_issues(issues + learning_rate_issues(config))
     return backend.plan(config, caps)
