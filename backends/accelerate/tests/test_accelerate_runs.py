@@ -33,7 +33,7 @@ MAIN_RUN = {"training.gradient_accumulation_steps": 2, "training.save_steps": 1}
 
 def overrides(model: Path, out: Path, run_name: str, **extra: object) -> list[str]:
     base: dict[str, object] = {
-        "backend.cpu": "true",
+        "backend.device": "cpu",
         "model.name": str(model),
         "data.dataset": str(QUICKSTART_DATA),
         "data.max_train_samples": 16,
@@ -88,7 +88,7 @@ def digest_of(model_dir: Path) -> str:
 
 @pytest.fixture(scope="module")
 def two_process_run(toy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``whisper-tune run --backend accelerate --num-processes 2 backend.cpu=true``: 4 steps, 2 epochs."""
+    """``whisper-tune run --backend accelerate --num-processes 2 backend.device=cpu``: 4 steps, 2 epochs."""
     out = tmp_path_factory.mktemp("accelerate-runs")
     args = overrides(toy_model_dir, out, "two", **MAIN_RUN)
     done = run_cli(["--num-processes", "2", *args], trace=out / "trace-two")
@@ -391,7 +391,8 @@ def test_fsdp_two_gpus_two_steps(toy_model_dir: Path, tmp_path: Path) -> None:
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 CUDA GPUs")
-    args = overrides(toy_model_dir, tmp_path, "fsdp", **{"backend.cpu": "false", "backend.strategy": "fsdp"})
+    gpus = {"backend.device": "cuda", "backend.strategy": "fsdp"}
+    args = overrides(toy_model_dir, tmp_path, "fsdp", **gpus)
     done = run_cli(["--num-processes", "2", *args, "training.max_steps=2"], trace=tmp_path / "trace")
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "fsdp" / "metrics.json").read_text())
@@ -413,7 +414,7 @@ def test_eval_only_over_two_processes(two_process_run: Path, toy_model_dir: Path
         str(QUICKSTART_DATA),
         "--split",
         "eval",
-        "backend.cpu=true",
+        "backend.device=cpu",
         "data.max_eval_samples=5",
         "data.extra_eval=[]",
         "eval.batch_size=2",

@@ -298,3 +298,11 @@ def test_a_full_fine_tuning_rate_run_as_lora_warns(tmp_path: Path) -> None:
     (warning,) = [line for line in handler.lines if "training.learning_rate" in line]
     assert warning.startswith("warning: training.learning_rate: 1e-05 is far below the usual range")
     assert "LoRA's default is 0.001" in warning and "leave training.learning_rate unset" in warning
+
+
+def test_the_cpu_switch_is_spelled_as_on_every_backend() -> None:
+    """backend.device=cpu here as on accelerate and reference; backend.cpu=true is read as it too."""
+    new, old = config("backend.device=cpu"), config("backend.cpu=true")
+    assert new.backend.options == old.backend.options  # type: ignore[attr-defined]
+    assert CudaLoraBackend().uses_cpu(old)  # type: ignore[arg-type]
+    assert CudaLoraBackend.cpu_overrides == ("backend.device=cpu",)

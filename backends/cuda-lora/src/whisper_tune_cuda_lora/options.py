@@ -39,7 +39,7 @@ class CudaLoraOptions(ProcessOptions):
         description="'cuda' (GPU 0; with several processes, each process's own GPU). 'cpu' runs the same "
         "LoRA recipe on the CPU in every quantization mode (int8 and 4bit through bitsandbytes' CPU "
         "backend; fp32 or bf16, not fp16): slow, for tests, trying the seeds' recipe and comparing modes "
-        "without a GPU.",
+        "without a GPU. The same switch as every backend's (backend.cpu=true is read as device=cpu).",
     )
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field(
         "nf4", description="4-bit data type for quantization '4bit' (QLoRA uses nf4)."
