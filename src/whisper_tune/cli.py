@@ -7,6 +7,7 @@ imports torch at import time, so ``--help`` is instant.
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -16,6 +17,7 @@ from typing import Any, TypeVar
 import click
 
 from whisper_tune.backend.registry import KNOWN_BACKENDS, Registry
+from whisper_tune.backend.setup import InProcessTrainer
 from whisper_tune.config.docs import backend_options_markdown, config_reference_markdown, with_options_block
 from whisper_tune.config.presets import list_presets
 from whisper_tune.config.schema import REPO_ID, UncheckedOptions
@@ -269,7 +271,8 @@ def eval_cmd(
 def prepare(
     ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], out: Path, **flags: Any
 ) -> None:
-    """Decode, resample, filter and featurise a dataset once; later runs train from it (data.dataset=OUT)."""
+    """Decode, resample to 16 kHz, filter and tokenise a dataset once: audio and labels on disk (log-mel
+    features are computed per batch while training); later runs train from it (data.dataset=OUT)."""
 
     sets = prepare_data(build_config(config, overrides, **flags), out, reporter=_reporter(ctx))
     for name, info in sets.report().items():
@@ -278,11 +281,15 @@ def prepare(
 
 @cli.command(cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
 @config_options
+@click.option("--data", "data", default=None, metavar="DIR_OR_MANIFEST", help="As for 'run': " + DATA_HELP)
 @click.pass_context
-def plan(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
-    """Show what the backend will do: devices, batch per device and global, placement."""
+def plan(
+    ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], data: str | None, **flags: Any
+) -> None:
+    """Show what the backend will do: devices, batch per device and global, placement, and the command
+    that runs it."""
 
-    resolved = build_config(config, overrides, resolved=True, **flags)
+    resolved = build_config(config, overrides, resolved=True, data=data, **flags)
     the_plan = make_plan(resolved.config)
     click.echo(f"backend:            {the_plan.backend}")
     click.echo(f"devices:            {the_plan.devices}")
@@ -301,8 +308,49 @@ def plan(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], 
     for line in the_plan.notes:
         click.echo(f"note:               {line}")
     launch = the_plan.launch.resolved(run_dir_path(resolved.config))
+    if launch.mode == "command":
+        named = "" if resolved.config.output.run_name else " (named at its start; output.run_name fixes it)"
+        click.echo(
+            f"launch:             whisper-tune run writes the files below into its run directory{named}, "
+            "then executes:"
+        )
     for line in launch.describe():
         click.echo(f"launch:             {line}")
+    same = _same_arguments(config, overrides, {**flags, "data": data})
+    click.echo(f"run it:             {shlex.join(['whisper-tune', 'run', *same])}")
+    torchrun = _torchrun_line(resolved.config, the_plan, config, overrides, {**flags, "data": data})
+    if torchrun:
+        click.echo(f"or with torchrun:   {torchrun}")
+
+
+def _same_arguments(
+    config: str | None, overrides: Sequence[str], flags: dict[str, Any], drop: Sequence[str] = ()
+) -> list[str]:
+    """The arguments ``plan`` was given, for a ``whisper-tune run`` of the same configuration."""
+    config, items = split_config_argument(config, overrides)
+    args = ["--config", config] if config else []
+    for name in ("backend", "model", "data"):
+        if flags.get(name):
+            args += [f"--{name}", str(flags[name])]
+    for flag, value in (flags.get("backend_flags") or {}).items():
+        if value is not None and flag not in drop:
+            args += [flag, str(value)]
+    return args + items
+
+
+def _torchrun_line(
+    config: Any, the_plan: Any, config_arg: str | None, overrides: Sequence[str], flags: dict[str, Any]
+) -> str | None:
+    """The same run started by torchrun (each process a rank of the one run, execution/external.py), for a
+    backend that trains in this Python environment over several processes of one machine."""
+    options = config.backend.options
+    if the_plan.processes < 2 or getattr(options, "num_machines", 1) != 1:
+        return None
+    if not isinstance(Registry().get(config.backend.name), InProcessTrainer):
+        return None
+    same = _same_arguments(config_arg, overrides, flags, drop=("--num-processes",))
+    torchrun = ["torchrun", "--standalone", "--nproc_per_node", str(the_plan.processes)]
+    return shlex.join([*torchrun, "-m", "whisper_tune", "run", *same])
 
 
 def _value_and_origin(resolved: Any, key: str) -> str:

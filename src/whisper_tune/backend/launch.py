@@ -95,7 +95,7 @@ class Launch:
         lines = [self.command_line()]
         lines += [f"writes {path}" for path, _ in self.files]
         if self.job_file:
-            lines.append(f"job file {self.job_file}")
+            lines.append(f"job file {self.job_file} (written by whisper-tune run once the data is prepared)")
         if self.result_file:
             lines.append(f"result file {self.result_file}")
         return lines

@@ -131,7 +131,8 @@ class ModelConfig(Section):
         if self.english_only and self.language not in (None, "en"):
             raise ValueError(
                 f"'{self.name}' is an English-only model: it has no language tokens, so model.language "
-                f"'{self.language}' cannot be used. Pick a multilingual model or unset model.language."
+                f"'{self.language}' cannot be used. Pick a multilingual model (e.g. --model pip:base, or "
+                "openai/whisper-small) or unset model.language."
             )
         if self.english_only and self.task == "translate":
             raise ValueError(f"'{self.name}' is an English-only model and cannot translate.")
@@ -655,7 +656,8 @@ class RunConfig(Section):
     def _cross_section_rules(self) -> RunConfig:
         if self.model.english_only and self.data.language_column is not None:
             raise ValueError(
-                f"'{self.model.name}' is English-only: data.language_column needs a multilingual model"
+                f"'{self.model.name}' is English-only: data.language_column needs a multilingual model "
+                "(e.g. --model pip:base)"
             )
         regression = self.eval.regression_set
         names = {s.name for s in self.data.extra_eval}

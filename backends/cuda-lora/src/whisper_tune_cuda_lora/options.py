@@ -16,7 +16,10 @@ Quantization = Literal["int8", "4bit", "none"]
 #: whose CPU backend trains int8 correctly (checks.BNB_CPU_MIN); 0.50.2 is what the tests run; the upper
 #: bound keeps out releases nobody has tested (bitsandbytes changes its API between minor releases).
 BNB_REQUIREMENT = "bitsandbytes>=0.47,<0.51"
-BNB_INSTALL = f"pip install 'whisper-tune-cuda-lora[bnb]' ({BNB_REQUIREMENT}: CUDA and CPU kernels)"
+BNB_INSTALL = (
+    f"pip install './backends/cuda-lora[bnb]' in the whisper-tune checkout, or pip install "
+    f"'{BNB_REQUIREMENT}' ({BNB_REQUIREMENT}: CUDA and CPU kernels)"
+)
 
 
 class CudaLoraOptions(ProcessOptions):
