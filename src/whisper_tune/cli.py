@@ -7,6 +7,7 @@ imports torch at import time, so ``--help`` is instant.
 
 from __future__ import annotations
 
+import shlex
 import signal
 import sys
 from collections.abc import Callable, Sequence
@@ -16,12 +17,15 @@ from typing import Any, TypeVar
 import click
 
 from whisper_tune.backend.registry import KNOWN_BACKENDS, Registry
+from whisper_tune.backend.setup import InProcessTrainer
 from whisper_tune.config.docs import backend_options_markdown, config_reference_markdown, with_options_block
 from whisper_tune.config.presets import list_presets
 from whisper_tune.config.schema import REPO_ID, UncheckedOptions
 from whisper_tune.config_loading import dump_yaml, load_config, resolve_config
 from whisper_tune.console import Reporter
 from whisper_tune.errors import ConfigError, InterruptedRun, WhisperTuneError
+from whisper_tune.execution.external import outside_launch
+from whisper_tune.execution.worker import exit_now
 from whisper_tune.export.exporter import FORMATS
 from whisper_tune.export.exporter import export as export_model
 from whisper_tune.models.adapters import merge_adapter
@@ -180,8 +184,20 @@ def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
 
 
 def _reporter(ctx: click.Context) -> Any:
-
+    """The console reporter; silent on the ranks other than 0 of a torchrun / accelerate launch (rank 0
+    speaks for the run)."""
+    outside = outside_launch()
+    if outside is not None and not outside.main:
+        return Reporter.silent()
     return Reporter(quiet=ctx.obj["quiet"], verbose=ctx.obj["debug"])
+
+
+def _echo_summary(summary: Any) -> None:
+    if not summary.reports:
+        return
+    click.echo(f"run directory: {summary.run_dir}")
+    for line in summary.lines:
+        click.echo(line)
 
 
 DATA_HELP = (
@@ -204,9 +220,7 @@ def run(
     summary = run_pipeline(
         build_config(config, overrides, data=data, **flags), reporter=reporter, echo_summary=False
     )
-    click.echo(f"run directory: {summary.run_dir}")
-    for line in summary.lines:
-        click.echo(line)
+    _echo_summary(summary)
 
 
 @cli.command("eval", cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
@@ -240,9 +254,7 @@ def eval_cmd(
         train=False,
         echo_summary=False,
     )
-    click.echo(f"run directory: {summary.run_dir}")
-    for line in summary.lines:
-        click.echo(line)
+    _echo_summary(summary)
 
 
 @cli.command(cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
@@ -259,7 +271,8 @@ def eval_cmd(
 def prepare(
     ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], out: Path, **flags: Any
 ) -> None:
-    """Decode, resample, filter and featurise a dataset once; later runs train from it (data.dataset=OUT)."""
+    """Decode, resample to 16 kHz, filter and tokenise a dataset once: audio and labels on disk (log-mel
+    features are computed per batch while training); later runs train from it (data.dataset=OUT)."""
 
     sets = prepare_data(build_config(config, overrides, **flags), out, reporter=_reporter(ctx))
     for name, info in sets.report().items():
@@ -268,11 +281,15 @@ def prepare(
 
 @cli.command(cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
 @config_options
+@click.option("--data", "data", default=None, metavar="DIR_OR_MANIFEST", help="As for 'run': " + DATA_HELP)
 @click.pass_context
-def plan(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
-    """Show what the backend will do: devices, batch per device and global, placement."""
+def plan(
+    ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], data: str | None, **flags: Any
+) -> None:
+    """Show what the backend will do: devices, batch per device and global, placement, and the command
+    that runs it."""
 
-    resolved = build_config(config, overrides, resolved=True, **flags)
+    resolved = build_config(config, overrides, resolved=True, data=data, **flags)
     the_plan = make_plan(resolved.config)
     click.echo(f"backend:            {the_plan.backend}")
     click.echo(f"devices:            {the_plan.devices}")
@@ -291,8 +308,49 @@ def plan(ctx: click.Context, /, config: str | None, overrides: tuple[str, ...], 
     for line in the_plan.notes:
         click.echo(f"note:               {line}")
     launch = the_plan.launch.resolved(run_dir_path(resolved.config))
+    if launch.mode == "command":
+        named = "" if resolved.config.output.run_name else " (named at its start; output.run_name fixes it)"
+        click.echo(
+            f"launch:             whisper-tune run writes the files below into its run directory{named}, "
+            "then executes:"
+        )
     for line in launch.describe():
         click.echo(f"launch:             {line}")
+    same = _same_arguments(config, overrides, {**flags, "data": data})
+    click.echo(f"run it:             {shlex.join(['whisper-tune', 'run', *same])}")
+    torchrun = _torchrun_line(resolved.config, the_plan, config, overrides, {**flags, "data": data})
+    if torchrun:
+        click.echo(f"or with torchrun:   {torchrun}")
+
+
+def _same_arguments(
+    config: str | None, overrides: Sequence[str], flags: dict[str, Any], drop: Sequence[str] = ()
+) -> list[str]:
+    """The arguments ``plan`` was given, for a ``whisper-tune run`` of the same configuration."""
+    config, items = split_config_argument(config, overrides)
+    args = ["--config", config] if config else []
+    for name in ("backend", "model", "data"):
+        if flags.get(name):
+            args += [f"--{name}", str(flags[name])]
+    for flag, value in (flags.get("backend_flags") or {}).items():
+        if value is not None and flag not in drop:
+            args += [flag, str(value)]
+    return args + items
+
+
+def _torchrun_line(
+    config: Any, the_plan: Any, config_arg: str | None, overrides: Sequence[str], flags: dict[str, Any]
+) -> str | None:
+    """The same run started by torchrun (each process a rank of the one run, execution/external.py), for a
+    backend that trains in this Python environment over several processes of one machine."""
+    options = config.backend.options
+    if the_plan.processes < 2 or getattr(options, "num_machines", 1) != 1:
+        return None
+    if not isinstance(Registry().get(config.backend.name), InProcessTrainer):
+        return None
+    same = _same_arguments(config_arg, overrides, flags, drop=("--num-processes",))
+    torchrun = ["torchrun", "--standalone", "--nproc_per_node", str(the_plan.processes)]
+    return shlex.join([*torchrun, "-m", "whisper_tune", "run", *same])
 
 
 def _value_and_origin(resolved: Any, key: str) -> str:
@@ -607,7 +665,16 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: run the CLI and map errors to one line and an exit code."""
+    """Entry point: run the CLI and map errors to one line and an exit code. A rank of a torchrun /
+    accelerate launch leaves without tearing the interpreter down (``worker.exit_now``: a DDP model's
+    process group can deadlock the interpreter's shutdown)."""
+    code = _main(argv)
+    if argv is None and outside_launch() is not None:
+        exit_now(code)
+    return code
+
+
+def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     signal.signal(signal.SIGTERM, _on_sigterm)

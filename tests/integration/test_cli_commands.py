@@ -49,7 +49,7 @@ def test_backends_lists_installed_and_known(
         origin = f"[{info.distribution} {info.version}]"
         assert lines[2 * n + 1] == f"{'':12} {backend.description} {origin}"
     # what "available" means here: without a GPU the GPU backends run only in their CPU dev modes
-    for name, dev_mode in (("cuda-lora", "backend.device=cpu"), ("accelerate", "backend.cpu=true")):
+    for name, dev_mode in (("cuda-lora", "backend.device=cpu"), ("accelerate", "backend.device=cpu")):
         if name in registry.names() and registry.get(name).probe().capabilities.cuda_devices == 0:
             assert f"{name:12} available: CPU dev mode only" in out and dev_mode in out
 
@@ -66,6 +66,12 @@ def test_plan_prints_global_batch(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "plan", "--config", "quickstart", "training.gradient_accumulation_steps=3")
     assert code == 0
     assert "batch per device:   8" in out and "global batch:       24" in out and "CPU" in out
+    # the command that runs it, as given to plan (a plan in this process starts no other command)
+    run_it = "run it:             whisper-tune run --config quickstart training.gradient_accumulation_steps=3"
+    assert run_it in out.splitlines() and "torchrun" not in out
+    data = str(REPO / "data" / "quickstart")
+    code, out, _ = run_cli(capsys, "plan", "--model", "pip:tiny.en", "--data", data)
+    assert code == 0 and f"run it:             whisper-tune run --model pip:tiny.en --data {data}" in out
 
 
 def test_config_list_show_validate_docs(capsys: pytest.CaptureFixture[str]) -> None:

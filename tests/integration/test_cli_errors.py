@@ -53,14 +53,19 @@ def test_config_error_misspelt_key(tmp_path: Path) -> None:
     assert not any(tmp_path.iterdir())  # nothing written
 
 
+def test_config_error_their_name(tmp_path: Path) -> None:
+    result = cli("run", "--config", "quickstart", "per_device_train_batch_size=16", f"output.dir={tmp_path}")
+    assert_clean_error(result, 2, "per_device_train_batch_size: unknown key: Seq2SeqTrainingArguments' name")
+    assert "here: training.batch_size=16" in result.stderr and not any(tmp_path.iterdir())
+
+
 def test_config_error_unknown_language() -> None:
     assert_clean_error(cli("config", "validate", "model.language=marathii"), 2, "did you mean 'marathi'")
 
 
 def test_config_error_language_on_english_only_model() -> None:
-    assert_clean_error(
-        cli("config", "validate", "--model", "pip:tiny.en", "model.language=mr"), 2, "English-only"
-    )
+    result = cli("config", "validate", "--model", "pip:tiny.en", "model.language=mr")
+    assert_clean_error(result, 2, "English-only", "pip:base")
 
 
 def test_data_error_missing_path(tmp_path: Path) -> None:

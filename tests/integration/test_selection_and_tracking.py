@@ -50,6 +50,43 @@ def test_best_checkpoint_is_kept_and_evaluated(toy_model_dir: Path, tmp_path: Pa
     assert metrics["train"]["steps"] == 4 and metrics["train"]["final_loss"] is not None
 
 
+@pytest.mark.slow
+def test_with_eval_metric_cer_the_best_checkpoint_follows_cer(toy_model_dir: Path, tmp_path: Path) -> None:
+    """``eval.metric=cer`` (their metric_for_best_model): both are measured, CER picks the checkpoint."""
+    summary = run(
+        load_config(
+            "quickstart",
+            toy_overrides(
+                toy_model_dir,
+                tmp_path,
+                **{
+                    "training.max_steps": 4,
+                    "training.learning_rate": 3e-3,
+                    "eval.steps": 1,
+                    "eval.metric": "cer",
+                    "eval.before": "false",
+                    "eval.keep": "off",
+                    "training.report_to": "tensorboard",
+                    "output.run_name": "best-cer",
+                },
+            ),
+        ),
+        reporter=QUIET,
+    )
+    metrics, run_dir = summary.metrics, summary.run_dir
+    evals = [r for r in metrics_log(run_dir) if "eval_cer" in r]
+    assert [r["step"] for r in evals] == [1, 2, 3, 4] and all("eval_wer" in r for r in evals)
+    best = min(evals, key=lambda r: (r["eval_cer"], r["step"]))
+    selection = metrics["selection"]
+    assert selection["metric"] == "cer" and selection["best_step"] == best["step"]
+    assert selection["best_eval_cer"] == pytest.approx(best["eval_cer"], abs=1e-3)
+    saved = json.loads((run_dir / "checkpoints" / "best" / "best.json").read_text())
+    assert saved["step"] == best["step"] and "eval_cer" in saved
+    assert metrics["evaluation"]["after"]["eval"]["normalized_cer"] == pytest.approx(
+        best["eval_cer"], abs=1e-3
+    )
+
+
 def metrics_log(run_dir: Path) -> list[dict[str, float]]:
     """Loss and eval records of the run as the trackers and plot got them (TensorBoard scalars)."""
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator

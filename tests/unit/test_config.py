@@ -135,7 +135,7 @@ def test_options_no_backend_validated_are_refused_not_revalidated() -> None:
     # read back from JSON, the options keep their keys (not silently dropped) until a backend validates
     round_trip = RunConfig.model_validate_json(load_config(None, ["backend.threads=2"]).model_dump_json())
     assert isinstance(round_trip.backend.options, UncheckedOptions)
-    assert round_trip.backend.options.model_dump() == {"threads": 2, "num_workers": 0}
+    assert round_trip.backend.options.model_dump() == {"device": "cpu", "threads": 2, "num_workers": 0}
     with pytest.raises(ConfigError, match="not validated by ReferenceOptions") as err:
         round_trip.backend.options_as(ReferenceOptions)
     assert "load_config" in (err.value.hint or "")
@@ -226,7 +226,7 @@ def test_a_section_error_shows_only_the_values_it_names() -> None:
     with pytest.raises(ConfigError) as err:  # the message already quotes the values: nothing added
         load_config("quickstart", ["model.language=mr"])
     assert "'mr'" in err.value.message and "got" not in err.value.message
-    with pytest.raises(ConfigError, match=r"learning_rate: Input should be greater than 0 \(got -1\)"):
+    with pytest.raises(ConfigError, match=r"learning_rate: must be greater than 0 \(got -1\)"):
         load_config("quickstart", ["training.learning_rate=-1"])
 
 
@@ -279,3 +279,11 @@ def test_the_quickstart_preset_finds_its_data_from_any_directory(
     assert Path(cfg.data.dataset or "").is_absolute()
     assert (Path(cfg.data.dataset or "") / "train" / "metadata.csv").is_file()
     assert (Path(cfg.data.extra_eval[0].dataset) / "other-voice" / "metadata.csv").is_file()
+
+
+def test_backend_device_cpu_is_read_by_the_reference_backend_too() -> None:
+    """The CPU switch is spelled backend.device=cpu on every backend; the reference backend is the CPU."""
+    assert load_config(None, ["backend.device=cpu"]).backend.options.device == "cpu"  # type: ignore[attr-defined]
+    assert load_config(None, ["backend.cpu=true"]).backend.options.device == "cpu"  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="backend.device: must be 'cpu' \\(got 'cuda'\\)"):
+        load_config(None, ["backend.device=cuda"])

@@ -103,3 +103,27 @@ def test_run_launch_runs_the_command_verbatim_and_reads_its_result(tmp_path: Pat
     )
     with pytest.raises(DataError, match="no audio"):
         run_launch(job_for(tmp_path, failing), QUIET)
+
+
+def test_a_process_started_by_torchrun_or_accelerate_launch_is_one_rank_of_one_run() -> None:
+    from whisper_tune.execution.external import OutsideLaunch, check_outside, outside_launch
+
+    torchrun = {"WORLD_SIZE": "4", "RANK": "3", "LOCAL_RANK": "1", "LOCAL_WORLD_SIZE": "2"}
+    found = outside_launch({**torchrun, "TORCHELASTIC_RUN_ID": "x"})
+    assert found == OutsideLaunch(rank=3, world_size=4, local_world_size=2, launcher="torchrun")
+    assert not found.main and found.machines == 2
+    accelerate = outside_launch({**torchrun, "RANK": "0", "ACCELERATE_MIXED_PRECISION": "no"})
+    assert accelerate is not None and accelerate.main and accelerate.launcher == "accelerate launch"
+    # started on its own, or by a launcher of one process: a run of its own
+    assert outside_launch({}) is None
+    assert outside_launch({"WORLD_SIZE": "1", "RANK": "0"}) is None
+    assert outside_launch({"WORLD_SIZE": "2"}) is None
+
+    class OwnRuntimeBackend:
+        name = "ipu-like"
+
+        def train(self) -> None: ...
+
+    with pytest.raises(ConfigError, match="runtime of its own") as found_error:
+        check_outside(OwnRuntimeBackend(), load_config("quickstart"), found)  # type: ignore[arg-type]
+    assert found_error.value.hint and "without torchrun" in found_error.value.hint

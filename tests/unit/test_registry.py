@@ -97,3 +97,12 @@ def test_listing_the_installed_flags_imports_nothing_heavy() -> None:
     for name in Registry().names():
         for flag in getattr(Registry().get(name), "flags", ()):
             assert flag.name in names
+
+
+def test_install_hints_name_the_checkout_folders_not_pypi() -> None:
+    """The backends are folders of the checkout, not PyPI distributions: the hint says so."""
+    from whisper_tune.backend.registry import KNOWN_BACKENDS
+
+    for name, known in KNOWN_BACKENDS.items():
+        assert known.install.startswith(f"pip install ./backends/{name} (in the whisper-tune checkout")
+        assert "not on PyPI" in known.install

@@ -113,7 +113,7 @@ def main() -> int:
         "training.precision": args.precision,
         "training.gradient_checkpointing": str(args.gradient_checkpointing).lower(),
         "backend.strategy": args.strategy,
-        "backend.cpu": str(args.cpu).lower(),
+        "backend.device": "cpu" if args.cpu else "cuda",
         "output.save_final_model": "false",
         "output.plot": "false",
         "output.dir": args.out / "runs",

@@ -53,7 +53,7 @@ def test_options_validate_machines() -> None:
 def test_num_processes_flag_and_unknown_option() -> None:
     cfg = load_config(
         "quickstart",
-        ["backend.cpu=true", "backend.num_processes=3"],
+        ["backend.device=cpu", "backend.num_processes=3"],
         backend="accelerate",
         backend_flags={"--num-processes": 2},  # a flag wins over key=value
         registry=REGISTRY,
@@ -88,11 +88,11 @@ def test_more_processes_than_gpus_is_a_hardware_error() -> None:
     found = issues_at(BACKEND.check(config("backend.num_processes=4"), TWO_GPUS), "backend.num_processes")
     assert found and found[0].hardware and "2 CUDA GPUs" in found[0].message
     no_gpu = issues_at(BACKEND.check(config(), CPU), "backend.num_processes")
-    assert no_gpu and no_gpu[0].hardware and "backend.cpu=true" in no_gpu[0].hint
+    assert no_gpu and no_gpu[0].hardware and "backend.device=cpu" in no_gpu[0].hint
     with pytest.raises(HardwareError):
         raise_issues(BACKEND.check(config("backend.num_processes=4"), TWO_GPUS))
     assert BACKEND.check(config("backend.num_processes=2"), TWO_GPUS) == []
-    assert BACKEND.check(config("backend.num_processes=2", "backend.cpu=true"), CPU) == []
+    assert BACKEND.check(config("backend.num_processes=2", "backend.device=cpu"), CPU) == []
 
 
 def test_port_in_use_is_refused_on_machine_zero_only() -> None:
@@ -101,12 +101,12 @@ def test_port_in_use_is_refused_on_machine_zero_only() -> None:
         busy.listen()
         port = busy.getsockname()[1]
         found = issues_at(
-            BACKEND.check(config("backend.cpu=true", f"backend.main_process_port={port}"), CPU),
+            BACKEND.check(config("backend.device=cpu", f"backend.main_process_port={port}"), CPU),
             "backend.main_process_port",
         )
         assert found and f"port {port} is already in use" in found[0].message and found[0].run_only
         other_machine = config(
-            "backend.cpu=true",
+            "backend.device=cpu",
             "backend.num_machines=2",
             "backend.machine_rank=1",
             "backend.main_process_ip=127.0.0.1",
@@ -115,7 +115,7 @@ def test_port_in_use_is_refused_on_machine_zero_only() -> None:
         assert issues_at(BACKEND.check(other_machine, CPU), "backend.main_process_port") == []
     assert (
         issues_at(
-            BACKEND.check(config("backend.cpu=true", f"backend.main_process_port={port}"), CPU),
+            BACKEND.check(config("backend.device=cpu", f"backend.main_process_port={port}"), CPU),
             "backend.main_process_port",
         )
         == []
@@ -124,19 +124,19 @@ def test_port_in_use_is_refused_on_machine_zero_only() -> None:
 
 def test_cpu_rules() -> None:
     fp16 = issues_at(
-        BACKEND.check(config("backend.cpu=true", "training.precision=fp16"), CPU), "training.precision"
+        BACKEND.check(config("backend.device=cpu", "training.precision=fp16"), CPU), "training.precision"
     )
     assert fp16 and "fp16" in fp16[0].message
     fsdp = issues_at(
-        BACKEND.check(config("backend.cpu=true", "backend.strategy=fsdp"), CPU), "backend.strategy"
+        BACKEND.check(config("backend.device=cpu", "backend.strategy=fsdp"), CPU), "backend.strategy"
     )
     assert fsdp and fsdp[0].level == "error" and "GPUs only" in fsdp[0].message
     many = issues_at(
-        BACKEND.check(config("backend.cpu=true", "backend.num_processes=8"), CPU), "backend.num_processes"
+        BACKEND.check(config("backend.device=cpu", "backend.num_processes=8"), CPU), "backend.num_processes"
     )
     assert many and many[0].level == "error" and many[0].hardware and "--num-processes 2" in many[0].hint
     with pytest.raises(HardwareError, match="99 CPU processes asked for; this machine has 2 cores"):
-        raise_issues(BACKEND.check(config("backend.cpu=true", "backend.num_processes=99"), CPU))
+        raise_issues(BACKEND.check(config("backend.device=cpu", "backend.num_processes=99"), CPU))
 
 
 def test_mixed_precision_must_agree_with_training_precision() -> None:
@@ -251,3 +251,70 @@ def test_probe_never_raises_and_the_preset_validates() -> None:
     opts = preset.backend.options
     assert isinstance(opts, AccelerateOptions) and opts.mixed_precision == "fp16"
     assert issues_at(BACKEND.check(preset, TWO_GPUS), "backend.mixed_precision") == []
+
+
+def test_under_torchrun_the_launcher_decides_the_process_count() -> None:
+    """A rank of ``torchrun --nproc_per_node 2``: --num-processes may be left out or agree; another count
+    is a config error, and the plan records the launcher's processes, trained in place."""
+    from whisper_tune.execution.external import OutsideLaunch, check_outside, outside_plan
+
+    outside = OutsideLaunch(rank=0, world_size=2, local_world_size=2, launcher="torchrun")
+    for agreeing in (config("backend.device=cpu"), config("backend.device=cpu", "backend.num_processes=2")):
+        check_outside(BACKEND, agreeing, outside)
+    with pytest.raises(ConfigError, match="backend.num_processes is 4, but torchrun started 2 processes"):
+        check_outside(BACKEND, config("backend.device=cpu", "backend.num_processes=4"), outside)
+    cpu = config("backend.device=cpu")
+    planned = outside_plan(BACKEND.plan(cpu, CPU), BACKEND, cpu, outside)
+    assert planned.processes == 2 and planned.global_batch == 2 * cpu.training.batch_size
+    assert planned.devices == "2 CPU processes (gloo), started by torchrun"
+    assert planned.launch == Launch()
+
+
+def test_one_cpu_switch_and_the_old_spelling_with_a_note_once() -> None:
+    """backend.device=cpu, as on every backend; backend.cpu=true (this backend's old spelling) still works,
+    with a deprecation note printed once per process."""
+    import logging
+
+    import whisper_tune.backend.launch as launch
+    from whisper_tune.console import LOGGER_NAME
+
+    new = config("backend.device=cpu").backend.options
+    assert isinstance(new, AccelerateOptions) and new.device == "cpu" and new.cpu
+    notes: list[str] = []
+    handler = logging.Handler()
+    handler.emit = lambda record: notes.append(record.getMessage())  # type: ignore[method-assign]
+    logging.getLogger(LOGGER_NAME).addHandler(handler)
+    launch._NOTED.discard("cpu")
+    try:
+        old = config("backend.cpu=true").backend.options
+        again = config("backend.cpu=true").backend.options
+    finally:
+        logging.getLogger(LOGGER_NAME).removeHandler(handler)
+    assert old == again == new and "cpu" not in old.model_dump()  # written back as backend.device
+    assert notes == [
+        "note: backend.cpu=true is the old spelling of backend.device=cpu (one CPU switch for every "
+        "backend); it still works, but write backend.device=cpu"
+    ]
+    assert config("backend.cpu=false").backend.options.device == "cuda"  # type: ignore[attr-defined]
+    with pytest.raises(ConfigError, match="backend.cpu=true and backend.device=cuda disagree"):
+        config("backend.cpu=true", "backend.device=cuda")
+    assert BACKEND.uses_cpu(config("backend.device=cpu")) and not BACKEND.uses_cpu(config())
+
+
+def test_plan_prints_commands_that_run_as_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    """``plan --num-processes 4``: the accelerate launch line is labelled as what ``run`` executes (its job
+    file is written by ``run``), followed by ``whisper-tune run`` and torchrun lines that run as printed."""
+    from whisper_tune.cli import main
+
+    args = ["--config", "quickstart", "--backend", "accelerate", "training.max_steps=5"]
+    assert main(["plan", *args[:4], "--num-processes", "4", *args[4:]]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    launch = [line.removeprefix("launch:").strip() for line in lines if line.startswith("launch:")]
+    assert launch[0].startswith("whisper-tune run writes the files below into its run directory")
+    assert any(line.startswith("job file ") and "written by whisper-tune run" in line for line in launch)
+    assert (
+        "run it:             whisper-tune run " + " ".join([*args[:4], "--num-processes", "4", *args[4:]])
+        in lines
+    )
+    torchrun = "torchrun --standalone --nproc_per_node 4 -m whisper_tune run " + " ".join(args)
+    assert f"or with torchrun:   {torchrun}" in lines

@@ -33,7 +33,7 @@ MAIN_RUN = {"training.gradient_accumulation_steps": 2, "training.save_steps": 1}
 
 def overrides(model: Path, out: Path, run_name: str, **extra: object) -> list[str]:
     base: dict[str, object] = {
-        "backend.cpu": "true",
+        "backend.device": "cpu",
         "model.name": str(model),
         "data.dataset": str(QUICKSTART_DATA),
         "data.max_train_samples": 16,
@@ -88,7 +88,7 @@ def digest_of(model_dir: Path) -> str:
 
 @pytest.fixture(scope="module")
 def two_process_run(toy_model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """``whisper-tune run --backend accelerate --num-processes 2 backend.cpu=true``: 4 steps, 2 epochs."""
+    """``whisper-tune run --backend accelerate --num-processes 2 backend.device=cpu``: 4 steps, 2 epochs."""
     out = tmp_path_factory.mktemp("accelerate-runs")
     args = overrides(toy_model_dir, out, "two", **MAIN_RUN)
     done = run_cli(["--num-processes", "2", *args], trace=out / "trace-two")
@@ -202,6 +202,61 @@ def test_resume_continues_the_two_process_run(two_process_run: Path, toy_model_d
     a, b = (t["weights_sha256"] for t in resumed_traces)
     assert a == b
     assert digest_of(two_process_run / "resumed" / "final") == digest_of(full / "final")
+
+
+@pytest.mark.slow
+def test_torchrun_starts_one_run_with_the_weights_of_num_processes_2(
+    two_process_run: Path, toy_model_dir: Path, tmp_path: Path
+) -> None:
+    """``torchrun --nproc_per_node 2 -m whisper_tune run …`` (the launcher of HF's examples), as ``plan
+    --num-processes 2`` prints it: its two processes are the two ranks of ONE run — one run directory (its
+    name not given, so each rank would have made its own), the data prepared once by rank 0, each rank on
+    its own shard — ending with the weights of the ``--num-processes 2`` run of the same config."""
+    import shlex
+    import sys
+
+    out = tmp_path / "runs"
+    args = [
+        a for a in overrides(toy_model_dir, out, "unused", **MAIN_RUN) if not a.startswith("output.run_name")
+    ]
+    planned = subprocess.run(
+        cli_argv("plan", "--config", "quickstart", "--backend", "accelerate", "--num-processes", "2", *args),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert planned.returncode == 0, planned.stderr
+    (line,) = [line for line in planned.stdout.splitlines() if line.startswith("or with torchrun:")]
+    printed = shlex.split(line.removeprefix("or with torchrun:"))
+    assert printed[:6] == ["torchrun", "--standalone", "--nproc_per_node", "2", "-m", "whisper_tune"]
+    assert "--num-processes" not in printed
+    assert printed[6:] == ["run", "--config", "quickstart", "--backend", "accelerate", *args]
+    # as printed, with this interpreter's torchrun
+    command = [sys.executable, "-m", "torch.distributed.run", *printed[1:]]
+    trace = tmp_path / "trace"
+    trace.mkdir()
+    done = run_child(command, env={**os.environ, TRACE_ENV: str(trace)}, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    (run_dir,) = out.iterdir()  # exactly one run directory
+    assert done.stdout.count("run directory:") == 1 and str(run_dir) in done.stdout  # rank 0 reports
+    assert (run_dir / "launch" / "job-ranks.json").is_file() and not (
+        run_dir / "launch" / "result-machine0.json"
+    ).exists()
+    plan = json.loads((run_dir / "plan.json").read_text())
+    assert plan["processes"] == 2 and plan["global_batch"] == 8 and "torchrun" in plan["devices"]
+    rank0, rank1 = traces(trace)
+    assert rank0["world"] == rank1["world"] == 2
+    first_epoch = [{tuple(x) for x in trace["seen_labels"][:8]} for trace in (rank0, rank1)]
+    assert len(first_epoch[0]) == 8 and not first_epoch[0] & first_epoch[1]  # sharded
+    # the same loop, shards and steps as --num-processes 2: the same weights, and the same final/
+    launched = traces(two_process_run / "trace-two")
+    assert (
+        rank0["seen_labels"] == launched[0]["seen_labels"]
+        and rank1["seen_labels"] == launched[1]["seen_labels"]
+    )
+    assert rank0["weights_sha256"] == rank1["weights_sha256"] == launched[0]["weights_sha256"]
+    assert digest_of(run_dir / "final") == digest_of(two_process_run / "two" / "final")
+    assert json.loads((run_dir / "metrics.json").read_text())["train"]["steps"] == 4
 
 
 @pytest.mark.slow
@@ -339,7 +394,8 @@ def test_fsdp_two_gpus_two_steps(toy_model_dir: Path, tmp_path: Path) -> None:
 
     if torch.cuda.device_count() < 2:
         pytest.skip("needs 2 CUDA GPUs")
-    args = overrides(toy_model_dir, tmp_path, "fsdp", **{"backend.cpu": "false", "backend.strategy": "fsdp"})
+    gpus = {"backend.device": "cuda", "backend.strategy": "fsdp"}
+    args = overrides(toy_model_dir, tmp_path, "fsdp", **gpus)
     done = run_cli(["--num-processes", "2", *args, "training.max_steps=2"], trace=tmp_path / "trace")
     assert done.returncode == 0, done.stderr[-3000:]
     metrics = json.loads((tmp_path / "fsdp" / "metrics.json").read_text())
@@ -361,7 +417,7 @@ def test_eval_only_over_two_processes(two_process_run: Path, toy_model_dir: Path
         str(QUICKSTART_DATA),
         "--split",
         "eval",
-        "backend.cpu=true",
+        "backend.device=cpu",
         "data.max_eval_samples=5",
         "data.extra_eval=[]",
         "eval.batch_size=2",
@@ -374,6 +430,7 @@ def test_eval_only_over_two_processes(two_process_run: Path, toy_model_dir: Path
     metrics = json.loads((tmp_path / "eval" / "metrics.json").read_text())
     trained = json.loads((two_process_run / "two" / "metrics.json").read_text())
     assert metrics["train"]["steps"] == 0 and not (tmp_path / "eval" / "checkpoints").exists()
+
     # the same transcripts of the starting weights as the training run's evaluation before training
     # (whose metrics are on the report half its selection left: compare clip by clip)
     def before(run: Path) -> list[str]:

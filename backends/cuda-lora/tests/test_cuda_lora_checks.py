@@ -100,7 +100,7 @@ def test_missing_bitsandbytes_is_reported_for_quantised_modes_only() -> None:
         (issue,) = issues(config(f"backend.quantization={mode}", "training.precision=fp16"), H100, bnb=None)[
             "backend.quantization"
         ]
-        assert "needs bitsandbytes" in issue.message and "whisper-tune-cuda-lora[bnb]" in issue.hint
+        assert "needs bitsandbytes" in issue.message and "./backends/cuda-lora[bnb]" in issue.hint
         assert issue.run_only  # 'whisper-tune plan' still shows the plan
     assert "backend.quantization" not in issues(config("training.precision=bf16"), H100, bnb=None)
     assert not issues(config("backend.quantization=int8", "training.precision=fp16"), H100)
@@ -115,7 +115,7 @@ def test_quantised_modes_run_on_the_cpu_with_a_bitsandbytes_that_has_a_cpu_backe
             assert not issues(cpu, NO_GPU), (mode, precision)
         (old,) = issues(cpu, NO_GPU, bnb="0.46.1")["backend.quantization"]
         assert "bitsandbytes 0.46.1 cannot train" in old.message and "0.47 or newer" in old.message
-        assert old.run_only and "whisper-tune-cuda-lora[bnb]" in old.hint
+        assert old.run_only and "./backends/cuda-lora[bnb]" in old.hint
         assert not issues(cpu, NO_GPU, bnb="0.47.0.dev0")
         # on a GPU the old release stays acceptable (the seeds ran on older ones)
         gpu = config(f"backend.quantization={mode}", "training.precision=fp16")
@@ -267,3 +267,42 @@ def test_shape_of_a_local_model_matches_its_real_parameter_count(toy_model_dir: 
     assert shape is not None and shape.d_model == 64
     real = sum(p.numel() for p in WhisperForConditionalGeneration.from_pretrained(toy_model_dir).parameters())
     assert shape.params == pytest.approx(real, rel=0.02)
+
+
+def test_a_full_fine_tuning_rate_run_as_lora_warns(tmp_path: Path) -> None:
+    """A config written for full fine-tuning (learning_rate 1e-5) run with --backend cuda-lora would train
+    LoRA at 1e-5 without a word: plan and run warn, naming LoRA's default."""
+    import logging
+
+    from whisper_tune.console import LOGGER_NAME
+
+    written = tmp_path / "full-ft.yaml"
+    written.write_text("model: {name: pip:tiny.en}\ntraining: {learning_rate: 1.0e-5}\n")
+    cfg = load_config(written, ["backend.device=cpu"], backend="cuda-lora", registry=BACKEND)
+    assert cfg.training.method == "lora" and cfg.training.learning_rate == 1e-5
+
+    class Lines(logging.Handler):
+        def __init__(self) -> None:
+            super().__init__()
+            self.lines: list[str] = []
+
+        def emit(self, record: logging.LogRecord) -> None:
+            self.lines.append(record.getMessage())
+
+    handler, logger = Lines(), logging.getLogger(LOGGER_NAME)
+    logger.addHandler(handler)
+    try:
+        plan(cfg, registry=BACKEND)
+    finally:
+        logger.removeHandler(handler)
+    (warning,) = [line for line in handler.lines if "training.learning_rate" in line]
+    assert warning.startswith("warning: training.learning_rate: 1e-05 is far below the usual range")
+    assert "LoRA's default is 0.001" in warning and "leave training.learning_rate unset" in warning
+
+
+def test_the_cpu_switch_is_spelled_as_on_every_backend() -> None:
+    """backend.device=cpu here as on accelerate and reference; backend.cpu=true is read as it too."""
+    new, old = config("backend.device=cpu"), config("backend.cpu=true")
+    assert new.backend.options == old.backend.options  # type: ignore[attr-defined]
+    assert CudaLoraBackend().uses_cpu(old)  # type: ignore[arg-type]
+    assert CudaLoraBackend.cpu_overrides == ("backend.device=cpu",)

@@ -95,7 +95,7 @@ class Launch:
         lines = [self.command_line()]
         lines += [f"writes {path}" for path, _ in self.files]
         if self.job_file:
-            lines.append(f"job file {self.job_file}")
+            lines.append(f"job file {self.job_file} (written by whisper-tune run once the data is prepared)")
         if self.result_file:
             lines.append(f"result file {self.result_file}")
         return lines
@@ -104,11 +104,49 @@ class Launch:
 # --- planning: accelerate launch ------------------------------------------------------------------
 
 
+#: the one CPU switch, spelled the same on every backend
+CPU_SWITCH = "backend.device=cpu"
+_NOTED: set[str] = set()
+
+
+def read_old_cpu_switch(data: Any) -> Any:
+    """``backend.cpu: true / false`` (the accelerate backend's old spelling) as ``backend.device: cpu /
+    cuda``, with a deprecation note printed once per process."""
+    if not isinstance(data, dict) or "cpu" not in data:
+        return data
+    data = dict(data)
+    old = data.pop("cpu")
+    if not isinstance(old, bool):
+        raise ValueError(f"backend.cpu is the old spelling of {CPU_SWITCH}: write backend.device=cpu or cuda")
+    device = "cpu" if old else "cuda"
+    if data.setdefault("device", device) != device:
+        raise ValueError(
+            f"backend.cpu={str(old).lower()} and backend.device={data['device']} disagree: write "
+            "backend.device only"
+        )
+    if "cpu" not in _NOTED:
+        _NOTED.add("cpu")
+        import logging
+
+        logging.getLogger("whisper_tune").warning(
+            f"note: backend.cpu={str(old).lower()} is the old spelling of backend.device={device} (one CPU "
+            f"switch for every backend); it still works, but write backend.device={device}"
+        )
+    return data
+
+
 class ProcessOptions(BaseModel):
     """Options of a backend that can train over several processes and machines through ``accelerate
-    launch``. Names follow its flags; ``num_processes`` is per machine (one per GPU)."""
+    launch``. Names follow its flags; ``num_processes`` is per machine (one per GPU). ``device`` is the
+    CPU switch every backend spells the same (``backend.device=cpu``; ``backend.cpu=true`` is still read)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid")
+
+    device: Literal["cuda", "cpu"] = Field(
+        "cuda",
+        description="'cuda' (one GPU per process) or 'cpu' (the processes on the CPU, gloo): "
+        "backend.device=cpu on every backend.",
+    )
 
     num_processes: int = Field(
         1,
@@ -133,6 +171,16 @@ class ProcessOptions(BaseModel):
         description="Rendezvous port on machine 0; required with num_machines > 1. Unset on one machine: a "
         "free port is picked.",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_cpu_switch(cls, data: Any) -> Any:
+        return read_old_cpu_switch(data)
+
+    @property
+    def cpu(self) -> bool:
+        """The processes run on the CPU (``backend.device=cpu``)."""
+        return self.device == "cpu"
 
     @model_validator(mode="after")
     def _machines(self) -> ProcessOptions:

@@ -97,7 +97,7 @@ class RecipeNeeds:
 
     #: pad labels to a multiple of this length (static shapes, e.g. IPU); None = pad to the longest.
     label_pad_multiple: int | None = None
-    #: store / feed log-mel features in this dtype.
+    #: feed the log-mel features (computed per batch) in this dtype.
     feature_dtype: Literal["float32", "float16"] = "float32"
     #: drop the last incomplete batch (static batch size).
     drop_last: bool = False

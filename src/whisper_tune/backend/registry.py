@@ -25,18 +25,23 @@ class KnownBackend:
     install: str
 
 
+#: where the backends' distributions come from: folders of the whisper-tune checkout (not on PyPI)
+FROM_CHECKOUT = "in the whisper-tune checkout, next to an installed whisper-tune; not on PyPI"
+
 #: Backends developed in this repository (backends/<name>/), for install hints when one is missing.
 KNOWN_BACKENDS: dict[str, KnownBackend] = {
     "cuda-lora": KnownBackend(
         "one GPU, LoRA on an int8 / 4-bit / bf16 base",
-        "pip install 'whisper-tune-cuda-lora' (backends/cuda-lora)",
+        f"pip install ./backends/cuda-lora ({FROM_CHECKOUT}; './backends/cuda-lora[bnb]' for int8 / 4-bit)",
     ),
     "accelerate": KnownBackend(
         "full fine-tuning on many GPUs / nodes with Hugging Face Accelerate",
-        "pip install 'whisper-tune-accelerate' (backends/accelerate)",
+        f"pip install ./backends/accelerate ({FROM_CHECKOUT})",
     ),
     "ipu": KnownBackend(
-        "Graphcore IPUs through optimum-graphcore", "pip install 'whisper-tune-ipu' (backends/ipu)"
+        "Graphcore IPUs through optimum-graphcore",
+        f"pip install ./backends/ipu ({FROM_CHECKOUT}; its worker needs the Poplar SDK, see "
+        "backends/ipu/README.md)",
     ),
 }
 

@@ -24,6 +24,7 @@ from pydantic.fields import FieldInfo
 from pydantic_core import PydanticUndefined
 
 from whisper_tune.config.schema import BackendConfig, RunConfig
+from whisper_tune.config.their_names import THEIR_NAMES
 from whisper_tune.errors import ConfigError
 
 HEADER = (
@@ -40,10 +41,14 @@ with the sections below, then `key=value` overrides on the command line, e.g.
 Precedence, lowest first: these defaults, the backend's option defaults, SageMaker job defaults,
 the YAML file, `key=value` overrides, first-class flags (`--backend`, `--model`, and the flags the
 installed backends declare, such as `--num-processes` or `--ipus`: `whisper-tune run --help` lists
-them). Unknown keys are errors. `whisper-tune config show` prints the resolved
-configuration with every default filled in; `whisper-tune config validate` checks one.
+them). Unknown keys are errors; a Hugging Face name (`per_device_train_batch_size`, `fp16`, …) is
+answered with the key it is here ([the table](#coming-from-hugging-faces-names) at the end).
+`whisper-tune config show` prints the resolved configuration with every default filled in;
+`whisper-tune config validate` checks one.
 
-Values are YAML: `null` unsets an optional key, lists are `[a, b]`."""
+Values are YAML: `null` unsets an optional key, lists are `[a, b]`. Short forms: a section with nothing
+under it (`eval:`) is its defaults; `true` / `false` for a section with an `enabled` key sets that key
+(`data.packing=true`); one value for a list is a list of one (`training.report_to=wandb`)."""
 
 
 def _is_model(annotation: Any) -> bool:
@@ -211,7 +216,32 @@ def config_reference_markdown() -> str:
                 "its options.",
                 "",
             ]
+    out += their_names_markdown()
     return "\n".join(out).rstrip("\n") + "\n"
+
+
+def their_names_markdown() -> list[str]:
+    """The table of Hugging Face names and what they are here (``config/their_names.py``, the table the
+    config loader answers an unknown key from)."""
+    rows = [
+        f"| `{name}` | {entry.source} | "
+        + (f"`{entry.ours}`" if entry.ours else "—")
+        + f" | {_cell(entry.note)} |"
+        for name, entry in THEIR_NAMES.items()
+    ]
+    return [
+        "## Coming from Hugging Face's names",
+        "",
+        "A config written for `run_speech_recognition_seq2seq.py` or the Fine-Tune Whisper blog uses "
+        "`Seq2SeqTrainingArguments` names. Here they are unknown keys, and the error names the key to "
+        "write instead (`per_device_train_batch_size: unknown key: Seq2SeqTrainingArguments' name; here: "
+        "training.batch_size=16`). The whole table:",
+        "",
+        "| their name | from | here | note |",
+        "|---|---|---|---|",
+        *rows,
+        "",
+    ]
 
 
 def _own_doc(model: type[BaseModel]) -> str:

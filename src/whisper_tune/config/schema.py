@@ -8,6 +8,7 @@ second phase by ``whisper_tune.config_loading`` once the backend is known.
 from __future__ import annotations
 
 import re
+import typing
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated, Any, Literal, TypeVar
@@ -30,9 +31,43 @@ TrackerName = Literal[
 
 
 class Section(BaseModel):
-    """Base of every config section: immutable, unknown keys are errors."""
+    """Base of every config section: immutable, unknown keys are errors. Three short forms are read as
+    what they stand for: an empty section (``eval:`` with nothing under it, YAML's null) is the
+    defaults; ``true`` / ``false`` for a section with an ``enabled`` key is that key
+    (``data.packing=true``); one value for a list is a list of one (``training.report_to=wandb``)."""
 
     model_config = ConfigDict(frozen=True, extra="forbid", validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _short_forms(cls, data: Any) -> Any:
+        if data is None:
+            return {}
+        if isinstance(data, bool) and "enabled" in cls.model_fields:
+            return {"enabled": data}
+        if isinstance(data, Mapping):
+            lists = _scalar_list_fields(cls)
+            single = {
+                k: [v]
+                for k, v in data.items()
+                if k in lists and isinstance(v, (str, int, float)) and not isinstance(v, bool)
+            }
+            if single:
+                return {**data, **single}
+        return data
+
+
+def _scalar_list_fields(model: type[BaseModel]) -> frozenset[str]:
+    """The fields of ``model`` that hold a list of plain values (``tuple[str, ...]``, optional or not)."""
+    found = set()
+    for name, field in model.model_fields.items():
+        for annotation in (field.annotation, *typing.get_args(field.annotation)):
+            args = typing.get_args(annotation)
+            if typing.get_origin(annotation) is tuple and len(args) == 2 and args[1] is Ellipsis:
+                item = typing.get_args(args[0])[0] if typing.get_origin(args[0]) is Annotated else args[0]
+                if not (isinstance(item, type) and issubclass(item, BaseModel)):
+                    found.add(name)
+    return frozenset(found)
 
 
 class SpecAugmentConfig(Section):
@@ -96,7 +131,8 @@ class ModelConfig(Section):
         if self.english_only and self.language not in (None, "en"):
             raise ValueError(
                 f"'{self.name}' is an English-only model: it has no language tokens, so model.language "
-                f"'{self.language}' cannot be used. Pick a multilingual model or unset model.language."
+                f"'{self.language}' cannot be used. Pick a multilingual model (e.g. --model pip:base, or "
+                "openai/whisper-small) or unset model.language."
             )
         if self.english_only and self.task == "translate":
             raise ValueError(f"'{self.name}' is an English-only model and cannot translate.")
@@ -294,6 +330,9 @@ ALL_LINEAR = "all-linear"
 TrainingMethod = Literal["full", "lora"]
 #: the peak learning rate each method gets when the config sets none (see docs/benchmarks.md)
 DEFAULT_LEARNING_RATE: dict[str, float] = {"full": 3e-5, "lora": 1e-3}
+#: how far (a factor either way) from its method's default a learning rate is "far outside the usual
+#: range": a run then warns (LoRA at 1e-5, full fine-tuning at 1e-3; runs/opening.learning_rate_issues)
+LEARNING_RATE_FAR = 10.0
 #: whether each method freezes the encoder when the config does not say (see docs/benchmarks.md)
 DEFAULT_FREEZE_ENCODER: dict[str, bool] = {"full": True, "lora": False}
 
@@ -352,7 +391,8 @@ class TrainingConfig(Section):
         gt=0,
         description="Peak learning rate (never rescaled silently). Unset: "
         + ", ".join(f"{rate:g} for method '{m}'" for m, rate in DEFAULT_LEARNING_RATE.items())
-        + ".",
+        + f". A rate more than {LEARNING_RATE_FAR:g}x from its method's default (LoRA at 1e-5, full "
+        "fine-tuning at 1e-3) gets a warning naming that default.",
     )
     batch_size: int = Field(16, gt=0, description="Batch size per device (as in the seeds and HF Trainer).")
     gradient_accumulation_steps: int = Field(1, gt=0, description="Micro-batches per optimizer step.")
@@ -403,7 +443,7 @@ class TrainingConfig(Section):
         ("auto",),
         description="Experiment trackers for the loss and WER: 'auto' (TensorBoard in <run dir>/tensorboard "
         "when the tensorboard package is installed), 'none', or Accelerate tracker names (tensorboard, "
-        "wandb, mlflow, comet_ml, clearml, dvclive, aim, swanlab, trackio).",
+        "wandb, mlflow, comet_ml, clearml, dvclive, aim, swanlab, trackio); one name or a list.",
     )
 
     @model_validator(mode="after")
@@ -483,15 +523,22 @@ class EvalConfig(Section):
         description="Evaluations during training use the first this many eval samples (bounds their "
         "cost on big test sets); null = the whole eval set.",
     )
+    metric: Literal["wer", "cer"] = Field(
+        "wer",
+        description="With eval.steps: what the best checkpoint and early stopping go by, the normalised "
+        "'wer' or 'cer' (CER for languages written without spaces between words, such as Chinese, "
+        "Japanese or Thai). Both are measured and reported either way.",
+    )
     keep_best: bool = Field(
         True,
         description="With eval.steps: end with the weights of the checkpoint that had the lowest eval WER "
-        "(kept on disk as checkpoints/best), not the last.",
+        "(or CER: eval.metric), kept on disk as checkpoints/best, not the last.",
     )
     early_stopping_patience: int | None = Field(
         None,
         gt=0,
-        description="With eval.steps: stop when this many evaluations in a row did not improve the WER.",
+        description="With eval.steps: stop when this many evaluations in a row did not improve the WER "
+        "(or CER: eval.metric).",
     )
 
     @field_validator("keep", mode="before")
@@ -609,7 +656,8 @@ class RunConfig(Section):
     def _cross_section_rules(self) -> RunConfig:
         if self.model.english_only and self.data.language_column is not None:
             raise ValueError(
-                f"'{self.model.name}' is English-only: data.language_column needs a multilingual model"
+                f"'{self.model.name}' is English-only: data.language_column needs a multilingual model "
+                "(e.g. --model pip:base)"
             )
         regression = self.eval.regression_set
         names = {s.name for s in self.data.extra_eval}

@@ -19,6 +19,7 @@ from typing import Any, NoReturn
 from whisper_tune.config.schema import DataConfig, DatasetKind
 from whisper_tune.errors import DataError
 from whisper_tune.hub import NO_LOCAL_DIRECTORY, hub_offline, is_network_error, missing_locally
+from whisper_tune.languages import language_code
 
 PREPARED_MANIFEST = "manifest.json"
 AUDIOFOLDER_METADATA = "metadata.csv"
@@ -477,6 +478,32 @@ def available_splits(dataset: str, kind: DatasetKind) -> list[str] | None:
 def is_whisper_finetune(rows: list[dict[str, Any]], audio_column: str = "audio") -> bool:
     """Rows in yeyupiaoling/Whisper-Finetune's JSONL layout: ``{"audio": {"path": ...}, "sentence": ...}``."""
     return bool(rows) and isinstance(rows[0].get(audio_column), dict) and "path" in rows[0][audio_column]
+
+
+def languages_in(dataset: str, limit: int = 500) -> tuple[str | None, list[str]]:
+    """The column a local data set's own layout gives each row's language in (``own_language_column``)
+    and the Whisper codes of its first ``limit`` rows, most frequent first; (None, []) when it has none.
+    Cheap, for hints: nothing is decoded."""
+    kind = detect_kind(dataset)
+    column = own_language_column(dataset, kind)
+    if column is None:
+        return None, []
+    root = Path(dataset).expanduser()
+    table = root / f"{commonvoice_splits(root)[0]}.tsv" if kind == "commonvoice" else root
+    try:
+        rows = _read_table(table)[1][:limit]
+    except DataError:
+        return column, []
+    counts: dict[str, int] = {}
+    for row in rows:
+        value = row.get(column)
+        try:
+            code = language_code(str(value)) if value else None
+        except ValueError:
+            code = None
+        if code:
+            counts[code] = counts.get(code, 0) + 1
+    return column, sorted(counts, key=lambda c: -counts[c])
 
 
 def own_language_column(dataset: str, kind: DatasetKind) -> str | None:

@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import os
 from importlib.util import find_spec
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from whisper_tune.backend.launch import read_old_cpu_switch
 from whisper_tune.backend.protocol import (
     Capabilities,
     Flag,
@@ -35,10 +36,20 @@ if TYPE_CHECKING:
 class ReferenceOptions(BaseModel):
     model_config = ConfigDict(frozen=True, extra="forbid")
 
+    device: Literal["cpu"] = Field(
+        "cpu",
+        description="Always 'cpu' (this backend runs on the CPU); backend.device=cpu is the CPU switch of "
+        "every backend, so a command line written for another backend's CPU mode runs here too.",
+    )
     threads: int | None = Field(None, gt=0, description="torch CPU threads; default: all cores.")
     num_workers: int = Field(
         0, ge=0, description="DataLoader worker processes (0 = load in the main process)."
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _old_cpu_switch(cls, data: Any) -> Any:
+        return read_old_cpu_switch(data)
 
 
 class ReferenceBackend:

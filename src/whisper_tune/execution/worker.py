@@ -28,7 +28,7 @@ from whisper_tune.backend.registry import Registry
 from whisper_tune.config_loading import validate
 from whisper_tune.console import Reporter
 from whisper_tune.errors import HardwareError, WhisperTuneError
-from whisper_tune.training.phases import run_phases, start
+from whisper_tune.training.phases import Outcome, run_phases, start
 
 TRACE_ENV = "WHISPER_TUNE_TRACE"
 
@@ -50,20 +50,36 @@ def weights_digest(state: dict[str, Any]) -> str:
 
 
 def train(backend: Any, job: TrainJob, console: dict[str, bool], result_path: Path) -> None:
-    # lazy: keeps numpy out of this module's import
-    from whisper_tune.data.collator import LABEL_PAD
-
-    cfg = job.config
+    """This worker's rank of the job: the Accelerator, the phases, the result file for the parent."""
     accelerator = start(backend, job)
-    if accelerator.state.deepspeed_plugin is not None:
-        # DeepSpeed reads the micro-batch from the data loaders given to prepare(); ours come later.
-        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
-        ds_config["train_micro_batch_size_per_gpu"] = cfg.training.batch_size
     if accelerator.is_main_process:
         reporter = Reporter(quiet=console["quiet"], progress=console["progress"], verbose=console["verbose"])
         reporter.log_to(Path(job.run_dir) / "run.log")  # appends to the parent's log
     else:
         reporter = Reporter.silent()
+    outcome = train_rank(backend, job, accelerator, reporter)
+    if accelerator.is_local_main_process:
+        tmp = result_path.with_suffix(".partial")
+        tmp.write_text(outcome.result.model_dump_json(), encoding="utf-8")
+        tmp.rename(result_path)
+    accelerator.wait_for_everyone()
+    accelerator.end_training()
+
+
+def train_rank(
+    backend: Any, job: TrainJob, accelerator: Any, reporter: Reporter, processor: Any = None
+) -> Outcome:
+    """One rank's phases of ``job`` on ``accelerator`` (seeded already): what every process runs, whether
+    our own launch started it (``train``) or an outside launcher did (``execution/external.py``).
+    ``processor``: the run's, when this process has loaded it (else each rank loads it once)."""
+    # lazy: keeps numpy out of this module's import
+    from whisper_tune.data.collator import LABEL_PAD
+
+    cfg = job.config
+    if accelerator.state.deepspeed_plugin is not None:
+        # DeepSpeed reads the micro-batch from the data loaders given to prepare(); ours come later.
+        ds_config = accelerator.state.deepspeed_plugin.deepspeed_config
+        ds_config["train_micro_batch_size_per_gpu"] = cfg.training.batch_size
     world = accelerator.num_processes
     training = cfg.training
     reporter.info(
@@ -74,6 +90,8 @@ def train(backend: Any, job: TrainJob, console: dict[str, bool], result_path: Pa
         f"learning rate {training.learning_rate} (not rescaled)"
     )
     setup = backend.training_setup(job, accelerator, reporter)
+    if processor is not None:
+        setup = dataclasses.replace(setup, processor=processor)
     trace_dir = os.environ.get(TRACE_ENV)
     seen: list[list[int]] = []
     if trace_dir:
@@ -94,12 +112,7 @@ def train(backend: Any, job: TrainJob, console: dict[str, bool], result_path: Pa
             "seen_labels": seen,
         }
         Path(trace_dir, f"trace-rank{accelerator.process_index}.json").write_text(json.dumps(trace))
-    if accelerator.is_local_main_process:
-        tmp = result_path.with_suffix(".partial")
-        tmp.write_text(outcome.result.model_dump_json(), encoding="utf-8")
-        tmp.rename(result_path)
-    accelerator.wait_for_everyone()
-    accelerator.end_training()
+    return outcome
 
 
 def write_failure(folder: Path, rank: int, exc: BaseException) -> None:

@@ -22,7 +22,7 @@ from whisper_tune.models.loading import configure_generation, save_processor
 from whisper_tune.models.packaged import resolve_model_source
 
 ADAPTER_CONFIG = "adapter_config.json"
-PEFT_HINT = "pip install peft (or install the cuda-lora backend: pip install whisper-tune-cuda-lora)"
+PEFT_HINT = "pip install peft (or the cuda-lora backend: pip install ./backends/cuda-lora in the checkout)"
 DTYPES = {"fp32": "float32", "bf16": "bfloat16", "fp16": "float16"}
 
 

@@ -10,7 +10,7 @@ from typing import Any
 
 from whisper_tune.backend.protocol import Backend, Capabilities, Issue, Plan
 from whisper_tune.backend.registry import Registry
-from whisper_tune.config.schema import DataConfig, RunConfig
+from whisper_tune.config.schema import DEFAULT_LEARNING_RATE, LEARNING_RATE_FAR, DataConfig, RunConfig
 from whisper_tune.console import LOGGER_NAME, Reporter
 from whisper_tune.data.sources import resolve_kind, train_and_eval_specs
 from whisper_tune.errors import BackendUnavailableError, ConfigError, HardwareError, ModelError
@@ -42,7 +42,8 @@ def raise_issues(issues: list[Any]) -> None:
     errors = [i for i in issues if i.level == "error"]
     for warning in (i for i in issues if i.level == "warning"):
         # the logger, not a new Reporter: building one would reset the console level that -q chose
-        logging.getLogger(LOGGER_NAME).warning(f"warning: {warning.loc}: {warning.message}")
+        hint = f" ({warning.hint})" if warning.hint else ""
+        logging.getLogger(LOGGER_NAME).warning(f"warning: {warning.loc}: {warning.message}{hint}")
     if not errors:
         return
     text = "\n  ".join(f"{i.loc}: {i.message}" + (f" ({i.hint})" if i.hint else "") for i in errors)
@@ -66,6 +67,29 @@ def warmup_issues(config: RunConfig, steps: int | None) -> list[Issue]:
             f"({config.training.learning_rate:g})",
             level="warning",
             hint="use fewer warm-up steps than training steps",
+        )
+    ]
+
+
+def learning_rate_issues(config: RunConfig) -> list[Issue]:
+    """A warning when ``training.learning_rate`` is far (``LEARNING_RATE_FAR`` times) from what its method
+    trains at by default: a config written for full fine-tuning (1e-5) run as LoRA, or the reverse."""
+    training = config.training
+    method, rate = training.method, training.learning_rate
+    default = DEFAULT_LEARNING_RATE[method]
+    if default / LEARNING_RATE_FAR <= rate <= default * LEARNING_RATE_FAR:
+        return []
+    name = {"lora": "LoRA", "full": "full fine-tuning"}.get(method, method)
+    far = LEARNING_RATE_FAR
+    usual = [m for m, r in DEFAULT_LEARNING_RATE.items() if r / far <= rate <= r * far]
+    why = f" (a rate for training.method {usual[0]})" if usual else ""
+    return [
+        Issue(
+            "training.learning_rate",
+            f"{rate:g} is far {'below' if rate < default else 'above'} the usual range of training.method "
+            f"{method}{why}: {name}'s default is {default:g}",
+            level="warning",
+            hint=f"leave training.learning_rate unset to train {name} at {default:g}, or set a rate near it",
         )
     ]
 

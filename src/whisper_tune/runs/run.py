@@ -23,6 +23,15 @@ from whisper_tune.data.preflight import require_usable_data
 from whisper_tune.errors import ConfigError, DataError, InterruptedRun, ModelError
 from whisper_tune.evaluation.guards import language_share, normalizer_override, with_regression_set
 from whisper_tune.execution import dispatch
+from whisper_tune.execution.external import (
+    check_outside,
+    follow,
+    join,
+    outside_launch,
+    outside_plan,
+    publish_job,
+    share_run_dir,
+)
 from whisper_tune.models.loading import is_multilingual, require_reachable, save_processor
 from whisper_tune.runs.card import write_run_card
 from whisper_tune.runs.directory import (
@@ -35,6 +44,7 @@ from whisper_tune.runs.directory import (
 )
 from whisper_tune.runs.opening import (
     epoch_steps,
+    learning_rate_issues,
     load_model_processor,
     prepare_sets,
     raise_issues,
@@ -60,6 +70,8 @@ class RunSummary:
     run_dir: Path
     metrics: dict[str, Any]
     lines: list[str] = field(default_factory=list)
+    #: False on the ranks other than 0 of an outside launch (torchrun): rank 0 reports the run
+    reports: bool = True
 
 
 class Run:
@@ -78,10 +90,16 @@ class Run:
         self.started = time.perf_counter()
         self.run_dir: Path | None = None
         self.created = False  # this run made its directory (an unusable model or data set removes it)
+        #: this process's rank when torchrun / accelerate launch started it (None: started on its own)
+        self.outside = outside_launch()
+        self.accelerator: Any = None  # that rank's, joined when the run opens
+        self.launch_id = ""
 
     def __call__(self, *, echo_summary: bool = True) -> RunSummary:
         """Every phase; the WER lines go to run.log and, with ``echo_summary``, to the console."""
         discard = False
+        if self.outside is not None and not self.outside.main:
+            return RunSummary(follow(self.config, self.registry, self.outside), {}, reports=False)
         try:
             self.open()
             job = self.prepare()
@@ -104,21 +122,29 @@ class Run:
         loaded; then the run directory with its log, config.yaml, trackers and plan.json."""
         config = self.config
         self.backend, self.caps = select_backend(config, self.registry)
+        if self.outside is not None:
+            check_outside(self.backend, config, self.outside)
         require_usable_data(config.data, include_train=self.training)
         require_reachable(config.model.name)
         self.stream = train_stream_spec(config) if self.training else None
         self.created = (
             not run_dir_path(config, train=self.training).exists() if config.output.run_name else True
         )
+        if self.outside is not None:
+            self.accelerator = join(self.backend, config)
         self.run_dir = run_dir = make_run_dir(config, train=self.training)
+        if self.accelerator is not None:
+            _, self.launch_id = share_run_dir(self.accelerator, run_dir)
         self.reporter.log_to(run_dir / "run.log")
         if self.training:
-            raise_issues(warmup_issues(config, config.training.max_steps))
+            raise_issues(warmup_issues(config, config.training.max_steps) + learning_rate_issues(config))
         (run_dir / CONFIG_FILE).write_text(dump_yaml(config), encoding="utf-8")
         self.reporter.attach_trackers(
             open_trackers(config.training.report_to, run_dir, config.to_yaml_dict())
         )
         self.plan = plan = self.backend.plan(config, self.caps)
+        if self.outside is not None:
+            self.plan = plan = outside_plan(plan, self.backend, config, self.outside)
         write_json_atomic(run_dir / "plan.json", {**asdict(plan), "global_batch": plan.global_batch})
         self.reporter.info(f"run directory: {run_dir}")
         self.reporter.info(
@@ -157,12 +183,14 @@ class Run:
             launch=launch.resolved(run_dir) if launch.mode == "command" else None,
         )
         (run_dir / "job.json").write_text(job.model_dump_json(indent=2), encoding="utf-8")
+        if self.accelerator is not None:
+            publish_job(job, self.launch_id)  # the other ranks have waited for it
         return job
 
     def train(self, job: TrainJob) -> TrainResult:
         """The backend trains (here, in the workers of its planned launch, or in its own runtime) and
         evaluates before and after; the loss records it could not send live reach the trackers now."""
-        result = dispatch.train(self.backend, job, self.reporter, self.processor)
+        result = dispatch.train(self.backend, job, self.reporter, self.processor, self.accelerator)
         for record in result.log_history:
             if record["step"] > self.resumed_at:  # earlier ones were sent by the run that checkpointed
                 self.reporter.track(record)
@@ -312,5 +340,6 @@ def plan(config: RunConfig, registry: Registry | None = None, caps: Capabilities
     plan shows on a laptop)."""
     backend = (registry or Registry()).get(config.backend.name)
     caps = caps or backend.probe().capabilities
-    raise_issues([i for i in backend.check(config, caps) if not (i.hardware or i.run_only)])
+    issues = [i for i in backend.check(config, caps) if not (i.hardware or i.run_only)]
+    raise_issues(issues + learning_rate_issues(config))
     return backend.plan(config, caps)

@@ -1,9 +1,10 @@
-"""Evaluation during training: keep the best weights by eval WER, and stop early when WER stalls.
+"""Evaluation during training: keep the best weights by eval WER (or CER: ``eval.metric``), and stop
+early when it stalls.
 
 With ``eval.steps`` set, the training loop calls ``BestCheckpoint.after_step`` after each optimizer step.
-Every ``eval.steps`` steps (and at the last step) it measures the normalised WER on the first
-``eval.subset_size`` eval samples; a new best is written to ``checkpoints/best/`` (the backend's own
-weights format: full weights, or only the adapter for LoRA) with ``best.json``. At the end,
+Every ``eval.steps`` steps (and at the last step) it measures the normalised WER and CER on the first
+``eval.subset_size`` eval samples; a new best by ``eval.metric`` is written to ``checkpoints/best/`` (the
+backend's own weights format: full weights, or only the adapter for LoRA) with ``best.json``. At the end,
 ``restore_best`` loads those weights back when ``eval.keep_best`` is on, so the final model, the
 evaluation after training and ``final/`` are the best checkpoint's, not the last step's.
 """
@@ -32,22 +33,25 @@ BEST_FILE = "best.json"
 
 @dataclass
 class BestCheckpoint:
-    r"""Tracks eval WER during training; saves and restores the best weights.
+    r"""Tracks eval WER and CER during training; saves and restores the best weights by ``metric``.
 
     The training loop ``bind``\ s how weights are saved (a collective call in which the main process
     writes, in the backend's weights format) and loaded; ``evaluate`` is collective too (every process
     generates its share of the subset), so all processes take the same early-stopping decision."""
 
-    evaluate: Callable[[], float]
+    #: normalised WER and CER of the subset, in percent: {"wer": ..., "cer": ...}
+    evaluate: Callable[[], dict[str, float]]
     every: int
     directory: Path
     reporter: Reporter
     keep_best: bool = True
     patience: int | None = None
+    #: "wer" or "cer" (eval.metric): what "best" and "did not improve" go by
+    metric: str = "wer"
     #: whether this process writes files (False on non-main ranks of a data-parallel run)
     writes: bool = True
     history: list[dict[str, float]] = field(default_factory=list)
-    best_wer: float = math.inf
+    best_score: float = math.inf
     best_step: int | None = None
     stale: int = 0
     stopped_early: bool = False
@@ -61,16 +65,18 @@ class BestCheckpoint:
         """Evaluate when due; returns True when training should stop early."""
         if step % self.every and step != total:
             return False
-        wer = self.evaluate()
-        self.history.append({"step": step, "eval_wer": round(wer, 3)})
-        if wer < self.best_wer:
-            self.best_wer, self.best_step, self.stale = wer, step, 0
-            self._save(step, wer)
-            self.reporter.info(f"step {step}: eval WER {wer:.2f}% (best so far)")
+        scores = self.evaluate()
+        self.history.append({"step": step, **{f"eval_{k}": round(v, 3) for k, v in scores.items()}})
+        score, name = scores[self.metric], self.metric.upper()
+        if score < self.best_score:
+            self.best_score, self.best_step, self.stale = score, step, 0
+            self._save(step, score)
+            self.reporter.info(f"step {step}: eval {name} {score:.2f}% (best so far)")
         else:
             self.stale += 1
             self.reporter.info(
-                f"step {step}: eval WER {wer:.2f}% (best {self.best_wer:.2f}% at step {self.best_step})"
+                f"step {step}: eval {name} {score:.2f}% "
+                f"(best {self.best_score:.2f}% at step {self.best_step})"
             )
         if self.patience is not None and self.stale >= self.patience and step < total:
             self.stopped_early = True
@@ -78,7 +84,7 @@ class BestCheckpoint:
             return True
         return False
 
-    def _save(self, step: int, wer: float) -> None:
+    def _save(self, step: int, score: float) -> None:
         assert self.save_weights is not None, "bind() the tracker to the training loop first"
         tmp = self.directory.with_name(f".{self.directory.name}.partial")
         if self.writes:
@@ -86,7 +92,8 @@ class BestCheckpoint:
             tmp.mkdir(parents=True)
         self.save_weights(tmp / "weights")  # collective; the main process writes
         if self.writes:
-            (tmp / BEST_FILE).write_text(json.dumps({"step": step, "eval_wer": wer}) + "\n", encoding="utf-8")
+            best = {"step": step, f"eval_{self.metric}": score}
+            (tmp / BEST_FILE).write_text(json.dumps(best) + "\n", encoding="utf-8")
             shutil.rmtree(self.directory, ignore_errors=True)
             tmp.rename(self.directory)
 
@@ -97,20 +104,22 @@ class BestCheckpoint:
         assert self.load_weights is not None, "bind() the tracker to the training loop first"
         self.load_weights(self.directory / "weights")
         self.reporter.info(
-            f"keeping the best checkpoint: step {self.best_step}, eval WER {self.best_wer:.2f}%"
+            f"keeping the best checkpoint: step {self.best_step}, eval {self.metric.upper()} "
+            f"{self.best_score:.2f}%"
         )
 
     def summary(self) -> dict[str, Any]:
         return {
             "best_step": self.best_step,
-            "best_eval_wer": None if self.best_step is None else round(self.best_wer, 3),
+            "metric": self.metric,
+            f"best_eval_{self.metric}": None if self.best_step is None else round(self.best_score, 3),
             "evaluations": len(self.history),
             "stopped_early": self.stopped_early,
             "kept": "best" if self.keep_best else "last",
         }
 
 
-def subset_wer_evaluator(
+def subset_evaluator(
     model: Any,
     dataset: Any,
     collator: SpeechSeq2SeqCollator,
@@ -119,15 +128,15 @@ def subset_wer_evaluator(
     *,
     accelerator: Any = None,
     reporter: Reporter | None = None,
-) -> Callable[[], float]:
-    """A callable measuring normalised WER on the first ``eval.subset_size`` samples of ``dataset``
-    (generated over every process of ``accelerator``, scored on each)."""
+) -> Callable[[], dict[str, float]]:
+    """A callable measuring normalised WER and CER on the first ``eval.subset_size`` samples of
+    ``dataset`` (generated over every process of ``accelerator``, scored on each)."""
 
     size = min(len(dataset), config.eval.subset_size or len(dataset))
     subset = [dataset[i] for i in range(size)]
     references = list(getattr(dataset, "texts", []))[:size]
 
-    def evaluate() -> float:
+    def evaluate() -> dict[str, float]:
         ids = generate_predictions(
             model,
             subset,
@@ -139,7 +148,7 @@ def subset_wer_evaluator(
             name="eval (during training)",
         )
         scored = score_predictions(tokenizer, ids, references, model_cfg=config.model, eval_cfg=config.eval)
-        return float(scored["metrics"]["normalized_wer"])
+        return {key: float(scored["metrics"][f"normalized_{key}"]) for key in ("wer", "cer")}
 
     return evaluate
 
@@ -166,7 +175,7 @@ def best_checkpoint_tracker(
             "eval.steps needs an eval set to evaluate on during training",
             hint="set data.eval_split or data.test_size, or unset eval.steps",
         )
-    evaluate = subset_wer_evaluator(
+    evaluate = subset_evaluator(
         model,
         PreparedDataset(eval_data[EVAL]),
         collator,
@@ -182,10 +191,12 @@ def best_checkpoint_tracker(
         reporter=reporter,
         keep_best=config.eval.keep_best,
         patience=config.eval.early_stopping_patience,
+        metric=config.eval.metric,
         writes=accelerator is None or bool(accelerator.is_main_process),
     )
     best_file = tracker.directory / BEST_FILE
     if resuming and best_file.is_file():
         saved = json.loads(best_file.read_text(encoding="utf-8"))
-        tracker.best_step, tracker.best_wer = int(saved["step"]), float(saved["eval_wer"])
+        if f"eval_{tracker.metric}" in saved:  # the best by another metric is no yardstick
+            tracker.best_step, tracker.best_score = int(saved["step"]), float(saved[f"eval_{tracker.metric}"])
     return tracker

@@ -24,6 +24,7 @@ from typing import Any
 
 from whisper_tune.backend.protocol import RecipeNeeds, TrainJob, TrainResult
 from whisper_tune.backend.setup import InProcessTrainer, TrainingSetup
+from whisper_tune.config.schema import RunConfig
 from whisper_tune.console import Reporter
 from whisper_tune.evaluation.selection import PRIMARY, Half
 from whisper_tune.models.loading import load_processor, save_processor
@@ -210,14 +211,25 @@ def peak_memory_bytes(accelerator: Any) -> int:
 
 def start(backend: InProcessTrainer, job: TrainJob) -> Any:
     """The run's accelerator, with every RNG seeded from ``training.seed`` (each process the same)."""
-    from accelerate.utils import set_seed
+    accelerator = accelerator_for(backend, job.config)
+    seed(job.config)
+    return accelerator
 
+
+def accelerator_for(backend: InProcessTrainer, config: RunConfig) -> Any:
+    """The Accelerator ``backend`` trains ``config`` on (its process group, when a launcher started
+    several processes); ``seed`` before training."""
     # lazy: keeps numpy out of this module's import
     from whisper_tune.training.loop import build_accelerator
 
-    accelerator = build_accelerator(job.config.training, cpu=backend.uses_cpu(job.config))
-    set_seed(job.config.training.seed)
-    return accelerator
+    return build_accelerator(config.training, cpu=backend.uses_cpu(config))
+
+
+def seed(config: RunConfig) -> None:
+    """Every RNG (Python, numpy, torch) seeded from ``training.seed``, the same in each process."""
+    from accelerate.utils import set_seed
+
+    set_seed(config.training.seed)
 
 
 def train_in_process(

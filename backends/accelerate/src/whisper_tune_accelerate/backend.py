@@ -67,7 +67,7 @@ class AccelerateBackend:
     Options: ClassVar[type[BaseModel]] = AccelerateOptions
     flags: ClassVar[tuple[Flag, ...]] = (NUM_PROCESSES,)
     #: the overrides of its CPU development mode (the contract test runs it with them)
-    cpu_overrides: ClassVar[tuple[str, ...]] = ("backend.cpu=true",)
+    cpu_overrides: ClassVar[tuple[str, ...]] = ("backend.device=cpu",)
 
     def probe(self) -> Probe:
         cpu = os.cpu_count() or 1
@@ -79,7 +79,7 @@ class AccelerateBackend:
         if count:
             mode = f"GPU: {count} CUDA device(s), up to {count} processes here (more over several machines)"
         else:
-            mode = f"CPU dev mode only (no CUDA GPU here; runs need backend.cpu=true, {cpu} cores)"
+            mode = f"CPU dev mode only (no CUDA GPU here; runs need backend.device=cpu, {cpu} cores)"
         return Probe(True, "", "", caps, mode=mode)
 
     def defaults(self, options: BaseModel) -> dict[str, BackendDefault]:
@@ -153,7 +153,7 @@ class AccelerateBackend:
             no_gpu=Issue(
                 "backend.num_processes",
                 "no CUDA GPU is visible on this machine",
-                hint="run on a machine with GPUs, or set backend.cpu=true to train in CPU processes",
+                hint="run on a machine with GPUs, or set backend.device=cpu to train in CPU processes",
                 hardware=True,
             ),
         )
@@ -163,7 +163,7 @@ class AccelerateBackend:
                     "backend.strategy",
                     f"{opts.strategy} runs on GPUs only (Accelerate enables FSDP and DeepSpeed for GPU "
                     "process groups, not for CPU ones)",
-                    hint="use backend.strategy=ddp with backend.cpu=true",
+                    hint="use backend.strategy=ddp with backend.device=cpu",
                 )
             )
         if opts.strategy.startswith("deepspeed") and find_spec("deepspeed") is None:

@@ -47,10 +47,11 @@ class AccelerateOptions(ProcessOptions):
         description="Only 'none': int8 / 4-bit bases are for LoRA (the cuda-lora backend, on one or several "
         "processes), not for full fine-tuning.",
     )
-    cpu: bool = Field(
-        False,
-        description="Run the processes on the CPU (gloo) instead of GPUs: for tests and CI, or to try a "
-        "multi-process setup without GPUs. DDP only.",
+    device: Literal["cuda", "cpu"] = Field(
+        "cuda",
+        description="'cuda': one GPU per process. 'cpu': the processes on the CPU (gloo) instead of GPUs, "
+        "for tests and CI, or to try a multi-process setup without GPUs; DDP only. The same switch as "
+        "every backend's (backend.cpu=true, the old spelling, still works, with a note).",
     )
     num_workers: int = Field(0, ge=0, description="DataLoader worker processes per training process.")
 

@@ -16,7 +16,10 @@ Quantization = Literal["int8", "4bit", "none"]
 #: whose CPU backend trains int8 correctly (checks.BNB_CPU_MIN); 0.50.2 is what the tests run; the upper
 #: bound keeps out releases nobody has tested (bitsandbytes changes its API between minor releases).
 BNB_REQUIREMENT = "bitsandbytes>=0.47,<0.51"
-BNB_INSTALL = f"pip install 'whisper-tune-cuda-lora[bnb]' ({BNB_REQUIREMENT}: CUDA and CPU kernels)"
+BNB_INSTALL = (
+    f"pip install './backends/cuda-lora[bnb]' in the whisper-tune checkout, or pip install "
+    f"'{BNB_REQUIREMENT}' ({BNB_REQUIREMENT}: CUDA and CPU kernels)"
+)
 
 
 class CudaLoraOptions(ProcessOptions):
@@ -39,7 +42,7 @@ class CudaLoraOptions(ProcessOptions):
         description="'cuda' (GPU 0; with several processes, each process's own GPU). 'cpu' runs the same "
         "LoRA recipe on the CPU in every quantization mode (int8 and 4bit through bitsandbytes' CPU "
         "backend; fp32 or bf16, not fp16): slow, for tests, trying the seeds' recipe and comparing modes "
-        "without a GPU.",
+        "without a GPU. The same switch as every backend's (backend.cpu=true is read as device=cpu).",
     )
     bnb_4bit_quant_type: Literal["nf4", "fp4"] = Field(
         "nf4", description="4-bit data type for quantization '4bit' (QLoRA uses nf4)."
