@@ -241,7 +241,10 @@ def cross_fitted(run: dict[str, Any], base: dict[str, list[list[int]]], margin: 
     back = {PRIMARY: names[0]}
     return {
         "chosen": [c.decoder for c in fit.chosen],
-        **{key: {back.get(n, n): v for n, v in getattr(fit, key).items()} for key in ("errors", "baseline", "words")},
+        **{
+            key: {back.get(n, n): v for n, v in getattr(fit, key).items()}
+            for key in ("errors", "baseline", "words")
+        },
     }
 
 
@@ -266,59 +269,76 @@ def summarise(results: dict[str, Any], margin: float) -> dict[str, Any]:
                     "change_words": errors - base, "words": words,
                     "change_points": round(100 * (errors - base) / words, 2),
                 }  # fmt: skip
-            # unscaled (α = 1), whole sets, for the frontier
-            row["unscaled"] = {
-                ("in-domain" if n.startswith("in-domain") else n): round(
-                    100 * sum(sum(e for e, _ in r["errors"]["1"][n]) for r in runs)
-                    / sum(sum(w for _, w in r["errors"]["1"][n]) for r in runs), 2,
-                )
-                for n in runs[0]["errors"]["1"]
+            # the frontier: every α on whole sets (errors summed over seeds), α = 0 the pretrained model
+            row["frontier"] = {
+                alpha: {short(n): wer([base_rows(results, n, r) if alpha == "0" else r["errors"][alpha][n]
+                                       for r in runs]) for n in runs[0]["errors"]["1"]}
+                for alpha in ("0", *runs[0]["errors"])
             }  # fmt: skip
             table.setdefault(recipe, {})[domain] = row
-    for recipe, domains in table.items():
-        ind = [d["in-domain"] for d in domains.values()]
-        domains["goal"] = {
-            "in_domain_reduction_pct": [round(100 * (1 - d["wer"] / d["pretrained"]), 1) for d in ind],
-            "second_voice_points": round(
-                100 * sum(d["second-voice"]["change_words"] for d in domains.values() if isinstance(d, dict)
-                          and "second-voice" in d)
-                / sum(d["second-voice"]["words"] for d in domains.values() if "second-voice" in d), 2,
-            ),
-            "real_speech_words": sum(d["real-speech"]["change_words"] for d in domains.values()
-                                     if "real-speech" in d),
-        }  # fmt: skip
-        goal = domains["goal"]
-        goal["second_voice_words"] = sum(
-            d["second-voice"]["words"] for d in domains.values() if "second-voice" in d
+    for domains in table.values():
+        rows = list(domains.values())
+        second = (
+            sum(d["second-voice"]["change_words"] for d in rows),
+            sum(d["second-voice"]["words"] for d in rows),
         )
+        reductions = [
+            round(100 * (1 - d["in-domain"]["wer"] / d["in-domain"]["pretrained"]), 1) for d in rows
+        ]
+        goal = {
+            "in_domain_reduction_pct": reductions,
+            "second_voice_points": round(100 * second[0] / second[1], 2),
+            "second_voice_words": second[1],
+            "real_speech_words": sum(d["real-speech"]["change_words"] for d in rows),
+        }
         goal["met"] = (
-            len(goal["in_domain_reduction_pct"]) == len(DOMAINS)
-            and min(goal["in_domain_reduction_pct"]) >= 65
-            and goal["second_voice_points"] <= 0.5
-            and goal["real_speech_words"] <= 0
-        )
+            len(reductions) == len(DOMAINS) and min(reductions) >= 65
+            and goal["second_voice_points"] <= 0.5 and goal["real_speech_words"] <= 0
+        )  # fmt: skip
+        domains["goal"] = goal
     return table
+
+
+def short(name: str) -> str:
+    return "in-domain" if name.startswith("in-domain") else name
+
+
+def base_rows(results: dict[str, Any], name: str, run: dict[str, Any]) -> list[list[int]]:
+    return results["pretrained"][name]
+
+
+def wer(runs: list[list[list[int]]]) -> float:
+    errors = sum(e for rows in runs for e, _ in rows)
+    words = sum(w for rows in runs for _, w in rows)
+    return round(100 * errors / words, 2)
 
 
 def markdown(results: dict[str, Any], margin: str) -> str:
     lines = [
-        "| recipe | domain | seeds | α chosen | in-domain | second-voice | real-speech | unscaled in-domain / 2nd / real |",
-        "|---|---|---|---|---|---|---|---|",
+        "| recipe | domain | seeds | α chosen (half A, half B) | in-domain | second-voice | real-speech |",
+        "|---|---|---|---|---|---|---|",
     ]
+    frontier = ["| recipe | domain | " + " | ".join(f"α={a}" for a in ("0", *map(str, ALPHAS))) + " |",
+                "|---|---|" + "---|" * (len(ALPHAS) + 1)]  # fmt: skip
     for recipe, domains in results["summary"][margin].items():
         for domain, row in domains.items():
             if domain == "goal":
                 continue
-            cell = lambda s: (  # noqa: E731
+            cells = [
                 f"{row[s]['pretrained']:.1f} → {row[s]['wer']:.1f} ({row[s]['change_words']:+d} words)"
-            )
-            u = row["unscaled"]
+                for s in ("in-domain", "second-voice", "real-speech")
+            ]
             lines.append(
-                f"| {recipe} | {domain} | {len(row['seeds'])} | {row['chosen']} | {cell('in-domain')} | "
-                f"{cell('second-voice')} | {cell('real-speech')} | {u['in-domain']:.1f} / "
-                f"{u['second-voice']:.1f} / {u['real-speech']:.1f} |"
+                f"| {recipe} | {domain} | {len(row['seeds'])} | {row['chosen']} | " + " | ".join(cells) + " |"
             )
-    return "\n".join(lines)
+            frontier.append(f"| {recipe} | {domain} | " + " | ".join(
+                "{in-domain:.1f} / {second-voice:.1f} / {real-speech:.1f}".format(**row["frontier"][a])
+                for a in row["frontier"]) + " |")  # fmt: skip
+    return (
+        "\n".join(lines)
+        + "\n\nWER at every α, whole sets (in-domain / second-voice / real-speech):\n\n"
+        + "\n".join(frontier)
+    )
 
 
 def machine() -> dict[str, Any]:
@@ -348,11 +368,24 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --out")
     parser.add_argument("--summarise", action="store_true", help="only summarise --out")
+    parser.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=[],
+        help="results of runs made in parallel (e.g. one process per domain): merged into --out",
+    )
     args = parser.parse_args()
 
     results: dict[str, Any] = {"runs": []}
-    if (args.resume or args.summarise) and args.out and args.out.is_file():
+    if (args.resume or args.summarise or args.merge) and args.out and args.out.is_file():
         results = json.loads(args.out.read_text())
+    for part in args.merge:
+        other = json.loads(part.read_text())
+        done = {(r["recipe"], r["domain"], r["seed"]) for r in results["runs"]}
+        results["runs"] += [r for r in other["runs"] if (r["recipe"], r["domain"], r["seed"]) not in done]
+        results = {**other, "runs": results["runs"]}
+        args.summarise = True
 
     def save() -> None:
         if "pretrained" in results:
