@@ -1,8 +1,10 @@
 """The ``whisper-tune`` command: a thin click layer over the library.
 
 Errors a user can fix print one line (and a hint) and exit with their class's code (docs/errors.md);
-anything else is a bug and keeps its traceback. ``--debug`` shows tracebacks for everything. Nothing here
-imports torch at import time, so ``--help`` is instant.
+anything else is a bug and keeps its traceback. Other libraries' log records and warnings go to the run's
+run.log, not the terminal (``console.route_library_output``). ``--debug`` shows tracebacks for everything
+and those records on the terminal too. Nothing here imports torch at import time, so ``--help`` is
+instant.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from whisper_tune.config.docs import backend_options_markdown, config_reference_
 from whisper_tune.config.presets import list_presets
 from whisper_tune.config.schema import REPO_ID, UncheckedOptions
 from whisper_tune.config_loading import dump_yaml, load_config, resolve_config
-from whisper_tune.console import Reporter
+from whisper_tune.console import Reporter, route_library_output
 from whisper_tune.errors import ConfigError, InterruptedRun, WhisperTuneError
 from whisper_tune.export.exporter import FORMATS
 from whisper_tune.export.exporter import export as export_model
@@ -165,7 +167,12 @@ def build_config(
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="whisper-tune")
-@click.option("--debug", is_flag=True, help="Show full tracebacks, also for configuration and data errors.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show full tracebacks, also for configuration and data errors, and other libraries' warnings "
+    "(transformers, peft, ...: always in the run's run.log) on the terminal too.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and results; no progress bars.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
@@ -607,10 +614,16 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point: run the CLI and map errors to one line and an exit code."""
+    """Entry point: run the CLI and map errors to one line and an exit code. Other libraries' log records
+    and warnings go to the run's run.log, and to the terminal only with --debug (``console``)."""
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     signal.signal(signal.SIGTERM, _on_sigterm)
+    with route_library_output(debug=debug):
+        return _main(args, debug)
+
+
+def _main(args: list[str], debug: bool) -> int:
     try:
         cli.main(args=args, prog_name="whisper-tune", standalone_mode=False)
     except click.exceptions.Exit as exc:
