@@ -27,9 +27,11 @@ from whisper_tune.errors import ConfigError, InterruptedRun, WhisperTuneError
 from whisper_tune.export.exporter import FORMATS
 from whisper_tune.export.exporter import export as export_model
 from whisper_tune.models.adapters import merge_adapter
+from whisper_tune.reading import read_text
 from whisper_tune.runs.directory import run_dir_path
 from whisper_tune.runs.model_ref import resolve_model, resolve_run
 from whisper_tune.runs.push import push as push_model
+from whisper_tune.runs.run import check as check_run
 from whisper_tune.runs.run import plan as make_plan
 from whisper_tune.runs.run import prepare as prepare_data
 from whisper_tune.runs.run import run as run_pipeline
@@ -556,16 +558,24 @@ def config_show(config: str | None, overrides: tuple[str, ...], **flags: Any) ->
 @config_group.command("validate", cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
 @config_options
 def config_validate(config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
-    """Validate a configuration: core sections, then the backend's own options if it is installed."""
+    """Validate a configuration as 'run' would before it loads the model: the core sections, the backend's
+    options and checks (if it is installed), every data set (splits and columns) and the model name. A
+    configuration for other hardware validates here: what this machine lacks is printed as a warning."""
 
     resolved = build_config(config, overrides, require_backend=False, **flags)
+    for issue in check_run(resolved):
+        where = "this machine cannot run it: " if issue.hardware or issue.run_only else ""
+        hint = f" ({issue.hint})" if issue.hint else ""
+        click.echo(f"warning: {where}{issue.loc}: {issue.message}{hint}", err=True)
+    checked = "data sets and model name; the model is not loaded"
+    name = resolved.backend.name
     if isinstance(resolved.backend.options, UncheckedOptions):
         click.echo(
-            f"valid (core sections); backend '{resolved.backend.name}' is not installed here, so its own "
-            "options were not checked"
+            f"valid (core sections, {checked}); backend '{name}' is not installed here, so its own options "
+            "and checks were not run"
         )
     else:
-        click.echo(f"valid (core sections and backend '{resolved.backend.name}')")
+        click.echo(f"valid (core sections, backend '{name}' options and checks, {checked})")
 
 
 @config_group.command("list")
@@ -604,7 +614,7 @@ def config_docs(backend_name: str | None, into: Path | None) -> None:
     if into is None:
         click.echo(block, nl=False)
         return
-    text = with_options_block(into.read_text(encoding="utf-8"), block, str(into))
+    text = with_options_block(read_text(into, ConfigError, "a Markdown file"), block, str(into))
     into.write_text(text, encoding="utf-8")
     click.echo(f"wrote the {backend_name} options into {into}")
 
