@@ -84,7 +84,8 @@ def test_config_list_show_validate_docs(
         monkeypatch.delenv(variable, raising=False)
     code, out, err = run_cli(capsys, "config", "validate", "--config", "cuda-lora/seed000-marathi-large-v2")
     installed = "cuda-lora" in Registry().names()
-    assert code == 0 and ("backend 'cuda-lora' options and checks" if installed else "not installed here") in out
+    expected = "backend 'cuda-lora' options and checks" if installed else "not installed here"
+    assert code == 0 and expected in out, err
     if installed and not Registry().get("cuda-lora").probe().capabilities.cuda_devices:
         # what this machine lacks is a warning, not a refusal
         assert "warning: this machine cannot run it: backend.device: no CUDA device" in err, err
