@@ -76,7 +76,7 @@ def manifest_cases(root: Path) -> dict[str, tuple[Path, str]]:
     )
     cases["csv-truncated"] = (
         write("cut.csv", b"audio,text\nclips/a.ogg,hello there\nclips/a.ogg"),
-        "line 3 has 1 of the header's 2 fields: the file looks truncated",
+        "line 3 has 1 of the header's 2 fields and no line end: the file looks truncated",
     )
     cases["jsonl-binary"] = (write("bin.jsonl", RANDOM), "is binary data, not a JSONL manifest")
     cases["jsonl-latin-1"] = (
@@ -124,6 +124,17 @@ def test_a_manifest_or_metadata_csv_that_is_binary_latin1_or_truncated(tmp_path:
         except AssertionError as exc:
             raise AssertionError(f"{name}: {exc}") from None
         assert not out.exists(), name  # nothing written
+
+
+def test_a_short_row_inside_a_csv_is_a_sample_not_an_error(tmp_path: Path) -> None:
+    """Only a last row cut off without a line end is a truncated file; a short row inside the file is a
+    sample without its text, dropped and counted when it is prepared (as before)."""
+    from whisper_tune.data.sources import _read_table
+
+    manifest = tmp_path / "clips.csv"
+    manifest.write_text("audio,text\na.wav\nb.wav,hello\n")
+    columns, rows = _read_table(manifest)
+    assert columns == ["audio", "text"] and [r["text"] for r in rows] == [None, "hello"]
 
 
 # --- a model's files -----------------------------------------------------------------------------------

@@ -81,7 +81,9 @@ def truncation(source: str | Path | bytes) -> str | None:
             return None  # decoding reports it
     if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
         declared = int.from_bytes(head[4:8], "little") + 8
-        if 8 < declared < 0xFFFFFFFF and size < declared:  # 0 / 0xFFFFFFFF: a streamed file of unknown size
+        # a recorder that streams writes a placeholder size it never corrects (0, 0x7FFFFFFF, 0xFFFFFFFF):
+        # only a size below 2 GiB is taken at its word
+        if 8 < declared < 0x7FFFFFFF and size < declared:
             return f"{size} of the {declared} bytes its WAV header declares"
         return None
     if head[:4] == b"OggS":

@@ -217,25 +217,27 @@ def _read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
 
 
 def _csv_rows(text: str, path: Path, *, tsv: bool) -> tuple[list[str], list[dict[str, Any]]]:
-    """The rows of a CSV (or Common Voice's TSV: tab-separated, quotes are text) as dicts; a row with
-    fewer fields than the header is a DataError (a cut-off last row: a truncated file)."""
+    """The rows of a CSV (or Common Voice's TSV: tab-separated, quotes are text) as dicts. A last row
+    with fewer fields than the header and no line end after it is a DataError: the file was cut off (a
+    short row elsewhere is a sample without audio or text, dropped and counted when it is prepared)."""
     stream = io.StringIO(text, newline="")
     if tsv:
         reader = csv.DictReader(stream, delimiter="\t", quoting=csv.QUOTE_NONE)
     else:
         reader = csv.DictReader(stream)
     rows = []
+    cut_off = bool(text) and not text.endswith(("\n", "\r"))
     try:
         for row in reader:
-            if None in row.values():
-                fields = sum(v is not None for k, v in row.items() if k is not None)
-                header = len(reader.fieldnames or [])
-                truncated = not stream.read().strip()
-                raise DataError(
-                    f"{path} line {reader.line_num} has {fields} of the header's {header} fields"
-                    + (": the file looks truncated" if truncated else "")
-                )
             rows.append(row)
+        last = rows[-1] if rows else {}
+        if cut_off and None in last.values():
+            fields = sum(v is not None for k, v in last.items() if k is not None)
+            header = len(reader.fieldnames or [])
+            raise DataError(
+                f"{path} line {reader.line_num} has {fields} of the header's {header} fields and no line "
+                "end: the file looks truncated"
+            )
     except csv.Error as exc:
         kind = "TSV" if tsv else "CSV"
         raise DataError(f"{path} is not a readable {kind} file (line {reader.line_num}: {exc})") from None
