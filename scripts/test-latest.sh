@@ -39,16 +39,25 @@ suites = [root] if root.tag == "testsuite" else list(root.iter("testsuite"))
 total = {k: sum(int(s.get(k, 0)) for s in suites) for k in ("tests", "failures", "errors", "skipped")}
 passed = total["tests"] - total["failures"] - total["errors"] - total["skipped"]
 print(f"{passed} passed, {total['failures']} failed, {total['errors']} errors, {total['skipped']} skipped")
+for case in root.iter("testcase"):
+    problem = case.find("failure")
+    problem = case.find("error") if problem is None else problem
+    if problem is not None:
+        where = f"{case.get('classname', '').replace('.', '/')}.py::{case.get('name')}"
+        first = (problem.get("message") or "").splitlines()[0][:200] if problem.get("message") else ""
+        print(f"# {problem.tag}: {where}: {first}")
 PY
 )"
+summary="$(head -n 1 <<< "$counts")"
 {
   echo "# The newest versions pyproject.toml allows, as scripts/test-latest.sh last installed and tested them"
   echo "# (a separate venv, $venv; torch kept at the CPU build). The set CI installs is tested-versions.txt."
   echo "# date: $started"
   echo "# python: $("$venv/bin/python" -c 'import platform; print(platform.python_version())'), torch: $("$venv/bin/python" -c 'import importlib.metadata as m; print(m.version("torch"))')"
-  echo "# pytest ${args[*]}: $counts (exit status $status, $minutes min)"
+  echo "# pytest ${args[*]@Q}: $summary (exit status $status, $minutes min)"
+  tail -n +2 <<< "$counts"
   "$venv/bin/python" -m pip freeze --exclude-editable | grep -v -E '^(#|torch==|nvidia-|triton==)'
 } > "$record.new"
 mv "$record.new" "$record"
-echo "test-latest: $counts (exit status $status); recorded in $record" >&2
+echo "test-latest: $summary (exit status $status); recorded in $record" >&2
 exit "$status"
