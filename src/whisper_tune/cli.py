@@ -1,8 +1,10 @@
 """The ``whisper-tune`` command: a thin click layer over the library.
 
 Errors a user can fix print one line (and a hint) and exit with their class's code (docs/errors.md);
-anything else is a bug and keeps its traceback. ``--debug`` shows tracebacks for everything. Nothing here
-imports torch at import time, so ``--help`` is instant.
+anything else is a bug and keeps its traceback. Other libraries' log records and warnings go to the run's
+run.log, not the terminal (``console.route_library_output``). ``--debug`` shows tracebacks for everything
+and those records on the terminal too. Nothing here imports torch at import time, so ``--help`` is
+instant.
 """
 
 from __future__ import annotations
@@ -22,16 +24,18 @@ from whisper_tune.config.docs import backend_options_markdown, config_reference_
 from whisper_tune.config.presets import list_presets
 from whisper_tune.config.schema import REPO_ID, UncheckedOptions
 from whisper_tune.config_loading import dump_yaml, load_config, resolve_config
-from whisper_tune.console import Reporter
+from whisper_tune.console import Reporter, route_library_output
 from whisper_tune.errors import ConfigError, InterruptedRun, WhisperTuneError
 from whisper_tune.execution.external import outside_launch
 from whisper_tune.execution.worker import exit_now
 from whisper_tune.export.exporter import FORMATS
 from whisper_tune.export.exporter import export as export_model
 from whisper_tune.models.adapters import merge_adapter
+from whisper_tune.reading import read_text
 from whisper_tune.runs.directory import run_dir_path
 from whisper_tune.runs.model_ref import resolve_model, resolve_run
 from whisper_tune.runs.push import push as push_model
+from whisper_tune.runs.run import check as check_run
 from whisper_tune.runs.run import plan as make_plan
 from whisper_tune.runs.run import prepare as prepare_data
 from whisper_tune.runs.run import run as run_pipeline
@@ -169,7 +173,12 @@ def build_config(
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.version_option(__version__, prog_name="whisper-tune")
-@click.option("--debug", is_flag=True, help="Show full tracebacks, also for configuration and data errors.")
+@click.option(
+    "--debug",
+    is_flag=True,
+    help="Show full tracebacks, also for configuration and data errors, and other libraries' warnings "
+    "(transformers, peft, ...: always in the run's run.log) on the terminal too.",
+)
 @click.option("--quiet", "-q", is_flag=True, help="Only warnings and results; no progress bars.")
 @click.pass_context
 def cli(ctx: click.Context, debug: bool, quiet: bool) -> None:
@@ -607,16 +616,24 @@ def config_show(config: str | None, overrides: tuple[str, ...], **flags: Any) ->
 @config_group.command("validate", cls=BackendFlagsCommand, epilog=OVERRIDES_HELP)
 @config_options
 def config_validate(config: str | None, overrides: tuple[str, ...], **flags: Any) -> None:
-    """Validate a configuration: core sections, then the backend's own options if it is installed."""
+    """Validate a configuration as 'run' would before it loads the model: the core sections, the backend's
+    options and checks (if it is installed), every data set (splits and columns) and the model name. A
+    configuration for other hardware validates here: what this machine lacks is printed as a warning."""
 
     resolved = build_config(config, overrides, require_backend=False, **flags)
+    for issue in check_run(resolved):
+        where = "this machine cannot run it: " if issue.hardware or issue.run_only else ""
+        hint = f" ({issue.hint})" if issue.hint else ""
+        click.echo(f"warning: {where}{issue.loc}: {issue.message}{hint}", err=True)
+    checked = "data sets and model name; the model is not loaded"
+    name = resolved.backend.name
     if isinstance(resolved.backend.options, UncheckedOptions):
         click.echo(
-            f"valid (core sections); backend '{resolved.backend.name}' is not installed here, so its own "
-            "options were not checked"
+            f"valid (core sections, {checked}); backend '{name}' is not installed here, so its own options "
+            "and checks were not run"
         )
     else:
-        click.echo(f"valid (core sections and backend '{resolved.backend.name}')")
+        click.echo(f"valid (core sections, backend '{name}' options and checks, {checked})")
 
 
 @config_group.command("list")
@@ -655,7 +672,7 @@ def config_docs(backend_name: str | None, into: Path | None) -> None:
     if into is None:
         click.echo(block, nl=False)
         return
-    text = with_options_block(into.read_text(encoding="utf-8"), block, str(into))
+    text = with_options_block(read_text(into, ConfigError, "a Markdown file"), block, str(into))
     into.write_text(text, encoding="utf-8")
     click.echo(f"wrote the {backend_name} options into {into}")
 
@@ -667,7 +684,8 @@ def _on_sigterm(signum: int, frame: Any) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point: run the CLI and map errors to one line and an exit code. A rank of a torchrun /
     accelerate launch leaves without tearing the interpreter down (``worker.exit_now``: a DDP model's
-    process group can deadlock the interpreter's shutdown)."""
+    process group can deadlock the interpreter's shutdown). Other libraries' log records and warnings go
+    to the run's run.log, and to the terminal only with --debug (``console``)."""
     code = _main(argv)
     if argv is None and outside_launch() is not None:
         exit_now(code)
@@ -678,6 +696,11 @@ def _main(argv: Sequence[str] | None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args
     signal.signal(signal.SIGTERM, _on_sigterm)
+    with route_library_output(debug=debug):
+        return _main(args, debug)
+
+
+def _main(args: list[str], debug: bool) -> int:
     try:
         cli.main(args=args, prog_name="whisper-tune", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -31,16 +31,14 @@ from whisper_tune.config.schema import BUNDLED_REGRESSION, BackendConfig, RunCon
 from whisper_tune.config.their_names import their_name_hint
 from whisper_tune.data.sources import data_shortcut, languages_in
 from whisper_tune.errors import BackendUnavailableError, ConfigError
+from whisper_tune.reading import read_text
 
 Raw = dict[str, Any]
 
 
 def read_yaml(path: Path) -> Raw:
     """Read a YAML mapping, turning every failure into a one-line ConfigError."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"cannot read config file {path}: {exc.strerror or exc}") from None
+    text = read_text(path, ConfigError, "a YAML config")
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

@@ -23,6 +23,7 @@ from helpers import (
     toy_overrides,
     write_audiofolder,
 )
+from whisper_tune_testing import needs_backend
 
 from whisper_tune.backend.registry import Registry
 from whisper_tune.errors import EXIT_CODES, BackendUnavailableError
@@ -177,6 +178,54 @@ def test_output_error(tmp_path: Path) -> None:
     assert blocker.read_text() == "not a directory"
 
 
+def assert_one_line(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
+    assert_clean_error(result, code, *fragments)
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 or (len(lines) == 2 and lines[1].startswith("  hint: ")), result.stderr
+
+
+def test_config_validate_refuses_fp16_on_the_cpu() -> None:
+    """What `plan` and `run` refuse, `config validate` refuses too: the backend's checks run."""
+    assert_one_line(
+        cli("config", "validate", "quickstart", "training.precision=fp16"),
+        2,
+        "invalid configuration: training.precision: fp16 is not supported on the CPU",
+    )
+
+
+@needs_backend("accelerate")
+def test_config_validate_refuses_keep_best_under_fsdp() -> None:
+    """A GPU configuration validates on this CPU machine (what it lacks is a warning), but not one the
+    backend refuses on any machine."""
+    common = ("config", "validate", "quickstart", "--backend", "accelerate", "--num-processes", "8")
+    fsdp = ("backend.strategy=fsdp", "eval.steps=10")
+    assert_one_line(
+        cli(*common, *fsdp, "eval.keep_best=true"),
+        2,
+        "eval.keep_best: restoring the best checkpoint into a model sharded by fsdp is not supported",
+    )
+    result = cli(*common, *fsdp, "eval.keep_best=false")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("valid (core sections, backend 'accelerate' options and checks")
+
+
+def test_config_validate_refuses_data_that_does_not_exist() -> None:
+    assert_one_line(
+        cli("config", "validate", "quickstart", "data.dataset=./no/such/dir"),
+        3,
+        "the data cannot be used as configured: data.dataset: dataset path ./no/such/dir does not exist",
+    )
+
+
+def test_config_validate_says_valid_for_the_quickstart() -> None:
+    result = cli("config", "validate", "quickstart")
+    assert result.returncode == 0 and result.stderr == "", result.stderr
+    assert result.stdout == (
+        "valid (core sections, backend 'reference' options and checks, data sets and model name; the model "
+        "is not loaded)\n"
+    )
+
+
 def test_debug_shows_the_traceback() -> None:
     result = cli("--debug", "config", "validate", "training.learning_rte=1")
     assert result.returncode != 0 and "Traceback" in result.stderr
@@ -241,7 +290,8 @@ def test_guard_rail_error_with_fail_on_regression_after_a_lora_run(tmp_path: Pat
             "output.plot": "false",
         },
     )
-    result = cli("run", "--config", "quickstart", *overrides)
+    # a whole LoRA run of real tiny.en: about 5 minutes on the 2-core machine under a load of 7
+    result = cli("run", "--config", "quickstart", *overrides, timeout=900)
     assert_clean_error(result, 9, "guard rail: other-voice: WER rose", "fail_on_regression")
     run_dir = tmp_path / "wrecked"
     assert (run_dir / "final" / "adapter_model.safetensors").is_file()

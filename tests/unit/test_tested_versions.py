@@ -29,3 +29,27 @@ def test_every_direct_dependency_is_pinned_inside_its_range() -> None:
             continue
         assert name in pinned, f"{name} is not in scripts/tested-versions.txt"
         assert requirement.specifier.contains(pinned[name], prereleases=True), (name, str(pinned[name]))
+
+
+def test_the_latest_versions_record_says_when_and_how_it_went() -> None:
+    """scripts/latest-versions.txt, written by scripts/test-latest.sh: the date, the fast lane's counts,
+    and every version it installed inside the ranges pyproject.toml allows (it installs nothing else)."""
+    tomllib = pytest.importorskip("tomllib")  # Python >= 3.11
+    record = REPO / "scripts" / "latest-versions.txt"
+    if not record.is_file():
+        pytest.skip("scripts/test-latest.sh has not been run in this checkout")
+    lines = record.read_text().splitlines()
+    header = [line for line in lines if line.startswith("#")]
+    assert any(line.startswith("# date: ") for line in header)
+    assert any(line.startswith("# pytest ") and " passed, " in line for line in header)
+    pinned = {
+        canonicalize_name(name): Version(version)
+        for name, version in (line.split("==") for line in lines if line.strip() and not line.startswith("#"))
+    }
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    for requirement in map(Requirement, project["dependencies"] + project["optional-dependencies"]["test"]):
+        name = canonicalize_name(requirement.name)
+        if name in pinned:
+            assert requirement.specifier.contains(pinned[name], prereleases=True), (
+                f"{name} {pinned[name]} is outside {requirement.specifier}: run scripts/test-latest.sh again"
+            )

@@ -4,7 +4,8 @@ Decoding goes through soundfile (libsndfile: WAV, FLAC, OGG/Vorbis/Opus, MP3 on 
 through PyAV (FFmpeg, installed with faster-whisper) for what libsndfile cannot read: m4a/AAC phone
 recordings, webm/Opus browser captures, the audio of mp4 videos. Resampling goes through soxr (the SoX
 resampler, "HQ" quality). Problems are ``BadAudio`` exceptions that the caller counts and skips, so one
-broken file never stops a run.
+broken file never stops a run; a WAV or Ogg file cut short (which libsndfile decodes as far as it goes) is
+one of them (``truncated_audio``).
 """
 
 from __future__ import annotations
@@ -58,12 +59,55 @@ def to_mono_16k(samples: npt.NDArray[np.floating], rate: int) -> Audio:
     return data
 
 
+#: bytes read from the end of an Ogg file to find its last page (a page is at most 65,307 bytes)
+OGG_TAIL = 65_536 + 27
+
+
+def truncation(source: str | Path | bytes) -> str | None:
+    """Why a WAV or Ogg file is cut short (libsndfile decodes what is there without a word, so a clip
+    copied halfway would train on half its audio with all of its transcript); None when it is whole or
+    another format. WAV: fewer bytes than its RIFF header declares. Ogg: its last page incomplete, or not
+    the end of the stream."""
+    if isinstance(source, bytes):
+        size, head, tail = len(source), source[:12], source[-OGG_TAIL:]
+    else:
+        try:
+            with Path(source).open("rb") as fh:
+                head = fh.read(12)
+                size = fh.seek(0, 2)
+                fh.seek(max(0, size - OGG_TAIL))
+                tail = fh.read()
+        except OSError:
+            return None  # decoding reports it
+    if head[:4] == b"RIFF" and head[8:12] == b"WAVE":
+        declared = int.from_bytes(head[4:8], "little") + 8
+        # a recorder that streams writes a placeholder size it never corrects (0, 0x7FFFFFFF, 0xFFFFFFFF):
+        # only a size below 2 GiB is taken at its word
+        if 8 < declared < 0x7FFFFFFF and size < declared:
+            return f"{size} of the {declared} bytes its WAV header declares"
+        return None
+    if head[:4] == b"OggS":
+        start = tail.rfind(b"OggS")
+        page = tail[start:]
+        if len(page) < 27 or len(page) < 27 + page[26]:
+            return "its last Ogg page is cut off"
+        body = sum(page[27 : 27 + page[26]])
+        if len(page) < 27 + page[26] + body:
+            return "its last Ogg page is cut off"
+        if not page[5] & 0x04:
+            return "it ends before the end of its Ogg stream"
+    return None
+
+
 def decode(source: str | Path | bytes) -> DecodedAudio:
     """Decode a file path or encoded bytes into 16 kHz mono float32."""
     import soundfile as sf
 
     if not isinstance(source, bytes) and not Path(source).is_file():
         raise BadAudio("missing_file", str(source))
+    cut = truncation(source)
+    if cut is not None:
+        raise BadAudio("truncated_audio", cut)
     try:
         handle = io.BytesIO(source) if isinstance(source, bytes) else source
         samples, rate = sf.read(handle, dtype="float32", always_2d=False)

@@ -127,9 +127,10 @@ def check_data(data: DataConfig, *, include_train: bool = True) -> list[str]:
 def require_usable_data(data: DataConfig, *, include_train: bool = True) -> None:
     """``check_data``, raising one DataError that lists every problem."""
     problems = check_data(data, include_train=include_train)
-    if problems:
+    if problems:  # one problem on one line; several one per line
         raise DataError(
-            "the data cannot be used as configured:\n  " + "\n  ".join(problems),
+            "the data cannot be used as configured:" + ("\n  " if len(problems) > 1 else " ")
+            + "\n  ".join(problems),
             hint="'whisper-tune run --data DIR_OR_MANIFEST' uses a data set with the splits it has "
             "(docs/data.md)",
         )

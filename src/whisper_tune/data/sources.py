@@ -10,6 +10,7 @@ Nothing heavy is imported at module level (NumPy only for ``seeded_split``).
 from __future__ import annotations
 
 import csv
+import io
 import json
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
@@ -20,6 +21,7 @@ from whisper_tune.config.schema import DataConfig, DatasetKind
 from whisper_tune.errors import DataError
 from whisper_tune.hub import NO_LOCAL_DIRECTORY, hub_offline, is_network_error, missing_locally
 from whisper_tune.languages import language_code
+from whisper_tune.reading import read_json_object, read_text, text_problem
 
 PREPARED_MANIFEST = "manifest.json"
 AUDIOFOLDER_METADATA = "metadata.csv"
@@ -118,12 +120,19 @@ def commonvoice_splits(path: Path) -> list[str]:
     """The split files of a Common Voice release folder: each ``<split>.tsv`` whose header has ``path``
     and ``sentence`` (train, dev, test, validated, other, invalidated ...); [] when there are none."""
     found = []
+    release = (path / COMMONVOICE_CLIPS).is_dir()
     for tsv in sorted(path.glob("*.tsv")):
         try:
-            with tsv.open(encoding="utf-8") as fh:
-                header = fh.readline().rstrip("\r\n").split("\t")
-        except (OSError, UnicodeDecodeError):
+            with tsv.open("rb") as fh:
+                first = fh.readline(1 << 16)
+        except OSError:
             continue
+        problem = text_problem(first, "a TSV manifest")
+        if problem is not None:
+            if release:  # a Common Voice folder's split file that is binary or not UTF-8: say so
+                raise DataError(f"{tsv} {problem}")
+            continue
+        header = first.decode("utf-8-sig").rstrip("\r\n").split("\t")
         if all(c in header for c in COMMONVOICE_COLUMNS):
             found.append(tsv.stem)
     return found
@@ -179,29 +188,61 @@ def _require_columns(available: list[str], spec: SplitSpec, where: str) -> None:
 
 
 def _read_table(path: Path) -> tuple[list[str], list[dict[str, Any]]]:
+    """A CSV / TSV / JSONL manifest's columns and rows; a file that is not UTF-8 text, a CSV row cut
+    short or a JSONL line that is not one JSON object is one DataError naming the file and the line."""
+    suffix = path.suffix.lower()
+    what = {".tsv": "a TSV manifest", ".csv": "a CSV manifest"}.get(suffix, "a JSONL manifest")
+    text = read_text(path, DataError, what)
+    if suffix in (".csv", ".tsv"):
+        return _csv_rows(text, path, tsv=suffix == ".tsv")
+    rows = []
+    lines = text.split("\n")
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        last = n == len(lines)  # no newline after it
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError as exc:
+            ending = ": the file looks truncated" if last else ""
+            detail = f"column {exc.colno}: {exc.msg}"
+            raise DataError(f"{path} line {n} is not valid JSON ({detail}){ending}") from None
+        if not isinstance(row, dict):
+            raise DataError(
+                f"{path} line {n} is not a JSON object (one sample per line, e.g. "
+                '{"audio": "clip.wav", "text": "..."})'
+            )
+        rows.append(row)
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    return columns, rows
+
+
+def _csv_rows(text: str, path: Path, *, tsv: bool) -> tuple[list[str], list[dict[str, Any]]]:
+    """The rows of a CSV (or Common Voice's TSV: tab-separated, quotes are text) as dicts. A last row
+    with fewer fields than the header and no line end after it is a DataError: the file was cut off (a
+    short row elsewhere is a sample without audio or text, dropped and counted when it is prepared)."""
+    stream = io.StringIO(text, newline="")
+    if tsv:
+        reader = csv.DictReader(stream, delimiter="\t", quoting=csv.QUOTE_NONE)
+    else:
+        reader = csv.DictReader(stream)
+    rows = []
+    cut_off = bool(text) and not text.endswith(("\n", "\r"))
     try:
-        if path.suffix.lower() == ".tsv":  # Common Voice's: tab-separated, quotes are text (QUOTE_NONE)
-            with path.open(newline="", encoding="utf-8") as fh:
-                reader = csv.DictReader(fh, delimiter="\t", quoting=csv.QUOTE_NONE)
-                rows = list(reader)
-                return list(reader.fieldnames or []), rows
-        if path.suffix.lower() == ".csv":
-            with path.open(newline="", encoding="utf-8") as fh:
-                reader = csv.DictReader(fh)
-                rows = list(reader)
-                return list(reader.fieldnames or []), rows
-        rows = []
-        with path.open(encoding="utf-8") as fh:
-            for n, line in enumerate(fh, 1):
-                if line.strip():
-                    try:
-                        rows.append(json.loads(line))
-                    except json.JSONDecodeError as exc:
-                        raise DataError(f"{path} line {n} is not valid JSON: {exc.msg}") from None
-        columns = list(dict.fromkeys(k for row in rows for k in row))
-        return columns, rows
-    except (OSError, UnicodeDecodeError, csv.Error) as exc:
-        raise DataError(f"cannot read {path}: {exc}") from None
+        for row in reader:
+            rows.append(row)
+        last = rows[-1] if rows else {}
+        if cut_off and None in last.values():
+            fields = sum(v is not None for k, v in last.items() if k is not None)
+            header = len(reader.fieldnames or [])
+            raise DataError(
+                f"{path} line {reader.line_num} has {fields} of the header's {header} fields and no line "
+                "end: the file looks truncated"
+            )
+    except csv.Error as exc:
+        kind = "TSV" if tsv else "CSV"
+        raise DataError(f"{path} is not a readable {kind} file (line {reader.line_num}: {exc})") from None
+    return list(reader.fieldnames or []), rows
 
 
 def _audio_path(value: Any, folder: Path) -> Path | None:
@@ -298,21 +339,18 @@ def _iter_commonvoice(spec: SplitSpec, part: str) -> Iterator[RawSample]:
 def saved_splits(path: Path) -> list[str]:
     """The splits of a save_to_disk folder (from dataset_dict.json; one Dataset is ``train``)."""
     if (path / SAVED_DICT).is_file():
-        try:
-            return [str(s) for s in json.loads((path / SAVED_DICT).read_text(encoding="utf-8"))["splits"]]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise DataError(f"cannot read {path / SAVED_DICT}: {exc}") from None
+        saved = read_json_object(path / SAVED_DICT, DataError, "a save_to_disk dataset_dict.json")
+        if not isinstance(saved.get("splits"), list):
+            raise DataError(f"{path / SAVED_DICT} lists no splits (no \"splits\": [...])")
+        return [str(s) for s in saved["splits"]]
     return ["train"]
 
 
 def saved_columns(path: Path, split: str) -> list[str]:
     """A save_to_disk split's columns, from its dataset_info.json (no data read)."""
     folder = path / split if (path / SAVED_DICT).is_file() else path
-    try:
-        info = json.loads((folder / "dataset_info.json").read_text(encoding="utf-8"))
-        return list(info.get("features") or {})
-    except (OSError, ValueError, AttributeError) as exc:
-        raise DataError(f"cannot read {folder / 'dataset_info.json'}: {exc}") from None
+    info = read_json_object(folder / "dataset_info.json", DataError, "a save_to_disk dataset_info.json")
+    return list(info.get("features") or {})
 
 
 def _load_saved_split(spec: SplitSpec, part: str) -> Any:

@@ -38,6 +38,7 @@ import numpy as np
 import numpy.typing as npt
 
 from whisper_tune.errors import DataError
+from whisper_tune.reading import read_json_object
 
 FORMAT = "whisper-tune-prepared"
 VERSION = 2
@@ -188,15 +189,12 @@ class PreparedDataset:
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
         manifest_path = self.path / MANIFEST
-        try:
-            self.manifest: dict[str, Any] = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
+        if not manifest_path.is_file():
             raise DataError(
                 f"{self.path} is not a prepared dataset (no {MANIFEST})",
                 hint="create one with 'whisper-tune prepare'",
-            ) from None
-        except (OSError, json.JSONDecodeError) as exc:
-            raise DataError(f"cannot read {manifest_path}: {exc}") from None
+            )
+        self.manifest: dict[str, Any] = read_json_object(manifest_path, DataError, "a prepared manifest")
         if self.manifest.get("format") == FORMAT and self.manifest.get("version") == 1:
             raise DataError(
                 f"{self.path} was prepared by an older whisper-tune (format v1: log-mel features)",
@@ -212,10 +210,14 @@ class PreparedDataset:
             self._shards = [np.load(self.path / s["file"], mmap_mode="r") for s in self.manifest["shards"]]
             with (self.path / SAMPLES).open(encoding="utf-8") as fh:
                 self.samples: list[dict[str, Any]] = [json.loads(line) for line in fh if line.strip()]
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, KeyError, TypeError) as exc:
             raise DataError(f"{self.path} is damaged: {exc}") from None
-        counts = sum(s["count"] for s in self.manifest["shards"])
-        if len(self.samples) != self.manifest["num_samples"] or counts != len(self.samples):
+        try:
+            counts = sum(int(s["count"]) for s in self.manifest["shards"])
+            consistent = len(self.samples) == self.manifest["num_samples"] == counts
+        except (KeyError, TypeError, ValueError):
+            consistent = False
+        if not consistent:
             raise DataError(f"{self.path} is inconsistent: manifest, shards and samples.jsonl disagree")
 
     def __len__(self) -> int:

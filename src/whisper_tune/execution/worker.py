@@ -26,7 +26,7 @@ from typing import Any
 from whisper_tune.backend.protocol import TrainJob
 from whisper_tune.backend.registry import Registry
 from whisper_tune.config_loading import validate
-from whisper_tune.console import Reporter
+from whisper_tune.console import Reporter, route_library_output
 from whisper_tune.errors import HardwareError, WhisperTuneError
 from whisper_tune.training.phases import Outcome, run_phases, start
 
@@ -133,6 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     os.dup2(1, 2)  # stdout is the parent's stderr: messages and progress bars go there, tracebacks not
     spec = json.loads(Path(args[0]).read_text(encoding="utf-8"))
+    # other libraries' records and warnings: to run.log (the main process's), the console only verbose
+    with route_library_output(debug=bool(spec["console"]["verbose"])):
+        return _main(spec)
+
+
+def _main(spec: dict[str, Any]) -> int:
     rank = int(os.environ.get("RANK", "0"))
     failures = Path(spec["failures"])
     try:

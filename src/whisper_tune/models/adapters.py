@@ -11,15 +11,15 @@ lazily, with an install hint. ``whisper-tune merge`` and ``whisper-tune export``
 
 from __future__ import annotations
 
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Literal
 
 from whisper_tune.config.schema import ModelConfig
 from whisper_tune.errors import BackendUnavailableError, ModelError, OutputError
-from whisper_tune.models.loading import configure_generation, save_processor
+from whisper_tune.models.loading import check_local_files, configure_generation, save_processor
 from whisper_tune.models.packaged import resolve_model_source
+from whisper_tune.reading import read_json_object
 
 ADAPTER_CONFIG = "adapter_config.json"
 PEFT_HINT = "pip install peft (or the cuda-lora backend: pip install ./backends/cuda-lora in the checkout)"
@@ -34,10 +34,7 @@ def is_adapter_dir(path: str | Path) -> bool:
 def adapter_base_name(adapter_dir: str | Path) -> str:
     """The base model the adapter was trained on, as its adapter_config.json names it."""
     path = Path(adapter_dir) / ADAPTER_CONFIG
-    try:
-        value = json.loads(path.read_text(encoding="utf-8")).get("base_model_name_or_path")
-    except (OSError, json.JSONDecodeError) as exc:
-        raise ModelError(f"cannot read {path}: {exc}") from None
+    value = read_json_object(path, ModelError, "a PEFT adapter_config.json").get("base_model_name_or_path")
     if not value:
         raise ModelError(
             f"{path} does not name its base model (base_model_name_or_path)",
@@ -68,6 +65,7 @@ def load_adapter_model(
             hint="pass the final/ directory of a cuda-lora run, or a checkpoint's weights/ directory",
         )
     base_name = base or adapter_base_name(adapter_dir)
+    check_local_files(adapter_dir, (), weights=True)  # a truncated adapter_model.safetensors
     source = resolve_model_source(base_name)
     try:
         model = WhisperForConditionalGeneration.from_pretrained(source, dtype=getattr(torch, DTYPES[dtype]))

@@ -36,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from whisper_tune.errors import ModelError
+from whisper_tune.reading import read_json_object as read_json_file
 
 if TYPE_CHECKING:
     from numpy.typing import NDArray
@@ -219,13 +220,7 @@ def read_ct2_variables(path: Path) -> dict[str, Array]:
 
 def read_json_object(path: Path) -> dict[str, Any]:
     """A JSON file that must hold an object; any failure is a one-line ModelError."""
-    try:
-        value = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"cannot read {path}: {exc}") from None
-    if not isinstance(value, dict):
-        raise ModelError(f"{path} is not a JSON object")
-    return value
+    return read_json_file(path, ModelError)
 
 
 def is_ct2_directory(path: Path) -> bool:

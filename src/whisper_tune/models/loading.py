@@ -16,6 +16,7 @@ from whisper_tune.hub import NO_LOCAL_DIRECTORY, hub_offline, is_network_error, 
 from whisper_tune.models.ct2_import import MULTILINGUAL_VOCAB
 from whisper_tune.models.lora import add_lora
 from whisper_tune.models.packaged import _looks_like_path, resolve_model_source
+from whisper_tune.reading import read_json, safetensors_problem
 
 OFFLINE_HINT = (
     "this machine may have no access to the Hugging Face hub: use a local model directory, a CTranslate2 "
@@ -55,10 +56,42 @@ def resolve_source(name: str) -> str:
     return str(resolve_model_source(name))
 
 
+#: the JSON files of a Hugging Face Whisper directory that transformers reads for the model / processor
+MODEL_JSON = ("config.json", "generation_config.json", "model.safetensors.index.json")
+PROCESSOR_JSON = (
+    "preprocessor_config.json",
+    "processor_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "added_tokens.json",
+    "vocab.json",
+    "normalizer.json",
+)
+
+
+def check_local_files(source: str | Path, json_files: tuple[str, ...], *, weights: bool = False) -> None:
+    """In a local model directory, each of ``json_files`` it has is UTF-8 JSON and (``weights``) each
+    safetensors file is whole: a binary, re-encoded or truncated file is one ModelError naming it, before
+    transformers reads it (which would fail with a traceback, or silently fall back to defaults)."""
+    path = Path(source).expanduser()
+    if not path.is_dir():
+        return  # a hub id: loading says what is wrong
+    for name in json_files:
+        if (path / name).is_file():
+            read_json(path / name, ModelError, f"a model's {name}")
+    if weights:
+        for file in sorted(path.glob("*.safetensors")):
+            problem = safetensors_problem(file)
+            if problem is not None:
+                raise ModelError(f"{file} {problem}", hint="download or copy the model again")
+
+
 def load_processor(source: str, cfg: ModelConfig) -> Any:
     """The WhisperProcessor with the tokenizer's prefix set to the configured language and task."""
     from transformers import WhisperProcessor
 
+    check_local_files(source, PROCESSOR_JSON)
     try:
         processor = WhisperProcessor.from_pretrained(source)
     except (OSError, ValueError) as exc:
@@ -109,10 +142,15 @@ def load_model(source: str, cfg: ModelConfig, *, dtype: Any = None, **kwargs: An
     """WhisperForConditionalGeneration with language/task configured for training and generation."""
     from transformers import WhisperForConditionalGeneration
 
+    check_local_files(source, MODEL_JSON, weights=True)
     try:
         model = WhisperForConditionalGeneration.from_pretrained(source, dtype=dtype, **kwargs)
     except (OSError, ValueError) as exc:
         raise load_error("the model", cfg.name, source, exc) from None
+    except Exception as exc:  # safetensors' SafetensorError shares no base with OSError / ValueError
+        if not type(exc).__module__.startswith("safetensors"):
+            raise
+        raise ModelError(f"cannot load the weights of '{cfg.name}': {str(exc).splitlines()[0]}") from None
     configure_generation(model, cfg)
     return model
 
@@ -189,19 +227,14 @@ def make_output_require_grad(module: Any, inputs: Any, output: Any) -> None:
 
 
 def require_whisper(source: str, name: str) -> None:
-    """Refuse a local model directory that is not a Whisper model before anything loads its weights or
-    tokenizer (a wav2vec2 or a broken config otherwise fails deep inside transformers)."""
-    import json
-    from pathlib import Path
-
+    """Refuse a local model directory that is not a Whisper model, or whose JSON files or safetensors
+    weights are damaged, before anything loads its weights or tokenizer (a wav2vec2, a broken config or a
+    truncated weights file otherwise fails deep inside transformers, after the data was prepared)."""
     path = Path(source).expanduser()
     config_file = path / "config.json"
     if not config_file.is_file():
         return  # a hub id (loading says what is wrong) or not a Hugging Face directory
-    try:
-        config = json.loads(config_file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise ModelError(f"'{name}': cannot read {config_file}: {exc}") from None
+    config = read_json(config_file, ModelError, "a model's config.json")
     model_type = config.get("model_type") if isinstance(config, dict) else None
     if model_type != "whisper":
         raise ModelError(
@@ -215,3 +248,4 @@ def require_whisper(source: str, name: str) -> None:
             f"'{name}' has an unusable Whisper config: pad_token_id {pad} is outside the vocabulary "
             f"({vocab} tokens) in {config_file}"
         )
+    check_local_files(path, MODEL_JSON + PROCESSOR_JSON, weights=True)

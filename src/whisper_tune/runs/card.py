@@ -16,11 +16,13 @@ from typing import Any, Literal
 
 from whisper_tune.config.schema import ModelConfig, RunConfig
 from whisper_tune.config_loading import load_config
+from whisper_tune.errors import ModelError
 from whisper_tune.evaluation.guards import REAL_SPEECH_SET, REGRESSION_SET
 from whisper_tune.evaluation.selection import PRIMARY
 from whisper_tune.languages import language_code
 from whisper_tune.models.adapters import is_adapter_dir
 from whisper_tune.models.packaged import PACKAGED_MODELS, PREFIX
+from whisper_tune.reading import read_json_object
 from whisper_tune.version import __version__
 
 CARD_FILE = "README.md"
@@ -320,7 +322,9 @@ def run_inputs(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
     """A run directory's config and metrics.json (empty when the run wrote none)."""
     config = load_config(run_dir / "config.yaml", require_backend=False)
     metrics_path = run_dir / "metrics.json"
-    metrics = json.loads(metrics_path.read_text(encoding="utf-8")) if metrics_path.is_file() else {}
+    metrics: dict[str, Any] = {}
+    if metrics_path.is_file():
+        metrics = read_json_object(metrics_path, ModelError, "a run's metrics.json")
     return config, metrics
 
 

@@ -60,9 +60,10 @@ def final_dir(run_dir: Path) -> Path:
     metrics = run_dir / "metrics.json"
     if metrics.is_file():
         try:
-            recorded = json.loads(metrics.read_text(encoding="utf-8")).get("final_model_dir")
-        except (OSError, json.JSONDecodeError):
-            recorded = None
+            document = json.loads(metrics.read_text(encoding="utf-8"))
+        except (OSError, ValueError):  # unreadable, not UTF-8, not JSON: final/ then
+            document = None
+        recorded = document.get("final_model_dir") if isinstance(document, dict) else None
         if recorded and Path(recorded).is_dir():
             return Path(recorded)
     final = run_dir / "final"

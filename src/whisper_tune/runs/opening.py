@@ -48,10 +48,9 @@ def raise_issues(issues: list[Any]) -> None:
         return
     text = "\n  ".join(f"{i.loc}: {i.message}" + (f" ({i.hint})" if i.hint else "") for i in errors)
     hardware = all(i.hardware for i in errors)
-    raise (HardwareError if hardware else ConfigError)(
-        ("the hardware cannot run this configuration:\n  " if hardware else "invalid configuration:\n  ")
-        + text
-    )
+    lead = "the hardware cannot run this configuration:" if hardware else "invalid configuration:"
+    # one problem on one line; several one per line
+    raise (HardwareError if hardware else ConfigError)(lead + ("\n  " if len(errors) > 1 else " ") + text)
 
 
 def warmup_issues(config: RunConfig, steps: int | None) -> list[Issue]:

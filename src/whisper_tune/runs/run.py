@@ -1,8 +1,9 @@
 """The run: ``Run(config)()`` is what ``whisper-tune run`` does (``training=False``: ``whisper-tune eval``),
 its phases methods in the order they run — open, prepare, train, evaluate, report, close. ``prepare`` is
 ``whisper-tune prepare`` and ``plan`` is ``whisper-tune plan``; both open the way a run does
-(``runs/opening.py``). The backend only trains and generates; data preparation and scoring happen here,
-the same for every backend.
+(``runs/opening.py``); ``check`` is ``whisper-tune config validate``: a run's checks, without the model.
+The backend only trains and generates; data preparation and scoring happen here, the same for every
+backend.
 """
 
 from __future__ import annotations
@@ -14,9 +15,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-from whisper_tune.backend.protocol import Capabilities, Plan, TrainJob, TrainResult
+from whisper_tune.backend.protocol import Capabilities, Issue, Plan, TrainJob, TrainResult
 from whisper_tune.backend.registry import Registry
-from whisper_tune.config.schema import RunConfig
+from whisper_tune.config.schema import RunConfig, UncheckedOptions
 from whisper_tune.config_loading import dump_yaml
 from whisper_tune.console import Reporter
 from whisper_tune.data.preflight import require_usable_data
@@ -32,7 +33,8 @@ from whisper_tune.execution.external import (
     publish_job,
     share_run_dir,
 )
-from whisper_tune.models.loading import is_multilingual, require_reachable, save_processor
+from whisper_tune.models.ct2_import import is_ct2_directory
+from whisper_tune.models.loading import is_multilingual, require_reachable, require_whisper, save_processor
 from whisper_tune.runs.card import write_run_card
 from whisper_tune.runs.directory import (
     CONFIG_FILE,
@@ -333,6 +335,33 @@ def prepare(
     require_reachable(config.model.name)
     _, processor = load_model_processor(config, reporter)
     return prepare_sets(config, out_dir, processor, backend, reporter, include_train)
+
+
+def check(config: RunConfig, registry: Registry | None = None, *, train: bool = True) -> list[Issue]:
+    """``whisper-tune config validate``: what ``run`` checks before it loads the model, so that a config
+    that passes starts. The backend's checks as ``plan`` makes them (a config for other hardware validates
+    here: what only this machine's hardware or software refuses is returned, not raised), every data set
+    (its splits and columns), the model (its name; a local directory's files, not loaded) and the
+    streaming settings. Raises the error ``run`` would; returns the warnings and this machine's issues."""
+    notes: list[Issue] = []
+    if not isinstance(config.backend.options, UncheckedOptions):  # else its backend is not installed here
+        backend = (registry or Registry()).get(config.backend.name)
+        probe = backend.probe()
+        if not probe.available:
+            notes.append(Issue("backend.name", f"the backend cannot run here: {probe.reason}", run_only=True))
+        issues = backend.check(config, probe.capabilities)
+        here = [i for i in issues if i.hardware or i.run_only or i.level == "warning"]
+        raise_issues([i for i in issues if i not in here])
+        notes += here
+    require_usable_data(config.data, include_train=train)
+    require_reachable(config.model.name)
+    model = Path(config.model.name).expanduser()
+    if model.is_dir() and not is_ct2_directory(model):
+        require_whisper(str(model), config.model.name)  # reads its JSON files and weights headers only
+    if train:
+        train_stream_spec(config)
+        notes += warmup_issues(config, config.training.max_steps)
+    return notes
 
 
 def plan(config: RunConfig, registry: Registry | None = None, caps: Capabilities | None = None) -> Plan:
