@@ -21,6 +21,7 @@ from whisper_tune.config.presets import list_presets
 from whisper_tune.config.schema import REPO_ID, UncheckedOptions
 from whisper_tune.config_loading import dump_yaml, load_config, resolve_config
 from whisper_tune.console import Reporter
+from whisper_tune.disk import write_text
 from whisper_tune.errors import ConfigError, InterruptedRun, WhisperTuneError
 from whisper_tune.export.exporter import FORMATS
 from whisper_tune.export.exporter import export as export_model
@@ -598,7 +599,7 @@ def config_docs(backend_name: str | None, into: Path | None) -> None:
         click.echo(block, nl=False)
         return
     text = with_options_block(into.read_text(encoding="utf-8"), block, str(into))
-    into.write_text(text, encoding="utf-8")
+    write_text(into, text, f"the {backend_name} options")
     click.echo(f"wrote the {backend_name} options into {into}")
 
 
