@@ -194,3 +194,84 @@ def free_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+# --- real filesystems ---------------------------------------------------------------------------
+
+#: set (to anything) where a real-disk test must run: its skip is then a failure (.ci/run sets it)
+REQUIRE_REAL_DISK = "WHISPER_TUNE_REQUIRE_REAL_DISK"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    """With $WHISPER_TUNE_REQUIRE_REAL_DISK, a ``real_disk`` test that skips (not root, no tmpfs) fails:
+    CI must run them."""
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and os.environ.get(REQUIRE_REAL_DISK) and item.get_closest_marker("real_disk"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"a real_disk test skipped while ${REQUIRE_REAL_DISK} is set: {reason}"
+
+
+class SmallDisk:
+    """A tmpfs mounted for one test: its size, and filling it up at the moment a test chooses."""
+
+    FILLER = ".filler"
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+
+    def resize(self, size: str) -> None:
+        import subprocess
+
+        subprocess.run(["mount", "-o", f"remount,size={size}", str(self.path)], check=True)
+
+    def fill(self, leave: int = 0) -> None:
+        """Write a filler file until the filesystem refuses more, then give back ``leave`` bytes."""
+        filler = self.path / self.FILLER
+        chunk = b"\0" * (1 << 20)
+        fd = os.open(filler, os.O_WRONLY | os.O_CREAT | os.O_APPEND)
+        try:
+            for size in (1 << 20, 1 << 12, 1):
+                try:
+                    while os.write(fd, chunk[:size]):
+                        pass
+                except OSError:
+                    pass
+        finally:
+            os.close(fd)
+        if leave:
+            os.truncate(filler, max(0, filler.stat().st_size - leave))
+
+    def free(self) -> None:
+        (self.path / self.FILLER).unlink(missing_ok=True)
+
+
+@pytest.fixture()
+def small_disk(tmp_path: Path) -> Iterator[Any]:
+    """``small_disk(size, where=None)``: a tmpfs of ``size`` (``mount -o size=...``: "4m", "512k")
+    mounted at ``where`` (default a new folder under tmp_path) for this test. Skips unless the test runs
+    as root with tmpfs available (CI does, and fails on the skip: ``REQUIRE_REAL_DISK``)."""
+    import subprocess
+
+    mounted: list[Path] = []
+
+    def mount(size: str, where: Path | None = None) -> SmallDisk:
+        if os.geteuid() != 0:
+            pytest.skip("a real_disk test mounts a tmpfs: run it as root (CI does)")
+        target = where if where is not None else tmp_path / f"disk{len(mounted)}"
+        target.mkdir(parents=True, exist_ok=True)
+        done = subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(target)],
+            capture_output=True,
+            text=True,
+        )
+        if done.returncode != 0:
+            pytest.skip(f"cannot mount a tmpfs at {target}: {done.stderr.strip() or done.returncode}")
+        mounted.append(target)
+        return SmallDisk(target)
+
+    yield mount
+    for target in reversed(mounted):
+        subprocess.run(["umount", "-l", str(target)], capture_output=True)

@@ -25,6 +25,7 @@ from whisper_tune.config.presets import list_presets
 from whisper_tune.config.schema import REPO_ID, UncheckedOptions
 from whisper_tune.config_loading import dump_yaml, load_config, resolve_config
 from whisper_tune.console import Reporter, route_library_output
+from whisper_tune.disk import write_text
 from whisper_tune.errors import ConfigError, InterruptedRun, WhisperTuneError
 from whisper_tune.execution.external import outside_launch
 from whisper_tune.execution.worker import exit_now
@@ -673,7 +674,7 @@ def config_docs(backend_name: str | None, into: Path | None) -> None:
         click.echo(block, nl=False)
         return
     text = with_options_block(read_text(into, ConfigError, "a Markdown file"), block, str(into))
-    into.write_text(text, encoding="utf-8")
+    write_text(into, text, f"the {backend_name} options")
     click.echo(f"wrote the {backend_name} options into {into}")
 
 
@@ -697,10 +698,10 @@ def _main(argv: Sequence[str] | None) -> int:
     debug = "--debug" in args
     signal.signal(signal.SIGTERM, _on_sigterm)
     with route_library_output(debug=debug):
-        return _main(args, debug)
+        return _run_cli(args, debug)
 
 
-def _main(args: list[str], debug: bool) -> int:
+def _run_cli(args: list[str], debug: bool) -> int:
     try:
         cli.main(args=args, prog_name="whisper-tune", standalone_mode=False)
     except click.exceptions.Exit as exc:

@@ -210,6 +210,25 @@ class _ConsoleHandler(logging.StreamHandler):  # type: ignore[type-arg]
         return not getattr(record, "file_only", False) and bool(super().filter(record))
 
 
+class _RunLog(logging.FileHandler):
+    """run.log. A write that fails (a full disk) stops the file quietly instead of printing logging's
+    "--- Logging error ---" traceback on every line: the console goes on, and the error that stops the run
+    says what could not be written."""
+
+    failed = False
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if not self.failed:
+            super().emit(record)
+
+    def handleError(self, record: logging.LogRecord) -> None:
+        self.failed = True
+
+    def close(self) -> None:
+        with contextlib.suppress(OSError):  # the last lines cannot be flushed to a full disk
+            super().close()
+
+
 class Reporter:
     """Writes to the console (stderr) and, once a run directory exists, to ``run.log`` in it."""
 
@@ -240,7 +259,7 @@ class Reporter:
 
     def log_to(self, path: Path) -> None:
         self.close()
-        handler = logging.FileHandler(path, encoding="utf-8")
+        handler = _RunLog(path, encoding="utf-8")
         handler.setLevel(logging.DEBUG)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
         self.logger.addHandler(handler)

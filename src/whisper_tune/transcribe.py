@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 from whisper_tune.config.schema import SAMPLING_RATE
 from whisper_tune.console import Reporter
+from whisper_tune.disk import make_dir, write_text
 from whisper_tune.errors import DataError, ModelError
 from whisper_tune.export.ct2 import load_faster_whisper
 from whisper_tune.models.loading import generate_kwargs
@@ -26,6 +27,7 @@ from whisper_tune.runs.model_ref import ModelRef, load_hf
 OutputFormat = Literal["text", "json", "srt"]
 CHUNK_LENGTH_S = 30
 EXTENSIONS = {"text": ".txt", "json": ".json", "srt": ".srt"}
+WRITABLE = "give --output a writable path"
 
 
 @dataclass
@@ -175,7 +177,7 @@ def transcribe_files(
         raise DataError(f"no such audio file: {', '.join(missing)}")
     several = len(files) > 1
     if output is not None and several:
-        output.mkdir(parents=True, exist_ok=True)
+        make_dir(output, "the transcripts folder", fix=WRITABLE)
     timestamps = fmt != "text"
     run = ct2_transcriber(ref) if ref.kind == "ct2" else hf_transcriber(ref, timestamps)
     engine = "faster-whisper" if ref.kind == "ct2" else "transformers pipeline (chunk_length_s=30)"
@@ -196,8 +198,10 @@ def transcribe_files(
             if target is None:
                 emit((f"==> {audio_file} <==\n" if several and fmt == "text" else "") + rendered.rstrip("\n"))
             else:
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_text(rendered, encoding="utf-8")
+                what = f"the transcript of {audio_file}"
+                earlier = f"{len(done)} earlier transcript(s) are complete" if done else None
+                make_dir(target.parent, what, fix=WRITABLE)
+                write_text(target, rendered, what, kept=earlier, fix=WRITABLE)
                 reporter.info(f"{audio_file} -> {target}")
             done.append(transcript)
             bar.update(1)

@@ -174,7 +174,9 @@ def test_output_error(tmp_path: Path) -> None:
     blocker = tmp_path / "a-file"
     blocker.write_text("not a directory")
     result = cli("run", "--config", "quickstart", f"output.dir={blocker}")
-    assert_clean_error(result, 7, "cannot write to the output directory")
+    assert_clean_error(
+        result, 7, "cannot write the run directory to", "set output.dir to a writable directory"
+    )
     assert blocker.read_text() == "not a directory"
 
 

@@ -427,9 +427,18 @@ class TrainingConfig(Section):
     save_steps: int | None = Field(
         None,
         gt=0,
-        description="Save a resumable checkpoint every this many steps and at the last step. Unset: no "
-        "checkpoint is written (final/ still holds the trained weights) except when the run is interrupted "
-        "(Ctrl-C / SIGTERM), which always saves one to resume from.",
+        description="Also save a resumable checkpoint every this many steps, and at the last step (even "
+        "with training.save_last=false). Unset: only the last step's (training.save_last) and, when the run "
+        "is interrupted (Ctrl-C / SIGTERM), one to resume from.",
+    )
+    save_last: bool = Field(
+        True,
+        description="Save a resumable checkpoint at the last step, before final/ is written: a failure "
+        "while writing final/ (a full disk) or evaluating loses no training, and the same command with "
+        "training.resume_from=latest output.run_name=<the run> finishes the run without training again. "
+        "false (with training.save_steps unset) saves its disk space: the weights and the optimizer state, "
+        "about 3x the weights for full fine-tuning. The ipu backend's own runtime saves only at "
+        "training.save_steps.",
     )
     save_total_limit: int = Field(
         2, gt=0, description="Keep at most this many checkpoints; older are pruned."

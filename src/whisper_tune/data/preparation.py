@@ -11,9 +11,9 @@ the run report. Only an empty result is an error.
 
 from __future__ import annotations
 
-import errno
 import os
 from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -23,7 +23,8 @@ from whisper_tune.console import Reporter
 from whisper_tune.data.audio import BadAudio, decode, from_array
 from whisper_tune.data.sources import RawSample
 from whisper_tune.data.store import MANIFEST, VERSION, PreparedWriter, to_pcm
-from whisper_tune.errors import ConfigError, DataError, OutputError
+from whisper_tune.disk import writing
+from whisper_tune.errors import ConfigError, DataError
 from whisper_tune.languages import language_code
 from whisper_tune.models.loading import is_multilingual
 
@@ -190,12 +191,27 @@ def prepare_samples(
             reporter.info(f"{name}: reusing {out_dir} (prepared earlier from the same data and settings)")
         return out_dir
     extra = {"fingerprint": fingerprint} if fingerprint else {}
-    writer = PreparedWriter(
-        out_dir,
-        num_mel_bins=int(feature_extractor.feature_size),
-        meta={"name": name, **(meta or {}), **extra},
-    )
-    progress = (reporter or Reporter.silent()).progress(f"prepare {name}", total=limit or total, unit="clip")
+    expected = limit or total
+    with writing(f"the prepared {name} set", out_dir, partial=out_dir.with_name(f".{out_dir.name}.partial")):
+        writer = PreparedWriter(
+            out_dir,
+            num_mel_bins=int(feature_extractor.feature_size),
+            meta={"name": name, **(meta or {}), **extra},
+        )
+
+    def saving() -> AbstractContextManager[None]:
+        """A write of the prepared set: a full disk removes the partial set and says what it needs."""
+        return writing(
+            f"the prepared {name} set",
+            out_dir,
+            needs=lambda: writer.size_estimate(expected),
+            kept=lambda: _prepared_kept(out_dir),
+            hint="free space there, or set output.dir to a larger disk (prepared audio takes about 115 MB "
+            "per hour)",
+            partial=writer.tmp_dir,
+        )
+
+    progress = (reporter or Reporter.silent()).progress(f"prepare {name}", total=expected, unit="clip")
     pool = workers if workers is not None else Workers(None, tokenizer, filters)
     # with a limit, windows no larger than it: a 16-clip subset of a big set decodes about 16 clips
     window = 256 if limit is None else max(8, min(256, limit))
@@ -207,18 +223,17 @@ def prepare_samples(
                 if isinstance(item, Dropped):
                     writer.drops.add(item.reason, item.key)
                 else:
-                    writer.add(
-                        item.pcm,
-                        item.labels,
-                        item.text,
-                        item.key,
-                        language=item.language,
-                        audio=item.audio,
-                        segments=item.segments,
-                    )
+                    with saving():
+                        writer.add(
+                            item.pcm,
+                            item.labels,
+                            item.text,
+                            item.key,
+                            language=item.language,
+                            audio=item.audio,
+                            segments=item.segments,
+                        )
                 progress.update(1, kept=writer.count, dropped=writer.drops.total)
-    except OSError as exc:
-        raise _disk_full(exc, writer, name, out_dir) from None
     except BaseException:
         writer.abort()
         raise
@@ -243,23 +258,18 @@ def prepare_samples(
         for reason, keys in writer.drops.examples.items():
             reporter.debug(f"{name}: {reason} e.g. {', '.join(keys)}")
     try:
-        return writer.close()
-    except OSError as exc:
-        raise _disk_full(exc, writer, name, out_dir) from None
+        with saving():
+            return writer.close()
+    except BaseException:
+        writer.abort()
+        raise
 
 
-def _disk_full(exc: OSError, writer: PreparedWriter, name: str, out_dir: Path) -> Exception:
-    """A full disk while writing a prepared set: the partial set is removed and the run stops with one
-    error saying how much was written (any other OSError is returned as it is)."""
-    written = sum(f.stat().st_size for f in writer.tmp_dir.glob("*") if f.is_file()) / 1e6
-    writer.abort()
-    if exc.errno not in (errno.ENOSPC, errno.EDQUOT):
-        return exc
-    return OutputError(
-        f"no space left on the device while writing the prepared {name} set to {out_dir} "
-        f"({written:.0f} MB written for {writer.count} clips; prepared audio takes about 115 MB per hour)",
-        hint="free space there or set output.dir to a larger disk; nothing partial was kept",
-    )
+def _prepared_kept(out_dir: Path) -> str:
+    """What a full disk left of the prepared sets: the partial one removed, the complete ones kept."""
+    done = sorted(p.name for p in out_dir.parent.glob("*") if (p / MANIFEST).is_file() and p != out_dir)
+    complete = f"; complete prepared sets kept: {', '.join(done)}" if done else ""
+    return f"the partial set was removed{complete}"
 
 
 def reusable(out_dir: Path, fingerprint: str, num_mel_bins: int) -> bool:

@@ -25,6 +25,7 @@ directory with a manifest is always complete.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
@@ -178,8 +179,19 @@ class PreparedWriter:
         os.replace(self.tmp_dir, self.out_dir)
         return self.out_dir
 
+    def size_estimate(self, clips: int | None = None) -> int | None:
+        """About how many bytes the set takes on disk: what is written and buffered so far, scaled to
+        ``clips`` when given (None before the first clip)."""
+        if self.count == 0:
+            return None
+        files = sum(f.stat().st_size for f in self.tmp_dir.glob("*") if f.is_file())
+        so_far = files + sum(b.nbytes for b in self._buffer)
+        return so_far if not clips or clips <= self.count else so_far * clips // self.count
+
     def abort(self) -> None:
-        self._samples.close()
+        """Remove the partial set (also when its last buffered lines cannot be flushed: a full disk)."""
+        with contextlib.suppress(OSError):
+            self._samples.close()
         shutil.rmtree(self.tmp_dir, ignore_errors=True)
 
 

@@ -20,6 +20,7 @@ from typing import TYPE_CHECKING, Any
 
 from whisper_tune.backend.launch import Launch
 from whisper_tune.backend.protocol import TrainResult
+from whisper_tune.disk import RUN_DIR_HINT, make_dir, write_text, writing
 from whisper_tune.errors import (
     BackendUnavailableError,
     ConfigError,
@@ -57,7 +58,7 @@ def job_document(job: TrainJob, reporter: Reporter, launch: Launch) -> dict[str,
     verbose = any(
         h.level <= logging.DEBUG
         for h in reporter.logger.handlers
-        if type(h) is not logging.FileHandler and isinstance(h, logging.StreamHandler)
+        if not isinstance(h, logging.FileHandler) and isinstance(h, logging.StreamHandler)
     )
     return {
         # the config in its YAML layout, validated again in the worker (backend options included)
@@ -82,21 +83,22 @@ def run_launch(job: TrainJob, reporter: Reporter, backend_job: dict[str, Any] | 
     assert launch is not None and launch.mode == "command" and launch.result_file is not None
     run_dir = Path(job.run_dir)
     for path, content in launch.files:
-        Path(path).parent.mkdir(parents=True, exist_ok=True)
-        Path(path).write_text(content, encoding="utf-8")
+        make_dir(Path(path).parent)
+        write_text(Path(path), content, f"the launch file {Path(path).name}", hint=RUN_DIR_HINT)
     if launch.failure_dir:
-        Path(launch.failure_dir).mkdir(parents=True, exist_ok=True)
+        make_dir(Path(launch.failure_dir))
         for stale in Path(launch.failure_dir).glob("failure-rank*.json"):
             stale.unlink()
     result_file = Path(launch.result_file)
-    result_file.parent.mkdir(parents=True, exist_ok=True)
+    make_dir(result_file.parent)
     result_file.unlink(missing_ok=True)
     if launch.job_file:
         document = backend_job if launch.job_format == "backend" else job_document(job, reporter, launch)
-        Path(launch.job_file).parent.mkdir(parents=True, exist_ok=True)
-        Path(launch.job_file).write_text(json.dumps(document, indent=1) + "\n", encoding="utf-8")
+        make_dir(Path(launch.job_file).parent)
+        job_text = json.dumps(document, indent=1) + "\n"
+        write_text(Path(launch.job_file), job_text, "the training job file", hint=RUN_DIR_HINT)
     record = json.dumps(_launch_record(launch), indent=1) + "\n"
-    (run_dir / "launch.json").write_text(record, encoding="utf-8")
+    write_text(run_dir / "launch.json", record, hint=RUN_DIR_HINT)
     reporter.debug(f"launch: {launch.command_line()}")
     env = {**os.environ, **dict(launch.env)}
     output = _Output()
@@ -132,7 +134,9 @@ def _run(launch: Launch, env: dict[str, str], reporter: Reporter, output: _Outpu
     try:
         if launch.output == "console":
             assert log_file is not None
-            with log_file.open("w", encoding="utf-8") as log:
+            with writing("the launcher log", log_file):
+                log = log_file.open("w", encoding="utf-8")
+            with log:
                 log.write(launch.command_line() + "\n")
                 log.flush()
                 # workers' stdout is this process's stderr (progress bars, messages); the launcher's to a log

@@ -14,6 +14,7 @@ to show the data is sharded and the ranks end with identical weights).
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import hashlib
 import json
@@ -27,6 +28,7 @@ from whisper_tune.backend.protocol import TrainJob
 from whisper_tune.backend.registry import Registry
 from whisper_tune.config_loading import validate
 from whisper_tune.console import Reporter, route_library_output
+from whisper_tune.disk import write_text
 from whisper_tune.errors import HardwareError, WhisperTuneError
 from whisper_tune.training.phases import Outcome, run_phases, start
 
@@ -59,9 +61,7 @@ def train(backend: Any, job: TrainJob, console: dict[str, bool], result_path: Pa
         reporter = Reporter.silent()
     outcome = train_rank(backend, job, accelerator, reporter)
     if accelerator.is_local_main_process:
-        tmp = result_path.with_suffix(".partial")
-        tmp.write_text(outcome.result.model_dump_json(), encoding="utf-8")
-        tmp.rename(result_path)
+        write_text(result_path, outcome.result.model_dump_json(), "the training result")
     accelerator.wait_for_everyone()
     accelerator.end_training()
 
@@ -116,6 +116,12 @@ def train_rank(
 
 
 def write_failure(folder: Path, rank: int, exc: BaseException) -> None:
+    """The failure file the launcher reads; on a full disk none (the printed error line remains)."""
+    with contextlib.suppress(OSError):
+        _write_failure(folder, rank, exc)
+
+
+def _write_failure(folder: Path, rank: int, exc: BaseException) -> None:
     if isinstance(exc, WhisperTuneError):
         failure = {"error": type(exc).__name__, "message": exc.message, "hint": exc.hint}
     else:

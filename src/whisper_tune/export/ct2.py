@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any, Literal
 
+from whisper_tune.disk import OUT_HINT, Text, writing
 from whisper_tune.errors import ExportError, ModelError
 
 Quantization = Literal["float16", "int8"]
@@ -22,11 +23,26 @@ def _converter() -> Any:
     return TransformersConverter
 
 
-def export_ct2(hf_dir: Path, out_dir: Path, quantization: Quantization) -> Path:
-    """Convert the Hugging Face directory ``hf_dir`` (a merged export) to ``out_dir``."""
+#: bytes of CTranslate2 weights per byte of the float32 safetensors they are converted from
+CT2_SHARE = {"float16": 0.5, "int8": 0.25}
+
+
+def export_ct2(hf_dir: Path, out_dir: Path, quantization: Quantization, kept: Text = None) -> Path:
+    """Convert the Hugging Face directory ``hf_dir`` (a merged export) to ``out_dir``; a full disk removes
+    the partial folder (``disk.writing``; ``kept``: what survives it)."""
     converter = _converter()(str(hf_dir), copy_files=list(COPY_FILES))
+    weights = sum(f.stat().st_size for f in hf_dir.glob("*.safetensors"))
+    copied = sum((hf_dir / n).stat().st_size for n in COPY_FILES if (hf_dir / n).is_file())
     try:
-        converter.convert(str(out_dir), quantization=quantization, force=True)
+        with writing(
+            f"the CTranslate2 export ({out_dir.name}/)",
+            out_dir,
+            needs=int(weights * CT2_SHARE[quantization]) + copied,
+            kept=kept,
+            hint=OUT_HINT,
+            partial=out_dir,
+        ):
+            converter.convert(str(out_dir), quantization=quantization, force=True)
     except (ValueError, RuntimeError, OSError) as exc:
         raise ExportError(
             f"ctranslate2 could not convert {hf_dir} ({quantization}): {str(exc).splitlines()[0]}"

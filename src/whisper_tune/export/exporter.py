@@ -17,7 +17,6 @@ A format whose normalised WER is worse than the source's by more than its tolera
 from __future__ import annotations
 
 import gc
-import json
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,13 +24,13 @@ from typing import Any
 
 from whisper_tune.config.schema import EvalConfig
 from whisper_tune.console import Reporter
+from whisper_tune.disk import OUT_HINT, Text, write_json, write_lines, writing
 from whisper_tune.errors import ConfigError, ExportError, ModelError, OutputError
 from whisper_tune.export import parity
 from whisper_tune.export.ct2 import cpu_compute_type, export_ct2, load_faster_whisper
 from whisper_tune.export.hf import export_hf
 from whisper_tune.runs.card import CardKind, export_card_text, write_card
 from whisper_tune.runs.model_ref import ModelRef, load_hf, resolve_model
-from whisper_tune.runs.report import write_json_atomic
 
 FORMATS = ("hf", "ct2-float16", "ct2-int8")
 #: Allowed |WER(export) - WER(source)| in normalised-WER percentage points, per format.
@@ -56,22 +55,21 @@ def _check_out_dir(out_dir: Path, formats: Sequence[str]) -> None:
                 f"{target} already exists and is not empty",
                 hint="choose another --out (nothing was overwritten)",
             )
-    try:
+    with writing("the export folder", out_dir, fix="give --out a writable directory"):
         out_dir.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise OutputError(f"cannot create {out_dir}: {exc.strerror or exc}") from None
 
 
-def _write_json(path: Path, data: Any) -> None:
-
-    write_json_atomic(path, data)
+def _kept(written: dict[str, Path]) -> Text:
+    """What a full disk leaves of an export: the formats complete so far (a function: read when it fails)."""
+    return lambda: f"complete: {', '.join(f'{fmt}/' for fmt in written)}" if written else None
 
 
 def _write_cards(ref: ModelRef, written: dict[str, Path], report: dict[str, Any] | None) -> None:
     """README.md, the model card, in every format's folder (the run's results, the format's parity)."""
     for fmt, path in written.items():
         kind: CardKind = "full" if fmt == "hf" else "ct2"
-        write_card(path, export_card_text(kind, ref.model_cfg, ref.run_dir, fmt, report))
+        text = export_card_text(kind, ref.model_cfg, ref.run_dir, fmt, report)
+        write_card(path, text, _kept(written), OUT_HINT)
 
 
 def export(
@@ -119,7 +117,8 @@ def export(
             if fmt.startswith("ct2-"):
                 quantization = fmt.removeprefix("ct2-")
                 reporter.info(f"convert to CTranslate2 ({quantization}) -> {out_dir / fmt}")
-                written[fmt] = export_ct2(hf_dir, out_dir / fmt, quantization)  # type: ignore[arg-type]
+                kept = _kept(written)
+                written[fmt] = export_ct2(hf_dir, out_dir / fmt, quantization, kept)  # type: ignore[arg-type]
     report: dict[str, Any] = {
         "source": ref.describe(),
         "formats": {fmt: {"path": str(path)} for fmt, path in written.items()},
@@ -127,7 +126,7 @@ def export(
     lines = [f"{fmt}: {path}" for fmt, path in written.items()]
     if not check:
         report["parity"] = None
-        _write_json(out_dir / REPORT_FILE, report)
+        write_json(out_dir / REPORT_FILE, report, kept=_kept(written), hint=OUT_HINT)
         _write_cards(ref, written, None)
         return ExportResult(out_dir, report, [*lines, "parity check skipped (--no-check)"])
     tolerances = {fmt: (DEFAULT_TOLERANCE[fmt] if tolerance is None else tolerance) for fmt in written}
@@ -135,11 +134,9 @@ def export(
     for fmt, verdict in parity.pop("formats").items():
         report["formats"][fmt].update(verdict)
     report.update(parity)
-    _write_json(out_dir / REPORT_FILE, report)
+    write_json(out_dir / REPORT_FILE, report, kept=_kept(written), hint=OUT_HINT)
     _write_cards(ref, written, report)
-    with (out_dir / PREDICTIONS_FILE).open("w", encoding="utf-8") as fh:
-        for row in predictions:
-            fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+    write_lines(out_dir / PREDICTIONS_FILE, predictions, kept=_kept(written), hint=OUT_HINT)
     for fmt in written:
         verdict = report["formats"][fmt]
         lines.append(

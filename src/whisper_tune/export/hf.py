@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from whisper_tune.disk import OUT_HINT, writing
 from whisper_tune.errors import ExportError
-from whisper_tune.models.loading import save_processor
+from whisper_tune.models.loading import processor_bytes, save_processor
 from whisper_tune.runs.model_ref import ModelRef, load_hf
+from whisper_tune.training.weights import FULL_WEIGHTS, weights_bytes
 
 #: Files every Hugging Face Whisper loader and converter reads (weights are checked separately).
 REQUIRED_FILES = (
@@ -30,11 +32,20 @@ def missing_files(model_dir: Path) -> list[str]:
 
 def export_hf(ref: ModelRef, out_dir: Path) -> Path:
     """Write ``ref`` (merged if it is an adapter) to ``out_dir`` as safetensors + tokenizer.json +
-    preprocessor_config.json + generation_config.json with the language/task set."""
+    preprocessor_config.json + generation_config.json with the language/task set; a full disk removes the
+    partial folder (``disk.writing``)."""
 
     model, processor = load_hf(ref, merge=True)
-    model.save_pretrained(out_dir, safe_serialization=True)
-    save_processor(processor, out_dir)
+    with writing(
+        f"the Hugging Face export ({out_dir.name}/)",
+        out_dir,
+        needs=lambda: weights_bytes(model, FULL_WEIGHTS) + processor_bytes(ref.path),
+        kept="nothing was exported yet (the source is untouched)",
+        hint=OUT_HINT,
+        partial=out_dir,
+    ):
+        model.save_pretrained(out_dir, safe_serialization=True)
+        save_processor(processor, out_dir)
     missing = missing_files(out_dir)
     if missing:
         raise ExportError(f"the Hugging Face export in {out_dir} lacks {', '.join(missing)}")

@@ -16,8 +16,14 @@ from pathlib import Path
 from typing import Any, Literal
 
 from whisper_tune.config.schema import ModelConfig
-from whisper_tune.errors import BackendUnavailableError, ModelError, OutputError
-from whisper_tune.models.loading import check_local_files, configure_generation, save_processor
+from whisper_tune.disk import OUT_HINT, tensor_bytes, writing
+from whisper_tune.errors import BackendUnavailableError, ModelError
+from whisper_tune.models.loading import (
+    check_local_files,
+    configure_generation,
+    processor_bytes,
+    save_processor,
+)
 from whisper_tune.models.packaged import resolve_model_source
 from whisper_tune.reading import read_json_object
 
@@ -120,10 +126,17 @@ def merge_adapter(
     if model_cfg is not None:
         configure_generation(model, model_cfg)
     processor = load_processor_files(adapter_dir, base)
-    try:
+    fresh = not out.exists()
+    with writing(
+        "the merged model",
+        out,
+        needs=lambda: tensor_bytes(model.state_dict()) + processor_bytes(adapter_dir),
+        kept=f"the adapter {adapter_dir} is untouched",
+        hint=OUT_HINT,
+        fix="give --out a writable directory",
+        partial=out if fresh else None,
+    ):
         out.mkdir(parents=True, exist_ok=True)
         model.save_pretrained(out, safe_serialization=True)
         save_processor(processor, out)
-    except OSError as exc:
-        raise OutputError(f"cannot write the merged model to {out}: {exc.strerror or exc}") from None
     return out

@@ -35,6 +35,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from whisper_tune.disk import writing
 from whisper_tune.errors import ModelError
 from whisper_tune.reading import read_json_object as read_json_file
 
@@ -699,7 +700,18 @@ def _convert(ct2_dir: Path, out_dir: Path, tokenizer_file: Path | None, provenan
             f"no tokenizer for the CTranslate2 model {ct2_dir}: {tokenizer_file} does not exist",
             hint="pass tokenizer_file= (the tokenizer.json of the same Whisper model)",
         )
-    with staging_dir(out_dir) as staging:
+    cache_hint = f"free space there, or set {CACHE_ENV} to a larger disk"
+    with (
+        writing(
+            f"the Hugging Face copy of {ct2_dir}",
+            out_dir,
+            # float32 weights from (mostly) float16 ones, and the tokenizer files
+            needs=2 * (ct2_dir / "model.bin").stat().st_size + 2 * tokenizer_file.stat().st_size,
+            hint=cache_hint,
+            fix=f"set {CACHE_ENV} to a writable directory",
+        ),
+        staging_dir(out_dir) as staging,
+    ):
         started = time.perf_counter()
         _write_hf_directory(ct2_dir, tokenizer_file, staging)
         marker = {

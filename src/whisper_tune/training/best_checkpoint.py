@@ -24,8 +24,10 @@ from whisper_tune.console import Reporter
 from whisper_tune.data.collator import SpeechSeq2SeqCollator
 from whisper_tune.data.sets import EVAL
 from whisper_tune.data.store import PreparedDataset
+from whisper_tune.disk import size_of, writing
 from whisper_tune.errors import ConfigError
 from whisper_tune.evaluation.evaluate import generate_predictions, score_predictions
+from whisper_tune.training.checkpoints import list_checkpoints
 
 BEST_DIR = "best"
 BEST_FILE = "best.json"
@@ -57,9 +59,16 @@ class BestCheckpoint:
     stopped_early: bool = False
     save_weights: Callable[[Path], None] | None = None
     load_weights: Callable[[Path], None] | None = None
+    #: about the bytes ``save_weights`` writes (for the message of a full disk)
+    weights_size: Callable[[], int] | None = None
 
-    def bind(self, save: Callable[[Path], None], load: Callable[[Path], None]) -> None:
-        self.save_weights, self.load_weights = save, load
+    def bind(
+        self,
+        save: Callable[[Path], None],
+        load: Callable[[Path], None],
+        size: Callable[[], int] | None = None,
+    ) -> None:
+        self.save_weights, self.load_weights, self.weights_size = save, load, size
 
     def after_step(self, step: int, total: int) -> bool:
         """Evaluate when due; returns True when training should stop early."""
@@ -85,17 +94,42 @@ class BestCheckpoint:
         return False
 
     def _save(self, step: int, score: float) -> None:
+        """Write the best weights aside and rename them into place; a full disk stops the run with one
+        error (``disk.writing``) and the previous best, if any, stays."""
         assert self.save_weights is not None, "bind() the tracker to the training loop first"
         tmp = self.directory.with_name(f".{self.directory.name}.partial")
-        if self.writes:
-            shutil.rmtree(tmp, ignore_errors=True)
-            tmp.mkdir(parents=True)
-        self.save_weights(tmp / "weights")  # collective; the main process writes
-        if self.writes:
-            best = {"step": step, f"eval_{self.metric}": score}
-            (tmp / BEST_FILE).write_text(json.dumps(best) + "\n", encoding="utf-8")
-            shutil.rmtree(self.directory, ignore_errors=True)
-            tmp.rename(self.directory)
+        previous = self.directory if (self.directory / BEST_FILE).is_file() else None
+        with writing(
+            f"the best checkpoint (step {step})",
+            self.directory,
+            needs=lambda: size_of(previous) or (self.weights_size() if self.weights_size else None),
+            kept=lambda: self._kept(previous),
+            hint=self._hint,
+            partial=tmp if self.writes else None,
+        ):
+            if self.writes:
+                shutil.rmtree(tmp, ignore_errors=True)
+                tmp.mkdir(parents=True)
+            self.save_weights(tmp / "weights")  # collective; the main process writes
+            if self.writes:
+                best = {"step": step, f"eval_{self.metric}": score}
+                (tmp / BEST_FILE).write_text(json.dumps(best) + "\n", encoding="utf-8")
+                shutil.rmtree(self.directory, ignore_errors=True)
+                tmp.rename(self.directory)
+
+    def _hint(self) -> str:
+        if not list_checkpoints(self.directory.parent):
+            return "free space there (or set output.dir to a larger disk) and run again"
+        return (
+            "free space there (or set output.dir to a larger disk), then resume: the same command with "
+            f"training.resume_from=latest output.run_name={self.directory.parent.parent.name}"
+        )
+
+    def _kept(self, previous: Path | None) -> str:
+        found = list_checkpoints(self.directory.parent)
+        parts = [f"{previous} (the best so far) is intact"] if previous is not None else []
+        parts += [f"{found[-1]} is intact"] if found else ["no checkpoint to resume from was written yet"]
+        return "; ".join(parts)
 
     def restore_best(self, last_step: int) -> None:
         """Load the best weights back (when keep_best and the best is not the current weights)."""

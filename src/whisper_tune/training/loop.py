@@ -45,6 +45,7 @@ from whisper_tune.config.schema import TrainingConfig
 from whisper_tune.console import Reporter
 from whisper_tune.data.collator import LABEL_PAD, SpeechSeq2SeqCollator
 from whisper_tune.data.features import model_inputs
+from whisper_tune.disk import size_of, tensor_bytes, writing
 from whisper_tune.errors import ConfigError, OutputError
 from whisper_tune.training.best_checkpoint import BestCheckpoint
 from whisper_tune.training.checkpoints import (
@@ -60,7 +61,7 @@ from whisper_tune.training.checkpoints import (
     save_rng,
     write_state,
 )
-from whisper_tune.training.weights import FULL_WEIGHTS
+from whisper_tune.training.weights import FULL_WEIGHTS, weights_bytes
 
 
 def build_accelerator(training: TrainingConfig, *, cpu: bool) -> Any:
@@ -127,16 +128,6 @@ def total_steps(
         if cfg.num_epochs > whole:
             micro += (cfg.num_epochs - whole) * batches(epoch_samples(whole))
     return max(1, math.ceil(micro / cfg.gradient_accumulation_steps))
-
-
-def disk_full(exc: BaseException) -> bool:
-    """A write failed for lack of space (``torch.save`` reports it as a RuntimeError from its zip writer)."""
-    import errno
-
-    if isinstance(exc, OSError):
-        return exc.errno in (errno.ENOSPC, errno.EDQUOT)
-    text = str(exc)
-    return "unexpected pos" in text or "No space left" in text or "failed writing" in text
 
 
 def label_tokens(batch: dict[str, Any]) -> int:
@@ -243,6 +234,7 @@ class TrainLoop:
             self._prior = read_totals(resume_from)
             # into the plain model before prepare: FSDP / DeepSpeed then shard the restored weights
             self.weights.load(self.model, resume_from / "weights")
+        started = step  # a resumed run's own steps come after this one
         params = [p for p in self.model.parameters() if p.requires_grad]
         if not params:
             raise ConfigError("no trainable parameters: nothing would be learnt")
@@ -256,7 +248,11 @@ class TrainLoop:
             self._restore(resume_from, optimizer, scheduler)
             self.reporter.info(f"resumed from {resume_from} at step {step}")
         if self.best is not None:
-            self.best.bind(save=lambda d: self._save_weights(model, d), load=self._load_best)
+            self.best.bind(
+                save=lambda d: self._save_weights(model, d),
+                load=self._load_best,
+                size=lambda: weights_bytes(acc.unwrap_model(model), self.weights),
+            )
         # per process; a stream's length is unknown (None): its passes are counted as it restarts
         batches_per_epoch = None if self.streaming else self._epoch_batches(0)
         if batches_per_epoch == 0:
@@ -307,8 +303,16 @@ class TrainLoop:
             self.reporter.warning(f"interrupted at step {step}; saving a checkpoint to resume from")
         # every session's samples and seconds (a resumed run adds to what its checkpoint had seen)
         totals = self._totals()
-        if step > 0 and (interrupted or cfg.save_steps):
-            checkpoints = self._save(model, optimizer, scheduler, step, log_history)
+        if step > started and (interrupted or cfg.save_last or cfg.save_steps):
+            try:
+                checkpoints = self._save(model, optimizer, scheduler, step, log_history, last=True)
+            except OutputError as exc:
+                if interrupted:
+                    raise
+                # the weights are still in memory: final/ (smaller, no optimizer state) may fit
+                self.reporter.warning(
+                    f"{exc.message}; writing final/ without it (the run cannot be resumed from step {step})"
+                )
         if self.best is not None and not interrupted:
             acc.wait_for_everyone()  # the best weights are on disk for every process
             self.best.restore_best(step)
@@ -477,30 +481,58 @@ class TrainLoop:
         self.weights.load(self.accelerator.unwrap_model(self.model), directory)
 
     def _save(
-        self, model: Any, optimizer: Any, scheduler: Any, step: int, history: list[dict[str, float]]
+        self,
+        model: Any,
+        optimizer: Any,
+        scheduler: Any,
+        step: int,
+        history: list[dict[str, float]],
+        *,
+        last: bool = False,
     ) -> list[Path]:
         """Write ``step-NNNNNN`` (a collective call: every process makes it at the same step). A full disk
-        removes the partial checkpoint and stops the run with how much space it needs; the previous
-        checkpoint is untouched (checkpoints are written aside and renamed when complete)."""
+        removes the partial checkpoint and stops the run with how much space it needs (``disk.writing``);
+        the previous checkpoint is untouched (checkpoints are written aside and renamed when complete).
+        ``last``: the checkpoint at the end of training (the caller goes on to write final/ without it)."""
+        acc = self.accelerator
         tmp = self.checkpoint_dir / f".step-{step:06d}.partial"
-        try:
+        previous = self._last_checkpoint
+        run_name = self.checkpoint_dir.parent.name
+
+        def needs() -> int:
+            return size_of(previous) or self._checkpoint_bytes(model, optimizer)
+
+        def kept() -> str | None:
+            if previous is not None:
+                return f"{previous} is intact"
+            return None if last else f"no earlier checkpoint holds the {step} steps trained: they are lost"
+
+        def hint() -> str:
+            if previous is None:
+                return "free space there (or set output.dir to a larger disk) and run again"
+            here = previous.parent == self.checkpoint_dir
+            resume = f"latest output.run_name={run_name}" if here else str(previous)
+            return (
+                "free space there (or lower training.save_total_limit), then resume: the same command with "
+                f"training.resume_from={resume}"
+            )
+
+        with writing(
+            f"checkpoint step-{step:06d}",
+            self.checkpoint_dir / f"step-{step:06d}",
+            needs=needs,
+            kept=kept,
+            hint=hint,
+            partial=tmp if acc.is_main_process else None,
+        ):
             kept_checkpoints = self._write_checkpoint(model, optimizer, scheduler, step, history, tmp)
-        except (OSError, RuntimeError) as exc:
-            if not disk_full(exc):
-                raise
-            shutil.rmtree(tmp, ignore_errors=True)
-            previous = self._last_checkpoint
-            size = sum(f.stat().st_size for f in previous.rglob("*") if f.is_file()) if previous else 0
-            kept = f"; {previous} is intact" if previous else ""
-            raise OutputError(
-                f"no space left on the device to write checkpoint step-{step:06d} in {self.checkpoint_dir}"
-                + (f" (it needs about {size / 1e6:.0f} MB, the size of the last one)" if size else "")
-                + kept,
-                hint="free space there (or lower training.save_total_limit), then resume with "
-                "training.resume_from=latest",
-            ) from None
         self._last_checkpoint = kept_checkpoints[-1] if kept_checkpoints else None
         return kept_checkpoints
+
+    def _checkpoint_bytes(self, model: Any, optimizer: Any) -> int:
+        """About the bytes of a checkpoint: the weights in the backend's format and the optimizer state."""
+        unwrapped = self.accelerator.unwrap_model(model)
+        return weights_bytes(unwrapped, self.weights) + tensor_bytes(optimizer.state_dict())
 
     def _write_checkpoint(
         self,

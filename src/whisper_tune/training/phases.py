@@ -26,10 +26,11 @@ from whisper_tune.backend.protocol import RecipeNeeds, TrainJob, TrainResult
 from whisper_tune.backend.setup import InProcessTrainer, TrainingSetup
 from whisper_tune.config.schema import RunConfig
 from whisper_tune.console import Reporter
+from whisper_tune.disk import writing
 from whisper_tune.evaluation.selection import PRIMARY, Half
-from whisper_tune.models.loading import load_processor, save_processor
+from whisper_tune.models.loading import load_processor, processor_bytes, save_processor
 from whisper_tune.training.scale_back import scale_back, trained_weights
-from whisper_tune.training.weights import weights_format_of
+from whisper_tune.training.weights import weights_bytes, weights_format_of
 
 
 @dataclass(frozen=True)
@@ -86,7 +87,9 @@ def run_phases(job: TrainJob, setup: TrainingSetup, reporter: Reporter, needs: R
         before = phases["before"].predictions if "before" in phases else {}
         kept = scale_back(job, setup, model, collator, eval_sets, before, base, reporter)
         result = result.model_copy(update={"keep": kept.report})
-    final_dir = save_final(job, setup, model) if finished and cfg.output.save_final_model else None
+    final_dir = (
+        save_final(job, setup, model, result.steps) if finished and cfg.output.save_final_model else None
+    )
     if job.evaluate_after and eval_sets and finished and kept is not None and kept.choose_ids:
         # the choose halves were decoded with the chosen model while choosing: only the rest now
         halves = {name: Half(ds, kept.report["halves"][name]["report"]) for name, ds in eval_sets.items()}
@@ -174,10 +177,12 @@ def machine_zero_path(accelerator: Any, path: Path) -> Path:
     return Path(holder[0])
 
 
-def save_final(job: TrainJob, setup: TrainingSetup, model: Any) -> Path:
+def save_final(job: TrainJob, setup: TrainingSetup, model: Any, steps: int | None = None) -> Path:
     """``final/`` (or ``output.model_dir``): the weights in the backend's format and the processor files,
     written by the main process under a temporary name and renamed when complete (a collective call:
-    FSDP / ZeRO-3 gather the shards on every process)."""
+    FSDP / ZeRO-3 gather the shards on every process). A full disk is one error naming the newest
+    checkpoint (``training.save_last`` writes one at the last step) and how to finish the run from it;
+    ``steps``: the steps trained, for that message."""
     import shutil
 
     # lazy: keeps numpy out of this module's import
@@ -189,13 +194,64 @@ def save_final(job: TrainJob, setup: TrainingSetup, model: Any) -> Path:
     state = accelerator.get_state_dict(model) if shards_state(accelerator) else None
     if accelerator.is_main_process:
         tmp = final_dir.with_name(f".{final_dir.name}.partial")
+        unwrapped = accelerator.unwrap_model(model)
+        newest = FinalFallback(Path(job.run_dir), steps)
         shutil.rmtree(tmp, ignore_errors=True)
-        weights.save(accelerator.unwrap_model(model), tmp, state)
-        save_processor(setup.processor, tmp)
-        shutil.rmtree(final_dir, ignore_errors=True)
-        tmp.rename(final_dir)
+        with writing(
+            f"the trained model ({final_dir.name}/)",
+            final_dir,
+            needs=lambda: weights_bytes(unwrapped, weights) + processor_bytes(job.model_dir),
+            kept=newest.kept,
+            hint=newest.hint,
+            partial=tmp,
+        ):
+            weights.save(unwrapped, tmp, state)
+            save_processor(setup.processor, tmp)
+            shutil.rmtree(final_dir, ignore_errors=True)
+            tmp.rename(final_dir)
     accelerator.wait_for_everyone()
     return final_dir
+
+
+@dataclass(frozen=True)
+class FinalFallback:
+    """What a failed write of final/ leaves: the newest checkpoint of the run, and how to finish from it."""
+
+    run_dir: Path
+    steps: int | None
+
+    def newest(self) -> tuple[Path, int] | None:
+        # lazy: keeps numpy out of this module's import
+        from whisper_tune.training.checkpoints import list_checkpoints, read_state
+
+        found = list_checkpoints(self.run_dir / "checkpoints")
+        return (found[-1], read_state(found[-1])[0]) if found else None
+
+    def kept(self) -> str:
+        newest = self.newest()
+        trained = f"the {self.steps} steps trained" if self.steps is not None else "the steps trained"
+        if newest is None:
+            return (
+                f"no checkpoint holds {trained} (training.save_last=false, or it did not fit): they are lost"
+            )
+        checkpoint, step = newest
+        of = f" of {self.steps}" if self.steps is not None else ""
+        return f"the newest checkpoint, {checkpoint} (step {step}{of}), is intact"
+
+    def hint(self) -> str:
+        newest = self.newest()
+        if newest is None:
+            return "free space there (or set output.dir / output.model_dir to a larger disk) and run again"
+        checkpoint, step = newest
+        again = (
+            f"it loads {checkpoint.name} and writes final/ without training again"
+            if self.steps is None or step >= self.steps
+            else f"it trains on from step {step} and writes final/"
+        )
+        return (
+            "free space there (or set output.model_dir to a larger disk), then run the same command again "
+            f"with training.resume_from=latest output.run_name={self.run_dir.name}: {again}"
+        )
 
 
 def peak_memory_bytes(accelerator: Any) -> int:

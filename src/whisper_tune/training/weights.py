@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from whisper_tune.backend.setup import WeightsFormat
+from whisper_tune.disk import tensor_bytes
 from whisper_tune.errors import ConfigError
 
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
@@ -89,3 +90,11 @@ ADAPTER_ONLY = AdapterWeights()
 def weights_format_of(model: Any) -> WeightsFormat:
     """Adapter-only for a peft model, the full weights otherwise."""
     return ADAPTER_ONLY if hasattr(model, "peft_config") else FULL_WEIGHTS
+
+
+def weights_bytes(model: Any, weights: WeightsFormat) -> int:
+    """About the bytes ``weights.save`` writes for ``model``: its trainable tensors for an adapter, every
+    tensor of its state dict (a shared one once) for the full weights."""
+    if weights.name == ADAPTER_ONLY.name:
+        return tensor_bytes([p for p in model.parameters() if p.requires_grad])
+    return tensor_bytes(model.state_dict())
