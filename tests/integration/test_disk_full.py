@@ -100,6 +100,19 @@ def test_prepared_set_on_a_full_disk_as_a_user_runs_it(small_disk: MountDisk, ti
     no_partial(run_dir)
 
 
+def test_run_directory_on_a_full_disk(
+    small_disk: MountDisk, toy_model_dir: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """output.dir on a disk already full: the run directory's write test fails, before any model loads."""
+    disk = small_disk("1m")
+    disk.fill()
+    code, err = cli(capsys, "run", "--config", "quickstart", *cheap(toy_model_dir, disk.path))
+    assert_disk_full(
+        code, err, f"to write the run directory to {disk.path / 'r'}: ", "set output.dir to a larger"
+    )
+    no_partial(disk.path)
+
+
 @pytest.mark.parametrize(
     ("name", "module", "before", "survivors"),
     [
@@ -211,6 +224,24 @@ def test_final_on_a_full_disk_names_the_checkpoint_and_its_resume_finishes_the_r
     log = (tmp_path / "r" / "run.log").read_text()
     assert f"resumed from {checkpoint} at step 2" in log
     assert json.loads((tmp_path / "r" / "metrics.json").read_text())["train"]["steps"] == 2
+
+
+def test_a_run_whose_model_fits_nowhere_says_its_training_is_lost(
+    small_disk: MountDisk, toy_model_dir: Path
+) -> None:
+    """The whole run on a disk that holds its prepared clips but neither the last checkpoint nor final/
+    (as a user's 5 MB output.dir did): a warning for the checkpoint, then one error that says so."""
+    disk = small_disk("6m")
+    args = cheap(toy_model_dir, disk.path, **{"training.report_to": "[auto]"})
+    done = run_child(cli_argv("run", "--config", "quickstart", *args), timeout=300)
+    line = assert_disk_full(done.returncode, done.stderr, "to write the trained model (final/) to")
+    assert (
+        "no checkpoint holds the 2 steps trained (the last step's did not fit either): they are lost" in line
+    )
+    warning = "warning: no space left on the device to write checkpoint step-000002 to "
+    assert warning in done.stderr and "writing final/ without it" in done.stderr
+    assert (disk.path / "r" / "prepared" / "train" / "manifest.json").is_file()
+    no_partial(disk.path)
 
 
 def test_best_checkpoint_on_a_full_disk(

@@ -195,7 +195,8 @@ def save_final(job: TrainJob, setup: TrainingSetup, model: Any, steps: int | Non
     if accelerator.is_main_process:
         tmp = final_dir.with_name(f".{final_dir.name}.partial")
         unwrapped = accelerator.unwrap_model(model)
-        newest = FinalFallback(Path(job.run_dir), steps)
+        saves_last = cfg.training.save_last or cfg.training.save_steps is not None
+        newest = FinalFallback(Path(job.run_dir), steps, saves_last)
         shutil.rmtree(tmp, ignore_errors=True)
         with writing(
             f"the trained model ({final_dir.name}/)",
@@ -219,6 +220,8 @@ class FinalFallback:
 
     run_dir: Path
     steps: int | None
+    #: the loop writes a checkpoint at the last step (training.save_last or training.save_steps)
+    saves_last: bool = True
 
     def newest(self) -> tuple[Path, int] | None:
         # lazy: keeps numpy out of this module's import
@@ -231,9 +234,8 @@ class FinalFallback:
         newest = self.newest()
         trained = f"the {self.steps} steps trained" if self.steps is not None else "the steps trained"
         if newest is None:
-            return (
-                f"no checkpoint holds {trained} (training.save_last=false, or it did not fit): they are lost"
-            )
+            why = "the last step's did not fit either" if self.saves_last else "training.save_last=false"
+            return f"no checkpoint holds {trained} ({why}): they are lost"
         checkpoint, step = newest
         of = f" of {self.steps}" if self.steps is not None else ""
         return f"the newest checkpoint, {checkpoint} (step {step}{of}), is intact"
