@@ -194,7 +194,10 @@ def test_plan_prints_the_command_that_run_executed(runs: Path, toy_model_dir: Pa
     lines = done.stdout.splitlines()
     planned = [line.split(":", 1)[1].strip() for line in lines if line.startswith("launch:")]
     executed = json.loads((runs / "two" / "launch.json").read_text())
-    assert planned[0] == executed["command"]
+    # the first line says run writes the files below, then executes the command on the next
+    assert planned[0].startswith("whisper-tune run writes the files below")
+    assert planned[0].endswith("executes:")
+    assert planned[1] == executed["command"]
     assert f"{runs / 'two'}/launch/accelerate-machine0.yaml" in executed["argv"]
     assert any(line == f"writes {runs / 'two'}/launch/accelerate-machine0.yaml" for line in planned)
 
