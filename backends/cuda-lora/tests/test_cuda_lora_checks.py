@@ -16,7 +16,12 @@ from whisper_tune import load_config
 from whisper_tune.backend.protocol import Capabilities
 from whisper_tune.backend.registry import Registry
 from whisper_tune.config.presets import list_presets
-from whisper_tune.config.schema import LoraConfig
+from whisper_tune.config.schema import (
+    DEFAULT_FREEZE_ENCODER,
+    DEFAULT_LEARNING_RATE,
+    WHISPER_LINEAR,
+    LoraConfig,
+)
 from whisper_tune.config_loading import merge_sources, validate
 from whisper_tune.errors import ConfigError, HardwareError
 from whisper_tune.runs.opening import raise_issues
@@ -41,12 +46,16 @@ def issues(cfg: object, caps: Capabilities, bnb: str | None = "0.50.2") -> dict[
     return found
 
 
-def test_defaults_are_the_seed_lora_on_an_unquantised_base() -> None:
+def test_defaults_are_the_core_lora_on_an_unquantised_base() -> None:
     opts = CudaLoraOptions()
     assert opts.quantization == "none" and opts.device == "cuda"
     cfg = config()
     assert cfg.training.method == "lora"
-    assert cfg.training.lora == LoraConfig(r=32, alpha=64, dropout=0.05, target_modules=("q_proj", "v_proj"))
+    # the seeds' r, alpha and dropout, on every Linear layer (the core's LoRA default); the seed presets
+    # pin the seeds' q_proj/v_proj
+    assert cfg.training.lora == LoraConfig(r=32, alpha=64, dropout=0.05, target_modules=WHISPER_LINEAR)
+    seed = load_config("cuda-lora/seed002-hindi-large-v2", registry=BACKEND).training.lora
+    assert seed.target_modules == ("q_proj", "v_proj")
 
 
 def test_every_option_is_described() -> None:
@@ -80,7 +89,12 @@ def test_bad_options_are_config_errors() -> None:
     with pytest.raises(ValidationError, match="not a Whisper Linear layer"):
         LoraConfig(target_modules=("q_proj", "query"))
     assert LoraConfig(target_modules="all-linear").target_modules == (  # type: ignore[arg-type]
-        "q_proj", "k_proj", "v_proj", "out_proj", "fc1", "fc2"
+        "q_proj",
+        "k_proj",
+        "v_proj",
+        "out_proj",
+        "fc1",
+        "fc2",
     )
     (full,) = issues(config("backend.device=cpu", "training.method=full"), NO_GPU)["training.method"]
     assert "trains LoRA adapters" in full.message
@@ -143,11 +157,14 @@ def test_lora_defaults_fill_only_the_fields_nobody_set(capsys: pytest.CaptureFix
     assert quickstart.training.learning_rate == 6e-5 and quickstart.training.method == "lora"
     plain = load_config("quickstart", ["backend.name=cuda-lora"], registry=BACKEND).training
     assert (plain.method, plain.learning_rate, plain.freeze_encoder) == ("lora", 1e-3, False)
-    # only this backend: the core's default method is full fine-tuning of the decoder, at its own rate
+    # the core's default is LoRA too, at the same rate; full fine-tuning has its own rate
     core = load_config(None).training
-    assert (core.method, core.learning_rate, core.freeze_encoder) == ("full", 3e-5, True)
-    lora = load_config(None, ["training.method=lora"]).training
-    assert (lora.learning_rate, lora.freeze_encoder) == (1e-3, False)
+    assert (core.method, core.learning_rate, core.freeze_encoder) == ("lora", 1e-3, False)
+    full = load_config(None, ["training.method=full"]).training
+    assert (full.learning_rate, full.freeze_encoder) == (
+        DEFAULT_LEARNING_RATE["full"],
+        DEFAULT_FREEZE_ENCODER["full"],
+    )
     assert cpu.training.freeze_encoder is False  # cuda-lora's LoRA keeps the encoder's adapters
     resolved = resolve_config(None, ["backend.device=cpu"], backend="cuda-lora", registry=BACKEND)
     assert resolved.config == cpu and set(resolved.backend_defaults) == {"training.method"}
@@ -165,7 +182,8 @@ def test_lora_defaults_fill_only_the_fields_nobody_set(capsys: pytest.CaptureFix
     assert "precision:          bf16 (set in the config)" in planned
     assert main(["plan", "--backend", "reference", "training.method=full"]) == 0
     shown = capsys.readouterr().out
-    assert "learning rate:      3e-05 (whisper-tune default for training.method full)" in shown
+    full_rate = DEFAULT_LEARNING_RATE["full"]
+    assert f"learning rate:      {full_rate:g} (whisper-tune default for training.method full)" in shown
 
 
 def test_precision_checks() -> None:
@@ -196,7 +214,12 @@ def test_a_128_mel_model_with_an_80_mel_extractor_is_caught(tmp_path: Path) -> N
 
 
 def test_a_batch_that_cannot_fit_names_the_batch_that_does() -> None:
-    cfg = config("model.name=openai/whisper-large-v3", "training.precision=bf16", "training.batch_size=64")
+    cfg = config(
+        "model.name=openai/whisper-large-v3",
+        "training.precision=bf16",
+        "training.batch_size=64",
+        "training.lora.target_modules=[q_proj, v_proj]",  # the seeds' adapter (all-linear fits 31)
+    )
     (issue,) = issues(cfg, H100)["training.batch_size"]
     assert issue.hardware
     assert (

@@ -17,7 +17,7 @@ from whisper_tune_cuda_lora.model import build_lora_model
 from whisper_tune_cuda_lora.options import CudaLoraOptions
 
 from whisper_tune import load_config, run
-from whisper_tune.config.schema import ModelConfig, TrainingConfig
+from whisper_tune.config.schema import WHISPER_LINEAR, ModelConfig, TrainingConfig
 from whisper_tune.console import Reporter
 from whisper_tune.training.weights import ADAPTER_ONLY
 
@@ -94,7 +94,7 @@ def test_run_saves_adapter_only_checkpoints_and_prunes_them(full_run: Path, toy_
     assert (
         config["r"] == 32
         and config["lora_alpha"] == 64
-        and set(config["target_modules"]) == {"q_proj", "v_proj"}
+        and set(config["target_modules"]) == set(WHISPER_LINEAR)
     )
     for name in ("generation_config.json", "preprocessor_config.json", "tokenizer_config.json"):
         assert (final / name).is_file(), name
@@ -229,7 +229,7 @@ def test_only_lora_parameters_train_and_save_load_round_trips(toy_model_dir: Pat
     )
     trainable = [n for n, p in model.named_parameters() if p.requires_grad]
     assert trainable and all("lora_" in n for n in trainable)
-    assert {n.split(".lora_")[0].rsplit(".", 1)[1] for n in trainable} == {"q_proj", "v_proj"}
+    assert {n.split(".lora_")[0].rsplit(".", 1)[1] for n in trainable} == set(WHISPER_LINEAR)
     frozen_encoder = build_lora_model(
         str(toy_model_dir), cfg, TrainingConfig(method="lora", freeze_encoder=True), CPU
     )

@@ -43,7 +43,7 @@ def plan_for(caps: Capabilities, *overrides: str) -> Any:
 
 
 def launched_config(plan: Any) -> dict[str, Any]:
-    (path, text), = plan.launch.files
+    ((path, text),) = plan.launch.files
     assert path.endswith(".yaml")
     loaded: dict[str, Any] = yaml.safe_load(text)
     return loaded

@@ -83,10 +83,16 @@ class AccelerateBackend:
         return Probe(True, "", "", caps, mode=mode)
 
     def defaults(self, options: BaseModel) -> dict[str, BackendDefault]:
-        """Full fine-tuning when the model is sharded (LoRA under FSDP / DeepSpeed is unverified)."""
+        """Full fine-tuning (this backend's purpose; LoRA under DDP with training.method=lora; LoRA under
+        FSDP / DeepSpeed is unverified)."""
         opts = options if isinstance(options, AccelerateOptions) else AccelerateOptions()
         if opts.strategy == "ddp":
-            return {}
+            return {
+                "training.method": BackendDefault(
+                    "full", "this backend is for full fine-tuning over many devices (training.method=lora "
+                    "trains LoRA under DDP)"
+                )
+            }
         return {
             "training.method": BackendDefault(
                 "full", f"{opts.strategy} shards the weights of full fine-tuning; LoRA under it is unverified"
