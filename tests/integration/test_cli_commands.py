@@ -65,7 +65,7 @@ def test_backends_lists_installed_and_known(
 def test_plan_prints_global_batch(capsys: pytest.CaptureFixture[str]) -> None:
     code, out, _ = run_cli(capsys, "plan", "--config", "quickstart", "training.gradient_accumulation_steps=3")
     assert code == 0
-    assert "batch per device:   8" in out and "global batch:       24" in out and "CPU" in out
+    assert "batch per device:   4" in out and "global batch:       12" in out and "CPU" in out
     # the command that runs it, as given to plan (a plan in this process starts no other command)
     run_it = "run it:             whisper-tune run --config quickstart training.gradient_accumulation_steps=3"
     assert run_it in out.splitlines() and "torchrun" not in out
@@ -105,7 +105,7 @@ def test_a_yaml_path_may_come_first(capsys: pytest.CaptureFixture[str], tmp_path
     code, out, err = run_cli(capsys, "config", "validate", "configs/quickstart.yaml", "training.max_steps=3")
     assert code == 0 and out.startswith("valid (core sections, backend 'reference' options and checks"), err
     code, out, err = run_cli(capsys, "config", "show", str(REPO / "configs" / "quickstart.yaml"))
-    assert code == 0 and yaml.safe_load(out)["training"]["max_steps"] == 24, err
+    assert code == 0 and yaml.safe_load(out)["training"]["max_steps"] == 50, err
     code, out, _ = run_cli(
         capsys, "config", "show", "quickstart", "training.max_steps=3"
     )  # a preset name too

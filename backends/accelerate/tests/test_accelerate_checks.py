@@ -318,3 +318,15 @@ def test_plan_prints_commands_that_run_as_printed(capsys: pytest.CaptureFixture[
     )
     torchrun = "torchrun --standalone --nproc_per_node 4 -m whisper_tune run " + " ".join(args)
     assert f"or with torchrun:   {torchrun}" in lines
+
+
+def test_every_strategy_defaults_to_full_fine_tuning_and_ddp_trains_lora_when_asked() -> None:
+    """The core's default is LoRA; this backend's purpose is full fine-tuning, so it supplies that method
+    (at full fine-tuning's default rate) unless the config names one."""
+    from whisper_tune.config.schema import DEFAULT_LEARNING_RATE
+
+    assert load_config(None).training.method == "lora"
+    for strategy in ("ddp", "fsdp"):
+        training = config(f"backend.strategy={strategy}").training
+        assert (training.method, training.learning_rate) == ("full", DEFAULT_LEARNING_RATE["full"])
+    assert config("training.method=lora").training.method == "lora"

@@ -51,10 +51,10 @@ def launched_config(plan: Any) -> dict[str, Any]:
 
 def test_plans_for_one_two_and_eight_gpus_and_two_machines() -> None:
     one = plan_for(gpus(1))
-    assert one.launch.mode == "in-process" and one.processes == 1 and one.global_batch == 8
+    assert one.launch.mode == "in-process" and one.processes == 1 and one.global_batch == 4
     for n in (2, 8):
         plan = plan_for(gpus(n), f"backend.num_processes={n}")
-        assert plan.launch.mode == "command" and plan.processes == n and plan.global_batch == 8 * n
+        assert plan.launch.mode == "command" and plan.processes == n and plan.global_batch == 4 * n
         argv = plan.launch.argv
         assert argv[1:4] == ("-m", "accelerate.commands.launch", "--config_file")
         assert argv[-2:] == ("whisper_tune.execution.worker", "{run_dir}/launch/job-machine0.json")

@@ -51,6 +51,7 @@ def overrides(model: Path, mode: str, out: Path, **extra: object) -> list[str]:
         "training.batch_size": 2,
         "training.warmup_steps": 0,
         "training.learning_rate": 1e-3,
+        "training.lora.target_modules": "[q_proj, v_proj]",  # the seeds' adapter (the default: all-linear)
         "training.gradient_checkpointing": "true",  # as in the seeds (prepare_model_for_kbit_training)
         "training.save_steps": 1,
         "training.save_total_limit": STEPS,
