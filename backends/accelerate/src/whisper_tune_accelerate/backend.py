@@ -89,8 +89,9 @@ class AccelerateBackend:
         if opts.strategy == "ddp":
             return {
                 "training.method": BackendDefault(
-                    "full", "this backend is for full fine-tuning over many devices (training.method=lora "
-                    "trains LoRA under DDP)"
+                    "full",
+                    "this backend is for full fine-tuning over many devices (training.method=lora "
+                    "trains LoRA under DDP)",
                 )
             }
         return {
