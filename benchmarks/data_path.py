@@ -95,6 +95,11 @@ def measure_training(train_dir: Path, work: Path, steps: int) -> dict[str, Any]:
         "eval.regression_set=null",
         "eval.before=false",
         "eval.after=false",
+        # the recipe its results were measured with (the default before the recipe benchmark's LoRA)
+        "training.method=full",
+        "training.freeze_encoder=true",
+        "training.learning_rate=3e-5",
+        "training.batch_size=8",
         f"training.max_steps={steps}",
         "training.warmup_steps=0",
         "training.logging_steps=1",
