@@ -266,13 +266,10 @@ def cross_fitted(run: dict[str, Any], base: dict[str, list[list[int]]], margin: 
     fit = cross_fit(candidates, clips, baseline, split, {n: margin for n in GUARDS})
     back = {PRIMARY: names[0]}
     # per clip, the change against pretrained of the choice made without it (for the paired bootstrap)
-    per_clip: dict[str, list[int]] = {}
-    for name in names:
-        change = [0] * len(base[name])
-        for side, choice in enumerate(fit.chosen):
-            for i in split[rename.get(name, name)][1 - side]:
-                change[i] = run["errors"][f"{choice.decoder:g}"][name][i][0] - base[name][i][0]
-        per_clip[name] = change
+    per_clip = {
+        name: [e - b[0] for e, b in zip(fit.clip_errors[rename.get(name, name)], base[name], strict=True)]
+        for name in names
+    }
     return {
         "chosen": [c.decoder for c in fit.chosen],
         "per_clip": per_clip,
@@ -390,16 +387,14 @@ def verdict(results: dict[str, Any], table: dict[str, Any], margin: float) -> di
     lost = {r: goal[r]["real_speech_words"] + goal[r]["second_voice_change_words"] for r in complete}
     eligible = [r for r in complete if min(goal[r]["in_domain_reduction_pct"]) >= 65] or complete
     best = min(eligible, key=lambda r: (lost[r], -min(goal[r]["in_domain_reduction_pct"])))
-    clips = {r: guard_clips(results, r, margin) for r in eligible}
+    clips = {r: guard_clips(results, r, margin) for r in complete}
     ties = {r: bootstrap_interval(clips[r], clips[best]) for r in eligible if r != best}
     tied = [best, *(r for r, (low, high) in ties.items() if low <= 0 <= high)]
     winner = max(tied, key=lambda r: min(goal[r]["in_domain_reduction_pct"]))
     return {
         "rule": RULE, "seeds": seeds, "recipes": complete, "eligible": eligible, "guard_words_lost": lost,
         "fewest_lost": best, "bootstrap_vs_fewest": ties, "tied": tied, "default": winner,
-        "real_speech_clips_most_lost": {
-            r: most_lost(results, guard_clips(results, r, margin)) for r in complete
-        },
+        "real_speech_clips_most_lost": {r: most_lost(results, clips[r]) for r in complete},
     }  # fmt: skip
 
 

@@ -111,3 +111,5 @@ def test_cross_fitting_chooses_on_each_half_and_scores_every_clip_once_on_the_ot
     assert fit.words == {"eval": 40, "guard": 40}
     # the guard pays for the choice made on A: 2 x 4 errors on B, 2 x 1 on A, against 4 x 1
     assert fit.errors["guard"] == 10 and fit.change("guard") == 6 and fit.change("eval") == -12
+    # each clip's errors under the choice that scored it: α=0.5 on A (0, 1), α=1 on B (2, 3)
+    assert fit.clip_errors == {"eval": [3, 3, 1, 1], "guard": [1, 1, 4, 4]}

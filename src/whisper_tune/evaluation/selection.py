@@ -190,12 +190,14 @@ def paired_counts(
 class CrossFit:
     """Selection cross-fitted: chosen on half A and scored on half B, then chosen on B and scored on A, so
     every clip is scored once by a choice made without it. Per set: the chosen candidates' word errors
-    over both report halves, the pretrained model's on the same clips, and their words."""
+    over both report halves, the pretrained model's on the same clips, and their words; ``clip_errors``
+    holds each clip's word errors under the choice that scored it (for paired per-clip statistics)."""
 
     chosen: tuple[Candidate, Candidate]
     errors: dict[str, int]
     baseline: dict[str, int]
     words: dict[str, int]
+    clip_errors: dict[str, list[int]] = field(default_factory=dict)
 
     def change(self, name: str) -> int:
         """Paired word errors against the pretrained model on ``name`` (negative: fewer errors)."""
@@ -215,6 +217,7 @@ def cross_fit(
     halves and ``margins`` each guard set's margin in points."""
     names = list(baseline)
     errors, base, words = dict.fromkeys(names, 0), dict.fromkeys(names, 0), dict.fromkeys(names, 0)
+    per_clip = {name: [0] * len(baseline[name]) for name in names}
     chosen: list[Candidate] = []
     for side in (0, 1):
 
@@ -237,4 +240,6 @@ def cross_fit(
             errors[name] += sum(e for e, _ in pick(clips[choice][name], name, 1 - side))
             base[name] += sum(e for e, _ in pick(baseline[name], name, 1 - side))
             words[name] += sum(w for _, w in pick(baseline[name], name, 1 - side))
-    return CrossFit((chosen[0], chosen[1]), errors, base, words)
+            for i in split[name][1 - side]:
+                per_clip[name][i] = clips[choice][name][i][0]
+    return CrossFit((chosen[0], chosen[1]), errors, base, words, per_clip)
