@@ -249,6 +249,12 @@ def markdown(results: dict[str, Any]) -> str:
     v = results["verdict"]
     lines = ["| variant | steps | train s | audio s | in-domain | second-voice | real-speech |",
              "|---|---|---|---|---|---|---|"]  # fmt: skip
+    if "pretrained" in results:
+        p = results["pretrained"]
+        sets = {"in-domain": [r for n, rows in p.items() if n.startswith("in-domain") for r in rows]}
+        sets.update({g: p[g] for g in GUARDS})
+        cells = [f"{100 * sum(e for e, _ in rows) / sum(w for _, w in rows):.2f} %" for rows in sets.values()]
+        lines.append("| pretrained | – | – | – | " + " | ".join(cells) + " |")
     for variant, row in v["table"].items():
         cells = [
             f"{row[s]['wer']:.2f} % ({row[s]['change_words']:+d} words, {row[s]['interval']})" for s in SETS
@@ -273,6 +279,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--resume", action="store_true", help="keep the runs already in --out")
     parser.add_argument("--merge", nargs="+", type=Path, default=[], help="results made in parallel: merged")
+    parser.add_argument("--pretrained", action="store_true",
+                        help="decode pretrained tiny.en on every set into --out (context)")  # fmt: skip
     args = parser.parse_args()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -290,7 +298,10 @@ def main() -> None:
             args.out.parent.mkdir(parents=True, exist_ok=True)
             args.out.write_text(json.dumps(results, indent=1) + "\n")
 
-    if not args.merge:
+    if args.pretrained:
+        ctx = Context(args)
+        results["pretrained"] = {name: ctx.decoder.errors(ctx.model, name) for name in ctx.sets.texts}
+    elif not args.merge:
         steps, seeds = (2, args.seeds[:1]) if args.smoke else (args.steps, args.seeds)
         results.update({
             "benchmark": "packing-quality", "model": "pip:tiny.en", "steps": steps, "variants": VARIANTS,
