@@ -130,6 +130,25 @@ def measure_prepare(work: Path, workers: list[int | None], manifest: Path, reps:
     return results
 
 
+def decode_cost(clips: Path) -> dict[str, float]:
+    """Seconds per clip, in this process, of what a worker does that dominates its time: decoding a clip
+    and resampling it to 16 kHz (``data.audio.decode``), over every clip of ``clips`` (after one
+    untimed pass). With the whole preparation's seconds per clip in one process it gives the parallel
+    model in docs/benchmarks.md."""
+    import csv
+
+    from whisper_tune.data.audio import decode
+
+    paths = [clips / r["file_name"] for r in csv.DictReader((clips / "metadata.csv").open())]
+    for path in paths:
+        decode(path)
+    start = time.perf_counter()
+    audio = sum(decode(path).seconds for path in paths)
+    took = time.perf_counter() - start
+    return {"clips": len(paths), "seconds_per_clip": round(took / len(paths), 5),
+            "audio_seconds_per_clip": round(audio / len(paths), 3)}  # fmt: skip
+
+
 #: the recipe data-path-v1/v2.json were measured with (the default before the recipe benchmark chose LoRA
 #: on every Linear layer): ``--old-recipe``
 OLD_RECIPE = (
@@ -273,6 +292,7 @@ def main() -> None:
         work = Path(tmp)
         clips = mp3_clips(work / "mp3") if args.audio == "mp3-48k" else DATA / "train"
         manifest = repeated_manifest(work, args.repeat, clips)
+        decoding = decode_cost(clips)
         prepared = measure_prepare(work, args.workers or [None], manifest, args.prepare_reps)
         training = (
             None
@@ -284,6 +304,7 @@ def main() -> None:
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "machine": machine(),
         "audio": args.audio,
+        "decode": decoding,
         "prepare": prepared,
         "training": training,
         "wall_seconds": round(time.perf_counter() - started, 1),
