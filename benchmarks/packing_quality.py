@@ -285,7 +285,7 @@ def main() -> None:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
     results: dict[str, Any] = {"runs": [], "calibration": {}}
-    if (args.resume or args.merge) and args.out and args.out.is_file():
+    if (args.resume or args.merge or args.pretrained) and args.out and args.out.is_file():
         results = json.loads(args.out.read_text())
     for part in args.merge:
         other = json.loads(part.read_text())
