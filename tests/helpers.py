@@ -139,6 +139,8 @@ def toy_overrides(model: Path, out: Path, **extra: object) -> list[str]:
         "training.batch_size": 4,
         "training.warmup_steps": 0,
         "training.learning_rate": 1e-3,
+        # clips as they are, whatever their length (packing, and packing by default, have their own tests)
+        "data.packing.enabled": "false",
         "training.method": "full",  # the toy model is random: train all of it (LoRA has its own tests)
         "training.freeze_encoder": False,
         "eval.max_new_tokens": 6,

@@ -512,7 +512,19 @@ def backend_defaults(raw: Raw, backend: Any, options: BaseModel) -> dict[str, Ba
     for key in supplied:
         if key.split(".")[0] not in RunConfig.model_fields or key.startswith("backend."):
             raise ValueError(f"backend '{backend.name}' supplies a default for '{key}', not a core field")
-    return {key: d for key, d in supplied.items() if not has_path(raw, key.split("."))}
+    return {
+        key: d for key, d in supplied.items() if not has_path(raw, key.split(".")) and not set_above(raw, key)
+    }
+
+
+def set_above(raw: Raw, key: str) -> bool:
+    """A section on ``key``'s path set to a short form (``data.packing=true``): that sets ``key`` too."""
+    parts = key.split(".")
+    for n in range(1, len(parts)):
+        found, value = _lookup(raw, parts[:n])
+        if found and value is not None and not isinstance(value, Mapping):
+            return True
+    return False
 
 
 def _with_backend_defaults(

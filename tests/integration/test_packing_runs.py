@@ -182,3 +182,38 @@ def test_packing_is_planned_for_accelerate_and_refused_for_an_ipu_run(tmp_path: 
         )
         issues = Registry().get("ipu").check(config, Capabilities())
         assert any(i.loc == "data.packing" and i.run_only for i in issues)
+
+
+@pytest.mark.slow
+def test_short_clips_are_packed_by_default_and_the_run_says_why(toy_model_dir: Path, tmp_path: Path) -> None:
+    """data.packing.enabled unset: the quickstart clips (~2.75 s) are packed, with a fifth of the windows
+    timestamped; over data.packing.auto_below_s, or with enabled=false, they train as they are."""
+    cheap = {"eval.before": "false", "eval.after": "false", "output.plot": "false"}
+
+    def trained(name: str, **extra: object) -> dict:
+        config = load_config(
+            "quickstart",
+            toy_overrides(toy_model_dir, tmp_path, **cheap, **extra, **{"output.run_name": name}),
+        )
+        return run(config, reporter=QUIET).metrics
+
+    auto = trained("auto", **{"data.packing.enabled": "null"})  # unset (toy_overrides sets false)
+    decision = auto["data"]["packing"]
+    assert decision["auto"] and decision["enabled"] and 2 < decision["mean_clip_seconds"] < 4
+    assert decision["reason"].startswith("packing: on (training clips average")
+    assert "data.packing.enabled=false" in decision["reason"]
+    assert decision["reason"] in (tmp_path / "auto" / "run.log").read_text()
+    train = auto["train"]
+    assert train["windows"] == train["samples"] and train["clips"] > 2 * train["samples"]
+    job = json.loads((tmp_path / "auto" / "job.json").read_text())["config"]["data"]
+    assert job["packing"]["enabled"] is True and job["timestamp_fraction"] == 0.2
+
+    long = trained("long", **{"data.packing.enabled": "null", "data.packing.auto_below_s": 2.0})
+    assert (
+        not long["data"]["packing"]["enabled"]
+        and "data.packing.enabled=true" in long["data"]["packing"]["reason"]
+    )
+    assert "windows" not in long["train"] and long["train"]["clips"] == long["train"]["samples"] == 8
+
+    off = trained("unpacked", **{"data.packing.enabled": "false"})
+    assert "packing" not in off["data"] and "windows" not in off["train"]

@@ -182,8 +182,8 @@ def test_an_empty_section_is_its_defaults(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("override", "expected"),
     [
-        ("data.packing=maybe", "data.packing: must be a mapping of its keys (enabled, gap_s, random_offset, "
-         "max_window_s) (or true / false: its 'enabled') (got 'maybe')"),
+        ("data.packing=maybe", "data.packing: must be a mapping of its keys (enabled, auto_below_s, gap_s, "
+         "random_offset, max_window_s) (or true / false: its 'enabled') (got 'maybe')"),
         ("eval=true", "eval: must be a mapping of its keys (before, after"),
         ("training.report_to={a: 1}", "training.report_to: must be a list, e.g. [a, b]"),
         ("training.batch_size=", "training.batch_size: must be a whole number, not empty (null)"),

@@ -169,11 +169,20 @@ DatasetKind = Literal["auto", "hub", "audiofolder", "csv", "jsonl", "prepared", 
 class PackingConfig(Section):
     """Training clips joined into 30 s windows with Whisper's timestamp tokens (data/packing.py)."""
 
-    enabled: bool = Field(
-        False,
+    enabled: bool | None = Field(
+        None,
         description="Join training clips into windows of at most max_window_s (and data.max_label_tokens "
         "label tokens), each clip a segment between timestamp tokens in Whisper's multi-segment format. "
-        "training.batch_size then counts windows. Evaluation stays per clip, without timestamps.",
+        "training.batch_size then counts windows. Evaluation stays per clip, without timestamps. Unset "
+        "(the default): packed when the prepared training clips average under auto_below_s, with "
+        "data.timestamp_fraction 0.2 unless set (measured in docs/benchmarks.md); the run says which way "
+        "it went and why. A streamed training set is never packed.",
+    )
+    auto_below_s: float = Field(
+        15.0,
+        gt=0,
+        le=MAX_AUDIO_SECONDS,
+        description="With enabled unset: pack when the training clips average under this many seconds.",
     )
     gap_s: float = Field(
         0.3, ge=0, le=5, description="Silence between two clips of a window, in seconds (0.02 s steps)."
@@ -270,7 +279,8 @@ class DataConfig(Section):
     )
     packing: PackingConfig = Field(
         default_factory=PackingConfig,
-        description="Pack short training clips into 30 s windows with timestamp tokens (off by default).",
+        description="Pack short training clips into 30 s windows with timestamp tokens (by default when "
+        "the training clips average under data.packing.auto_below_s).",
     )
     timestamps: bool = Field(
         False,
@@ -284,14 +294,16 @@ class DataConfig(Section):
         "string of a list) of {start, end, text} with times in seconds from the clip's start (the layout "
         "of Whisper-Finetune, which calls it 'sentences').",
     )
-    timestamp_fraction: float = Field(
-        1.0,
+    timestamp_fraction: float | None = Field(
+        None,
         ge=0,
         le=1,
         description="With data.packing or data.timestamps: the share of training windows labelled with "
         "timestamp tokens (a seeded draw per window and epoch). The others are labelled "
         "<|notimestamps|> and their segments' texts, the form evaluation decodes in. distil-whisper "
-        "trains with 0.2: mostly timestamped targets cost transcription accuracy.",
+        "trains with 0.2: mostly timestamped targets cost transcription accuracy. Unset: 0.2 when the "
+        "run packs by itself (data.packing.enabled unset), 1 when data.packing.enabled or "
+        "data.timestamps is set.",
     )
     no_speech_fraction: float = Field(
         0.0,
@@ -305,7 +317,12 @@ class DataConfig(Section):
     @property
     def windowed(self) -> bool:
         """Training reads windows built per epoch (data/windows.py), not the prepared clips as they are."""
-        return self.packing.enabled or self.timestamps or self.no_speech_fraction > 0
+        return bool(self.packing.enabled) or self.timestamps or self.no_speech_fraction > 0
+
+    @property
+    def timestamp_share(self) -> float:
+        """``timestamp_fraction``, 1 where unset (a run that packs by itself has set it by then)."""
+        return 1.0 if self.timestamp_fraction is None else self.timestamp_fraction
 
     @model_validator(mode="after")
     def _one_eval_source(self) -> DataConfig:

@@ -90,13 +90,13 @@ class Rules:
     def from_config(cls, data: DataConfig) -> Rules:
         packing = data.packing
         return cls(
-            pack=packing.enabled,
+            pack=bool(packing.enabled),
             gap_steps=to_steps(packing.gap_s),
             window_steps=min(MAX_STEPS, int(packing.max_window_s / 0.02 + 1e-6)),
             max_tokens=data.max_label_tokens,
             random_offset=packing.random_offset,
             no_speech_fraction=data.no_speech_fraction,
-            timestamp_fraction=data.timestamp_fraction,
+            timestamp_fraction=data.timestamp_share,
         )
 
 

@@ -78,7 +78,7 @@ class TrainWindows:
         self.prepared, self.seed = prepared, seed
         self.rules = Rules.from_config(data)
         self.special = SpecialTokens.from_tokenizer(tokenizer)
-        self.timestamps = data.packing.enabled or data.timestamps
+        self.timestamps = bool(data.packing.enabled) or data.timestamps
         samples = prepared.samples
         self.prefixes: list[tuple[int, ...]] = [self.special.prefix_of(s["labels"]) for s in samples]
         groups: dict[tuple[int, ...], int] = {}

@@ -20,6 +20,7 @@ from whisper_tune.backend.registry import Registry
 from whisper_tune.config.schema import RunConfig, UncheckedOptions
 from whisper_tune.config_loading import dump_yaml
 from whisper_tune.console import Reporter
+from whisper_tune.data.auto_packing import PackingDecision, decide, resolve
 from whisper_tune.data.preflight import require_usable_data
 from whisper_tune.disk import RUN_DIR_HINT, write_json, write_text
 from whisper_tune.errors import ConfigError, DataError, InterruptedRun, ModelError
@@ -97,6 +98,8 @@ class Run:
         self.accelerator: Any = None  # that rank's, joined when the run opens
         self.launch_id = ""
         self.final: Path | None = None  # the trained model's folder, once written
+        #: data.packing.enabled unset: what the run decided for its training set, and why
+        self.packing: PackingDecision | None = None
 
     def __call__(self, *, echo_summary: bool = True) -> RunSummary:
         """Every phase; the WER lines go to run.log and, with ``echo_summary``, to the console."""
@@ -169,6 +172,11 @@ class Run:
         self.sets = sets = prepare_sets(
             config, run_dir / "prepared", self.processor, self.backend, self.reporter, include_train, data
         )
+        if training:
+            self.packing = decide(config, sets.train)
+            if self.packing is not None:
+                self.config = config = resolve(config, self.packing)
+                self.reporter.info(self.packing.reason)
         if training and sets.train is not None and config.training.max_steps is None:
             steps = epoch_steps(config, self.backend, self.plan, sets.train, self.processor.tokenizer)
             raise_issues(warmup_issues(config, steps))
@@ -259,6 +267,8 @@ class Run:
         halves = result.keep.get("halves", {})
         write_predictions(run_dir, evaluation, self.eval_sets, halves, kept, self._report_hint)
         data = {**({"train": result.stream} if result.stream else {}), **self.sets.report()}
+        if self.packing is not None:
+            data["packing"] = self.packing.report()
         metrics = metrics_document(config, result, evaluation, data, time.perf_counter() - self.started)
         write_json(run_dir / METRICS_FILE, metrics, kept=kept, hint=self._report_hint)
         if result.final_model_dir is not None and result.final_model_dir.is_dir():

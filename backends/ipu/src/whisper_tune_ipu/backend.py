@@ -225,13 +225,16 @@ class IpuBackend:
             return Probe(False, f"cannot check the Poplar SDK: {exc}", SDK_STEPS, caps)
 
     def defaults(self, options: BaseModel) -> dict[str, BackendDefault]:
-        """Full fine-tuning, whatever the core's default method."""
+        """Full fine-tuning, whatever the core's default method; the whole change kept; clips unpacked."""
         return {
             "training.method": BackendDefault(
                 "full", "optimum-graphcore's IPUSeq2SeqTrainer trains every weight (no LoRA on the IPU)"
             ),
             "eval.keep": BackendDefault(
                 "off", "the IPU worker keeps the whole change: choosing how much to keep is not built for it"
+            ),
+            "data.packing.enabled": BackendDefault(
+                False, "the IPU worker trains on the prepared clips as they are (no packed windows)"
             ),
         }
 
