@@ -47,6 +47,7 @@ def overrides(mode: str, args: argparse.Namespace, out: Path) -> list[str]:
         f"training.batch_size={args.batch}",
         f"training.learning_rate={args.learning_rate}",
         "training.lora.target_modules=[q_proj, v_proj]",  # the seeds' adapter, as its results were measured
+        "data.packing.enabled=false",  # clips as they are, as its results were measured
         "training.warmup_steps=0",
         f"training.precision={args.precision}",
         f"training.gradient_checkpointing={str(args.gradient_checkpointing).lower()}",

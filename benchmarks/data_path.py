@@ -223,6 +223,7 @@ def measure_training(
         "eval.before=false",
         "eval.after=false",
         *(OLD_RECIPE if old_recipe else ()),
+        "data.packing.enabled=false",  # batches of clips, as its results were measured
         f"training.batch_size={batch}",
         f"training.max_steps={steps}",
         "training.warmup_steps=0",

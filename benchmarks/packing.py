@@ -50,6 +50,7 @@ RECIPE = (
     "training.learning_rate=3e-5",
     "training.batch_size=8",
     "training.warmup_steps=2",
+    "data.packing.enabled=false",  # unpacked unless a run packs (PACKED comes later and wins)
 )
 
 

@@ -65,7 +65,7 @@ SETS = ("in-domain", *GUARDS)
 SMALL_WINDOW_S = 12.0
 PACKED = ("data.packing.enabled=true", "data.timestamp_fraction=0.2")
 VARIANTS: dict[str, tuple[str, ...]] = {
-    "unpacked": (),
+    "unpacked": ("data.packing.enabled=false",),
     "packed-time": PACKED,
     "packed-audio": (*PACKED, f"data.packing.max_window_s={SMALL_WINDOW_S}", "training.batch_size=1"),
 }

@@ -93,6 +93,7 @@ def overrides(recipe: str, domain: str, seed: int, args: argparse.Namespace, out
         "data.train_split": "train",
         "data.eval_split": "eval",
         "data.extra_eval": [],
+        "data.packing.enabled": False,  # clips as they are, as its results were measured
         "training.max_steps": args.steps,
         "training.batch_size": args.batch,
         "training.warmup_steps": 5,
