@@ -39,6 +39,7 @@ def overrides(model: Path, out: Path, run_name: str, **extra: object) -> list[st
         "data.max_train_samples": 16,
         "data.max_eval_samples": 5,
         "data.extra_eval": "[]",
+        "data.packing.enabled": "false",  # batches of clips (packing by default: tests/integration)
         "training.max_steps": 4,
         "training.batch_size": 2,
         "training.warmup_steps": 0,

@@ -35,6 +35,7 @@ def overrides(model: Path, out: Path, **extra: object) -> list[str]:
         "data.extra_eval": "[]",
         "data.max_train_samples": 16,
         "data.max_eval_samples": 4,
+        "data.packing.enabled": "false",  # batches of clips (packing by default: tests/integration)
         "training.max_steps": 5,
         "training.batch_size": 4,
         "training.warmup_steps": 0,

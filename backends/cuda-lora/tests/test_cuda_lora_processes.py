@@ -92,6 +92,7 @@ def overrides(model: Path, out: Path, name: str, **extra: object) -> list[str]:
         "data.extra_eval": "[]",
         "data.max_train_samples": 16,
         "data.max_eval_samples": 5,
+        "data.packing.enabled": "false",  # batches of clips (packing by default: tests/integration)
         "training.max_steps": 4,
         "training.batch_size": 4,
         "training.warmup_steps": 0,

@@ -47,6 +47,7 @@ def overrides(model: Path, mode: str, out: Path, **extra: object) -> list[str]:
         "data.extra_eval": "[]",
         "data.max_train_samples": 2,  # one batch, repeated every step
         "data.max_eval_samples": 2,
+        "data.packing.enabled": "false",  # batches of clips (packing by default: tests/integration)
         "training.max_steps": STEPS,
         "training.batch_size": 2,
         "training.warmup_steps": 0,
