@@ -26,7 +26,6 @@ import argparse
 import csv
 import shutil
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -45,8 +44,7 @@ def texts(split: str) -> list[str]:
 
 
 def voice_b(text: str) -> tuple:
-    qs.ESPEAK_VOICE = VOICE_B
-    return qs.espeak(text)
+    return qs.espeak(text, VOICE_B)
 
 
 def main() -> None:
@@ -70,8 +68,7 @@ def main() -> None:
             break
     if len(evals) < N_EVAL_B or len(second) < N_SECOND:
         sys.exit(f"only {len(evals)} eval and {len(second)} second-voice sentences")
-    tmp = Path(tempfile.mkdtemp(prefix=".benchmark.tmp-", dir=OUT.parent))
-    try:
+    with qs.replacing(OUT, ".benchmark.tmp-") as tmp:
         qs.write_split(tmp / "voice-b" / "train", "train", list(zip(train, train_clips, strict=True)))
         qs.write_split(tmp / "voice-b" / "eval", "eval", evals)
         qs.write_split(tmp / "second-voice", "second-voice", second)
@@ -81,12 +78,6 @@ def main() -> None:
             eval_words=sum(len(t.split()) for t, _ in evals),
         ), encoding="utf-8")  # fmt: skip
         shutil.copy(REPO / "data" / "quickstart" / "LICENSE", tmp / "LICENSE")
-        if OUT.exists():
-            shutil.rmtree(OUT)
-        tmp.rename(OUT)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     print(f"voice-b/train {len(train)}, voice-b/eval {len(evals)}, second-voice {len(second)} ({words} words)")
 
 

@@ -17,35 +17,22 @@ from __future__ import annotations
 
 import argparse
 import csv
-import shutil
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import make_quickstart_data as qs
+from make_benchmark_voices import VOICE_B
 
 REPO = Path(__file__).resolve().parent.parent
 OUT = REPO / "data" / "benchmark" / "held-eval"
-VOICES = {"espeak-us": "en-us", "voice-b": "en-gb-x-rp+f2"}
+VOICES = {"espeak-us": qs.ESPEAK_VOICE, "voice-b": VOICE_B}
 N_HELD = 110
 
 
 def texts(folder: Path) -> list[str]:
     with open(folder / "metadata.csv", newline="", encoding="utf-8") as fh:
         return [row["text"] for row in csv.DictReader(fh)]
-
-
-def speak(voice: str, text: str) -> tuple:
-    import subprocess
-
-    import soundfile as sf
-
-    with tempfile.TemporaryDirectory() as tmp:
-        wav = Path(tmp) / "out.wav"
-        subprocess.run(["espeak-ng", "-v", voice, "-w", str(wav), text], check=True)
-        x, sr = sf.read(wav, dtype="int16")
-    return qs.trim(x, sr), sr
 
 
 def main() -> None:
@@ -66,7 +53,7 @@ def main() -> None:
         for start in range(0, len(held), 40):
             batch = held[start : start + 40]
             made = {
-                name: list(ex.map(lambda t, v=voice: speak(v, t), batch)) for name, voice in VOICES.items()
+                name: list(ex.map(lambda t, v=voice: qs.espeak(t, v), batch)) for name, voice in VOICES.items()
             }
             for i, text in enumerate(batch):
                 if all(qs.in_range(made[name][i]) for name in VOICES) and len(chosen) < N_HELD:
@@ -77,16 +64,9 @@ def main() -> None:
                 break
     if len(chosen) < N_HELD:
         sys.exit(f"only {len(chosen)} held-out sentences in range for both voices")
-    tmp = Path(tempfile.mkdtemp(prefix=".held-eval.tmp-", dir=bench))
-    try:
+    with qs.replacing(OUT, ".held-eval.tmp-") as tmp:
         for name in VOICES:
             qs.write_split(tmp / name, f"held-{name}", list(zip(chosen, clips[name], strict=True)))
-        if OUT.exists():
-            shutil.rmtree(OUT)
-        tmp.rename(OUT)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     words = sum(len(t.split()) for t in chosen)
     print(f"held-eval: {len(chosen)} sentences ({words} words) in {', '.join(VOICES)}")
 

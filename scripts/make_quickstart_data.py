@@ -81,7 +81,9 @@ import subprocess
 import sys
 import tempfile
 import zlib
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -368,10 +370,11 @@ def trim(x: np.ndarray, sr: int) -> np.ndarray:
     return x[start:end]
 
 
-def espeak(text: str) -> tuple[np.ndarray, int]:
+def espeak(text: str, voice: str | None = None) -> tuple[np.ndarray, int]:
+    """``text`` read by espeak-ng ``voice`` (default ``ESPEAK_VOICE``), silence trimmed."""
     with tempfile.TemporaryDirectory() as tmp:
         wav = Path(tmp) / "out.wav"
-        subprocess.run(["espeak-ng", "-v", ESPEAK_VOICE, "-w", str(wav), text], check=True)
+        subprocess.run(["espeak-ng", "-v", voice or ESPEAK_VOICE, "-w", str(wav), text], check=True)
         x, sr = sf.read(wav, dtype="int16")
     if x.ndim != 1:
         raise RuntimeError(f"espeak-ng produced {x.ndim} channels")
@@ -496,6 +499,21 @@ def encode_ogg(x: np.ndarray, sr: int, serial: int) -> bytes:
     buf = io.BytesIO()
     sf.write(buf, x, sr, format="OGG", subtype="VORBIS", compression_level=VORBIS_LEVEL)
     return set_ogg_serial(buf.getvalue(), serial)
+
+
+@contextmanager
+def replacing(out: Path, prefix: str) -> Iterator[Path]:
+    """A temporary folder beside ``out`` to build in; renamed to ``out`` (replacing it) when the block
+    ends, removed if it fails, so ``out`` is never half written."""
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out.parent))
+    try:
+        yield tmp
+        if out.exists():
+            shutil.rmtree(out)
+        tmp.rename(out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
 
 
 def write_split(folder: Path, prefix: str, rows: list[tuple[str, tuple[np.ndarray, int]]]) -> None:
