@@ -52,7 +52,7 @@ from recipe_quality import (
     REAL_SPEECH,
     REPO,
     SECOND_VOICE,
-    Decoder,
+    Context,
     machine,
     read_set,
     trained_weights,
@@ -128,22 +128,13 @@ def calibrate(domain: str, work: Path, steps: int = 6) -> dict[str, Any]:
     return per
 
 
-class Sets:
-    def __init__(self, domains: list[str], real: int, processor: Any) -> None:
-        from whisper_tune.data.audio import decode
-
-        named = {
-            **{f"in-domain:{d}": read_set(HELD_EVAL / d) for d in domains},
-            "second-voice": read_set(SECOND_VOICE),
-            "real-speech": read_set(REAL_SPEECH, real, seed=1),
-        }
-        self.texts = {name: [t for _, t in rows] for name, rows in named.items()}
-        self.features = {
-            name: processor.feature_extractor(
-                [decode(p).samples for p, _ in rows], sampling_rate=16000, return_tensors="pt"
-            ).input_features
-            for name, rows in named.items()
-        }
+def named_sets(domains: list[str], real: int) -> dict[str, list[tuple[Path, str]]]:
+    """Each domain's 110 held-out clips and the two guard sets."""
+    return {
+        **{f"in-domain:{d}": read_set(HELD_EVAL / d) for d in domains},
+        "second-voice": read_set(SECOND_VOICE),
+        "real-speech": read_set(REAL_SPEECH, real, seed=1),
+    }
 
 
 def fine_tune(variant: str, domain: str, seed: int, steps: int, work: Path, ctx: Any) -> dict[str, Any]:
@@ -169,20 +160,6 @@ def fine_tune(variant: str, domain: str, seed: int, steps: int, work: Path, ctx:
         "train": {k: t[k] for k in ("steps", "samples", "clips", "audio_seconds", "seconds") if k in t},
         "bench_seconds": round(bench_seconds, 1), "load_1min": os.getloadavg()[0],
     }  # fmt: skip
-
-
-class Context:
-    def __init__(self, args: argparse.Namespace) -> None:
-        from transformers import WhisperForConditionalGeneration, WhisperProcessor
-
-        from whisper_tune.models.loading import resolve_source
-
-        self.source = resolve_source("pip:tiny.en")
-        self.processor = WhisperProcessor.from_pretrained(self.source)
-        self.model = WhisperForConditionalGeneration.from_pretrained(self.source).eval()
-        self.theta0 = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.sets = Sets(args.domains, args.real, self.processor)
-        self.decoder = Decoder(self.processor, self.sets, args)
 
 
 # ------------------------------------------------------------------------------------- analysis
@@ -299,7 +276,7 @@ def main() -> None:
             args.out.write_text(json.dumps(results, indent=1) + "\n")
 
     if args.pretrained:
-        ctx = Context(args)
+        ctx = Context(args, named_sets(args.domains, args.real))
         results["pretrained"] = {name: ctx.decoder.errors(ctx.model, name) for name in ctx.sets.texts}
     elif not args.merge:
         steps, seeds = (2, args.seeds[:1]) if args.smoke else (args.steps, args.seeds)
@@ -308,7 +285,7 @@ def main() -> None:
             "real_speech_clips": args.real, "machine": machine(), "rule": RULE,
             "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         })  # fmt: skip
-        ctx = Context(args)
+        ctx = Context(args, named_sets(args.domains, args.real))
         done = {(r["variant"], r["domain"], r["seed"]) for r in results["runs"]}
         with tempfile.TemporaryDirectory() as tmp:
             work = Path(tmp)

@@ -123,18 +123,22 @@ def read_set(folder: Path, limit: int | None = None, seed: int = 0) -> list[tupl
     return rows
 
 
+def named_sets(args: argparse.Namespace) -> dict[str, list[tuple[Path, str]]]:
+    """This benchmark's sets: each domain's eval clips and the two guard sets."""
+    return {
+        "in-domain:espeak-us": read_set(DOMAINS["espeak-us"] / "eval"),
+        "in-domain:voice-b": read_set(DOMAINS["voice-b"] / "eval"),
+        "second-voice": read_set(SECOND_VOICE),
+        "real-speech": read_set(REAL_SPEECH, args.real, seed=1),
+    }
+
+
 class Sets:
     """Every set's log-mel features (computed once) and references."""
 
-    def __init__(self, args: argparse.Namespace, processor: Any) -> None:
+    def __init__(self, named: dict[str, list[tuple[Path, str]]], processor: Any) -> None:
         from whisper_tune.data.audio import decode
 
-        named = {
-            "in-domain:espeak-us": read_set(DOMAINS["espeak-us"] / "eval"),
-            "in-domain:voice-b": read_set(DOMAINS["voice-b"] / "eval"),
-            "second-voice": read_set(SECOND_VOICE),
-            "real-speech": read_set(REAL_SPEECH, args.real, seed=1),
-        }
         self.texts = {name: [t for _, t in rows] for name, rows in named.items()}
         self.features = {
             name: processor.feature_extractor(
@@ -232,7 +236,12 @@ def fine_tune(recipe: str, domain: str, seed: int, args: argparse.Namespace, wor
 
 
 class Context:
-    def __init__(self, args: argparse.Namespace) -> None:
+    """Pretrained tiny.en (θ₀ kept), its processor, the sets (``named``, default ``named_sets``) and a
+    decoder over them."""
+
+    def __init__(
+        self, args: argparse.Namespace, named: dict[str, list[tuple[Path, str]]] | None = None
+    ) -> None:
         import torch  # noqa: F401
         from transformers import WhisperForConditionalGeneration, WhisperProcessor
 
@@ -242,7 +251,7 @@ class Context:
         self.processor = WhisperProcessor.from_pretrained(self.source)
         self.model = WhisperForConditionalGeneration.from_pretrained(self.source).eval()
         self.theta0 = {k: v.detach().clone() for k, v in self.model.state_dict().items()}
-        self.sets = Sets(args, self.processor)
+        self.sets = Sets(named_sets(args) if named is None else named, self.processor)
         self.decoder = Decoder(self.processor, self.sets, args)
 
 
