@@ -39,13 +39,28 @@ def _importable_from_checkout() -> None:
                 sys.path.insert(0, str(src))
 
 
+_OWN_CACHE: list[Path] = []
+
+
 def pytest_configure(config: pytest.Config) -> None:
     """No hub access in tests, and a private cache for imported models (never the user's ~/.cache)."""
     os.environ["HF_HUB_OFFLINE"] = "1"
     os.environ["HF_DATASETS_OFFLINE"] = "1"
     os.environ["TOKENIZERS_PARALLELISM"] = "false"
-    os.environ.setdefault("WHISPER_TUNE_CACHE", tempfile.mkdtemp(prefix="whisper-tune-test-cache-"))
+    if "WHISPER_TUNE_CACHE" not in os.environ:
+        cache = tempfile.mkdtemp(prefix="whisper-tune-test-cache-")
+        os.environ["WHISPER_TUNE_CACHE"] = cache
+        _OWN_CACHE.append(Path(cache))
     _importable_from_checkout()
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Remove the private cache this session made (imported models: ~0.6 GB a session, which filled the
+    disk when left behind); a cache given through $WHISPER_TUNE_CACHE is the caller's and stays."""
+    import shutil
+
+    while _OWN_CACHE:
+        shutil.rmtree(_OWN_CACHE.pop(), ignore_errors=True)
 
 
 def registered_backends() -> list[str]:
