@@ -246,6 +246,7 @@ def test_interrupt_saves_a_checkpoint_and_exits_130(tmp_path: Path) -> None:
         "data.max_train_samples=32",
         "data.max_eval_samples=4",
         "data.extra_eval=[]",
+        "eval.regression_set=null",
         "eval.before=false",
     )
     # the 200-step run is killed when the block ends, whatever happens in it (a timeout, a failure)
