@@ -21,7 +21,7 @@ from typing import Any
 import numpy as np
 from torch.utils.data import IterableDataset
 
-from whisper_tune.data.preparation import Dropped, Filters, prepare_one
+from whisper_tune.data.preparation import Dropped, Filters, LabelTokenizer, prepare_one
 from whisper_tune.data.sources import SplitSpec, iter_split
 from whisper_tune.data.store import PCM_SCALE, DropReport
 
@@ -30,7 +30,8 @@ class TrainStream(IterableDataset[dict[str, Any]]):
     """Prepared samples ({"audio", "labels"}) of ``spec``, made on the fly."""
 
     def __init__(self, spec: SplitSpec, tokenizer: Any, filters: Filters, limit: int | None = None) -> None:
-        self.spec, self.tokenizer, self.filters, self.limit = spec, tokenizer, filters, limit
+        self.spec, self.filters, self.limit = spec, filters, limit
+        self.tokenizer = LabelTokenizer.of(tokenizer)
         self.read = 0
         self.kept = 0
         self.drops = DropReport()
