@@ -12,6 +12,7 @@ the run report. Only an empty result is an error.
 from __future__ import annotations
 
 import os
+from collections import deque
 from collections.abc import Callable, Iterable, Iterator
 from contextlib import AbstractContextManager
 from dataclasses import dataclass
@@ -145,11 +146,11 @@ class Workers:
         return self._pool is not None
 
     def map(self, batch: list[RawSample]) -> list[Prepared | Dropped]:
-        return self.submit(batch)()
+        return list(self.submit(batch)())
 
-    def submit(self, batch: list[RawSample]) -> Callable[[], list[Prepared | Dropped]]:
-        """Start preparing ``batch``; returns a function that waits for the results (in the worker
-        processes the work goes on while this process writes the previous window)."""
+    def submit(self, batch: list[RawSample]) -> Callable[[], Iterable[Prepared | Dropped]]:
+        """Start preparing ``batch``; returns a function that gives its results in order, each as soon
+        as it is ready (in the worker processes the work goes on while this process writes)."""
         if self.count <= 1 or len(batch) < self.min_parallel:
             results = [prepare_one(sample, self.tokenizer, self.filters) for sample in batch]
             return lambda: results
@@ -162,8 +163,9 @@ class Workers:
                 self.count, initializer=_init_worker, initargs=(self.tokenizer, self.filters)
             )
         chunk = max(1, len(batch) // (4 * self.count))
-        pending = self._pool.map_async(_in_worker, batch, chunksize=chunk)
-        return lambda: list(pending.get())
+        # imap, not map_async: the writer starts on a window's first chunks instead of waiting for its last
+        results = self._pool.imap(_in_worker, batch, chunksize=chunk)
+        return lambda: results
 
     def close(self) -> None:
         if self._pool is not None:
@@ -179,27 +181,23 @@ class Workers:
 
 
 def prepared_stream(
-    samples: Iterable[RawSample], workers: Workers, window: int = 256
+    samples: Iterable[RawSample], workers: Workers, window: int = 256, ahead: int = 2
 ) -> Iterator[Prepared | Dropped]:
-    """``prepare_one`` over ``samples``, in input order, a window of samples at a time (bounded memory: at
-    most two windows in flight, the next prepared by the workers while this one is written)."""
-    pending: Callable[[], list[Prepared | Dropped]] | None = None
+    """``prepare_one`` over ``samples``, in input order, a window of samples at a time (bounded memory:
+    the window being written and up to ``ahead`` more being prepared by the workers meanwhile)."""
+    queue: deque[Callable[[], Iterable[Prepared | Dropped]]] = deque()
     batch: list[RawSample] = []
     for sample in samples:
         batch.append(sample)
         if len(batch) >= window:
-            submitted = workers.submit(batch)
+            queue.append(workers.submit(batch))
             batch = []
-            if pending is not None:
-                yield from pending()
-            pending = submitted
+            if len(queue) > ahead:
+                yield from queue.popleft()()
     if batch:
-        submitted = workers.submit(batch)
-        if pending is not None:
-            yield from pending()
-        pending = submitted
-    if pending is not None:
-        yield from pending()
+        queue.append(workers.submit(batch))
+    while queue:
+        yield from queue.popleft()()
 
 
 def prepare_samples(
@@ -252,11 +250,12 @@ def prepare_samples(
 
     progress = (reporter or Reporter.silent()).progress(f"prepare {name}", total=expected, unit="clip")
     pool = workers if workers is not None else Workers(None, tokenizer, filters)
-    # with a limit, windows no larger than it: a 16-clip subset of a big set decodes about 16 clips
-    window = 256 if limit is None else max(8, min(256, limit))
+    # with a limit, windows no larger than it and one ahead: a 16-clip subset of a big set decodes about
+    # 16 clips (32 at most)
+    window, ahead = (256, 2) if limit is None else (max(8, min(256, limit)), 1)
     try:
         with progress:
-            for item in prepared_stream(samples, pool, window):
+            for item in prepared_stream(samples, pool, window, ahead):
                 if limit is not None and writer.count >= limit:
                     break
                 if isinstance(item, Dropped):
