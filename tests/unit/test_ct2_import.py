@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from whisper_tune_testing import packaged_or_skip
 
 from whisper_tune.errors import ConfigError, ModelError
 from whisper_tune.models import packaged
@@ -39,14 +40,6 @@ CLIP = Path(__file__).resolve().parents[1] / "assets" / "ct2" / "quick_brown_fox
 # Prompts as faster-whisper builds them: SOT (+ language + task) + notimestamps.
 PROMPTS = {"tiny.en": [50257, 50362], "base": [50258, 50259, 50359, 50363]}
 GENERATE_KWARGS: dict[str, dict[str, str]] = {"tiny.en": {}, "base": {"language": "en", "task": "transcribe"}}
-
-
-def packaged_or_skip(name: str, cache_dir: Path) -> Path:
-    """The CT2 directory of ``pip:<name>``, or a skip that says which package to install."""
-    try:
-        return resolve_packaged(name, cache_dir)
-    except ModelError as exc:
-        pytest.skip(f"pip:{name} is not available: {exc.message} ({exc.hint})")
 
 
 @pytest.fixture(scope="module", autouse=True)

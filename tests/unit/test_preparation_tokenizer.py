@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 from helpers import QUICKSTART_DATA
+from whisper_tune_testing import packaged_or_skip
 
 from whisper_tune.data.preparation import Dropped, Filters, LabelTokenizer, prepare_one
 from whisper_tune.data.sources import RawSample
@@ -28,15 +29,9 @@ def quickstart_texts() -> list[str]:
 @pytest.fixture(scope="module")
 def multilingual_tokenizer() -> Any:
     """pip:base's real multilingual tokenizer, its prefix naming French and transcribe."""
-    from whisper_tune.errors import ModelError
     from whisper_tune.models.ct2_import import load_tokenizer
-    from whisper_tune.models.packaged import resolve_packaged
 
-    try:
-        ct2_dir = resolve_packaged("base")
-    except ModelError as exc:
-        pytest.skip(f"pip:base is not available: {exc.message}")
-    tokenizer = load_tokenizer(ct2_dir / "tokenizer.json", 51865)
+    tokenizer = load_tokenizer(packaged_or_skip("base") / "tokenizer.json", 51865)
     tokenizer.set_prefix_tokens(language="fr", task="transcribe", predict_timestamps=False)
     return tokenizer
 
